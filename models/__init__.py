@@ -1,0 +1,2 @@
+"""The networks: the ResNet50 teacher, the MobileNet students and the attention
+modules that plug into them."""

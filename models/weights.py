@@ -1,0 +1,79 @@
+"""Building a classifier from `imagenet`, `none` or a local .pdparams file,
+with its last linear layer sized for this dataset's classes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import paddle
+import paddle.nn as nn
+
+from utils.errors import ConfigError
+
+IMAGENET_CLASSES = 1000
+# factory(pretrained, num_classes) -> model
+ModelFactory = Callable[[bool, int], nn.Layer]
+
+
+def _parent_and_name(model: nn.Layer, head_path: str) -> tuple[nn.Layer, str]:
+    *parents, name = head_path.split(".")
+    parent = model
+    for part in parents:
+        parent = getattr(parent, part)
+    return parent, name
+
+
+def replace_head(model: nn.Layer, head_path: str, num_classes: int) -> None:
+    """A new, untrained linear layer for `num_classes` in place of the one at `head_path`."""
+    parent, name = _parent_and_name(model, head_path)
+    old = getattr(parent, name)
+    setattr(parent, name, nn.Linear(old.weight.shape[0], num_classes))
+
+
+def head_out_features(model: nn.Layer, head_path: str) -> int:
+    parent, name = _parent_and_name(model, head_path)
+    return getattr(parent, name).weight.shape[1]
+
+
+def build_classifier(
+    factory: ModelFactory, head_path: str, num_classes: int, weights: str, flag: str
+) -> tuple[nn.Layer, bool]:
+    """The model, and whether its head was already trained for these classes.
+
+    `weights` is `none` (random init), `imagenet` (Paddle's download) or a
+    .pdparams path holding ImageNet weights (whose head is then replaced) or a
+    model already trained for `num_classes` classes.
+    """
+    if weights == "none":
+        return factory(False, num_classes), False
+    if weights == "imagenet":
+        try:
+            model = factory(True, IMAGENET_CLASSES)
+        except Exception as error:  # any download failure: no network, proxy, bad file
+            raise ConfigError(
+                f"could not download the ImageNet weights ({type(error).__name__}); "
+                f"pass a local .pdparams file with --{flag} PATH, or train from scratch with --{flag} none"
+            ) from None
+        replace_head(model, head_path, num_classes)
+        return model, False
+
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"--{flag}: no weights file {path} (use imagenet, none or a .pdparams path)")
+    try:
+        state = paddle.load(str(path))
+    except Exception as error:  # paddle.load raises several types for a non-weights file
+        raise ConfigError(f"--{flag}: {path} is not a Paddle weights file ({type(error).__name__})") from None
+    head_key = f"{head_path}.weight"
+    if not isinstance(state, dict) or head_key not in state:
+        raise ConfigError(f"--{flag}: {path} does not hold weights for this architecture (no {head_key})")
+    saved_classes = int(state[head_key].shape[1])
+    model = factory(False, saved_classes)
+    missing, unexpected = model.set_state_dict(state)
+    if missing or unexpected:
+        raise ConfigError(f"--{flag}: {path} does not match this architecture ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected parameters)")
+    if saved_classes != num_classes:
+        replace_head(model, head_path, num_classes)
+        return model, False
+    return model, True

@@ -1,0 +1,77 @@
+"""The teacher sees exactly the student's (mixed) images, and never changes while it teaches."""
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from models.teacher import build_teacher, freeze_teacher
+from utils.losses import KLDistillationLoss
+from utils.mixup import mixup
+from utils.optimization import build_optimizer, warmup_cosine
+from utils.train import train_one_epoch
+
+
+class Recorder(nn.Layer):
+    """A small classifier that remembers every batch it was given."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2D(3, 4, 3), nn.BatchNorm2D(4), nn.AdaptiveAvgPool2D(1),
+                                 nn.Flatten(), nn.Linear(4, num_classes))
+        self.inputs: list[np.ndarray] = []
+
+    def forward(self, x):
+        self.inputs.append(x.numpy().copy())
+        return self.net(x)
+
+
+def _loader(n=12, batch=4, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, 3, size, size)).astype("float32")
+    labels = rng.integers(0, 3, size=n).astype("int64")
+    return paddle.io.DataLoader(paddle.io.TensorDataset([paddle.to_tensor(images), paddle.to_tensor(labels)]),
+                                batch_size=batch, shuffle=True)
+
+
+def _one_epoch(student, teacher, loader, mixup_alpha=0.4):
+    schedule = warmup_cosine(0.01, 1, 0, len(loader))
+    optimizer = build_optimizer(student, schedule, 0.01)
+    return train_one_epoch(student, teacher, loader, optimizer, schedule, KLDistillationLoss(0.5, 4.0),
+                           mixup_alpha, np.random.default_rng(0), paddle.amp.GradScaler(enable=False))
+
+
+def test_teacher_sees_the_same_mixed_batch_as_the_student():
+    student, teacher = Recorder(), Recorder()
+    freeze_teacher(teacher)
+    loader = _loader()
+    _one_epoch(student, teacher, loader)
+    assert len(teacher.inputs) == len(student.inputs) == len(loader)
+    for seen_by_teacher, seen_by_student in zip(teacher.inputs, student.inputs):
+        np.testing.assert_array_equal(seen_by_teacher, seen_by_student)
+    # And the batches really were mixed: no batch equals an unmixed input batch.
+    originals = {row.tobytes() for images, _ in loader for row in images.numpy()}
+    assert not all(row.tobytes() in originals for batch in student.inputs for row in batch)
+
+
+def test_mixup_uses_one_lambda_and_pairing_for_images_and_labels():
+    images = paddle.to_tensor(np.arange(4, dtype="float32").reshape(4, 1, 1, 1))
+    labels = paddle.to_tensor(np.array([0, 1, 2, 3]))
+    mixed, targets = mixup(images, labels, 0.4, np.random.default_rng(3))
+    lam = targets.lam
+    partner = targets.labels_b.numpy()  # the labels are the indices here, so also the pairing
+    expected = lam * np.arange(4) + (1 - lam) * partner
+    np.testing.assert_allclose(mixed.numpy().ravel(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(targets.labels_a.numpy(), [0, 1, 2, 3])
+
+
+def test_frozen_teacher_does_not_change_during_distillation():
+    teacher, _ = build_teacher(3, "none")
+    freeze_teacher(teacher)
+    before = {k: v.numpy().copy() for k, v in teacher.state_dict().items()}
+    student = Recorder()
+    stats = _one_epoch(student, teacher, _loader(size=32))
+    assert stats.kd > 0
+    after = teacher.state_dict()
+    # Parameters and BatchNorm running statistics alike.
+    for name, value in before.items():
+        np.testing.assert_array_equal(value, after[name].numpy(), err_msg=name)
+    assert not teacher.training

@@ -1,0 +1,201 @@
+"""A tiny real run (2 folds, 1 epoch, 32 px) and every output it must leave behind."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+import main
+import utils.cross_validation as cross_validation
+from tests.conftest import tiny_run_args, write_image
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """Run the pipeline once, recording which images each fold's teacher trained on."""
+    out = tmp_path_factory.mktemp("run")
+    data = tmp_path_factory.mktemp("data_with_junk") / "data"
+    # The tiny set plus one corrupt image and one stray text file.
+    for path in tiny_data.rglob("*.png"):
+        target = data / path.relative_to(tiny_data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    (data / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "green" / "notes.txt").write_text("not an image")
+
+    teacher_calls = []
+    real_prepare = cross_validation.prepare_teacher
+
+    def spy(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs):
+        teacher_calls.append((
+            {id(image) for image in train_loader.dataset.images},
+            {id(image) for image in val_loader.dataset.images},
+        ))
+        return real_prepare(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs)
+
+    cross_validation.prepare_teacher = spy
+    try:
+        code = main.main(tiny_run_args(data, out, "tiny"))
+    finally:
+        cross_validation.prepare_teacher = real_prepare
+    assert code == 0
+    return out, out / "models_saved" / "tiny", data, teacher_calls
+
+
+def test_run_writes_fold_checkpoints_with_metadata(tiny_run):
+    _, run_dir, _, _ = tiny_run
+    for fold in (0, 1):
+        fold_dir = run_dir / f"fold{fold}"
+        assert (fold_dir / "best.pdparams").stat().st_size > 100_000
+        meta = json.loads((fold_dir / "best.json").read_text())
+        assert meta["classes"] == ["blue", "green", "red"]
+        assert meta["student"] == "mobilenet_v3_small"
+        assert meta["attention"] == "none"
+        assert meta["img_size"] == 32
+        assert len(meta["mean"]) == len(meta["std"]) == 3
+        assert meta["best_epoch"] == 1
+        assert 0.0 <= meta["val_acc"] <= 1.0 and 0.0 <= meta["teacher_val_acc"] <= 1.0
+        assert "precision" in (fold_dir / "classification_report.txt").read_text()
+        assert cv2.imread(str(fold_dir / "confusion_matrix.png")) is not None
+
+
+def test_run_writes_config_folds_summary_and_oof(tiny_run):
+    out, run_dir, data, _ = tiny_run
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["num_folds"] == 2 and config["img_size"] == 32 and config["run_name"] == "tiny"
+
+    folds = json.loads((run_dir / "folds.json").read_text())
+    assert len(folds) == 30 and set(folds.values()) == {0, 1}
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["classes"] == ["blue", "green", "red"]
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    for fold in summary["folds"]:
+        assert set(fold) >= {"fold", "n_train", "n_val", "teacher_val_acc", "student_val_acc",
+                             "student_val_macro_f1", "best_epoch"}
+        assert fold["n_train"] + fold["n_val"] == 30
+    accs = [f["student_val_acc"] for f in summary["folds"]]
+    assert summary["student_val_acc_mean"] == pytest.approx(np.mean(accs))
+    assert summary["student_val_acc_std"] == pytest.approx(np.std(accs))
+    assert summary["teacher_val_acc_mean"] == pytest.approx(np.mean([f["teacher_val_acc"] for f in summary["folds"]]))
+    skipped = {Path(s["path"]).name: s["reason"] for s in summary["skipped_files"]}
+    assert set(skipped) == {"corrupt.jpg", "notes.txt"}
+
+    with open(run_dir / "oof_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "label", "pred", "fold", "confidence"]
+    assert sorted(r["path"] for r in rows) == sorted(folds)  # every image exactly once
+    assert all(folds[r["path"]] == int(r["fold"]) for r in rows)
+    assert all(r["label"] in summary["classes"] and r["pred"] in summary["classes"] for r in rows)
+    assert "macro avg" in (run_dir / "classification_report.txt").read_text()
+    assert cv2.imread(str(run_dir / "confusion_matrix.png")) is not None
+    assert (out / "models_saved" / "latest").read_text().strip() == "tiny"
+
+
+def test_run_logs_every_fold_to_visualdl(tiny_run):
+    out, _, _, _ = tiny_run
+    for fold in (0, 1):
+        logs = list((out / "logs" / "tiny" / f"fold{fold}").glob("vdlrecords.*.log"))
+        assert len(logs) == 1 and logs[0].stat().st_size > 0
+        content = logs[0].read_bytes()
+        for tag in (b"train/loss", b"train/acc", b"val/loss", b"val/acc", b"lr", b"teacher/train/loss"):
+            assert tag in content
+
+
+def test_teacher_trains_only_on_its_folds_training_split(tiny_run):
+    _, run_dir, _, teacher_calls = tiny_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(teacher_calls) == 2
+    for (train_ids, val_ids), fold in zip(teacher_calls, summary["folds"]):
+        assert not train_ids & val_ids
+        assert len(train_ids) == fold["n_train"] and len(val_ids) == fold["n_val"]
+
+
+def test_second_run_reuses_cached_teachers_and_repeats_results(tiny_run, capsys):
+    out, run_dir, data, _ = tiny_run
+    first = json.loads((run_dir / "summary.json").read_text())
+    assert main.main(tiny_run_args(data, out, "again")) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("teacher (cached") == 2 and "teacher epoch" not in printed
+    second = json.loads((out / "models_saved" / "again" / "summary.json").read_text())
+    for a, b in zip(first["folds"], second["folds"]):
+        assert a["teacher_val_acc"] == b["teacher_val_acc"]
+        assert a["student_val_acc"] == b["student_val_acc"]
+
+
+def test_held_out_test_split_is_scored_by_the_fold_ensemble(tmp_path):
+    from tests.conftest import make_class_folders
+
+    make_class_folders(tmp_path / "split" / "train", per_class=4, seed=1)
+    make_class_folders(tmp_path / "split" / "val", per_class=2, seed=2)
+    make_class_folders(tmp_path / "split" / "test", per_class=2, seed=3)
+    assert main.main(tiny_run_args(tmp_path / "split", tmp_path, "split", "--kd", "none")) == 0
+    summary = json.loads((tmp_path / "models_saved" / "split" / "summary.json").read_text())
+    assert summary["n_test"] == 6 and 0.0 <= summary["test_acc"] <= 1.0
+    assert sum(f["n_train"] + f["n_val"] for f in summary["folds"]) == 2 * 18
+    assert summary["teacher_val_acc_mean"] is None  # --kd none trains no teacher
+
+
+def test_class_with_fewer_images_than_folds_stops_before_training(tmp_path, capsys):
+    from tests.conftest import make_class_folders
+
+    data = make_class_folders(tmp_path / "few", per_class=3)
+    for extra in list((data / "green").glob("*.png"))[1:]:
+        extra.unlink()
+    code = main.main(tiny_run_args(data, tmp_path, "few", "--num_folds", "3"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "class 'green' has 1 readable image(s)" in err and "Traceback" not in err
+    assert not (tmp_path / "models_saved" / "few" / "fold0").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--alpha", "1.5"], "alpha must be between 0 and 1"),
+    (["--temperature", "0"], "temperature must be positive"),
+    (["--num_folds", "1"], "num_folds must be at least 2"),
+    (["--img_size", "16"], "img_size must be at least 32"),
+    (["--epochs", "two"], "epochs must be a whole number"),
+    (["--student", "resnet9"], "unknown student 'resnet9'"),
+    (["--attention", "magic"], "unknown attention 'magic'"),
+    (["--kd", "mse"], "unknown kd 'mse'"),
+    (["--teacher_epochs", "0"], "teacher_epochs is 0, but the teacher weights carry no head"),
+    (["--teacher_weights", "missing.pdparams"], "no weights file missing.pdparams"),
+])
+def test_bad_options_give_one_line_errors(tiny_data, tmp_path, capsys, flags, message):
+    code = main.main(tiny_run_args(tiny_data, tmp_path, "bad", *flags))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_dir_and_bad_config_file(tmp_path, capsys):
+    assert main.main(["--data_dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    config = tmp_path / "bad.yaml"
+    config.write_text("learning_rate: 0.1\n")
+    assert main.main(["--config", str(config)]) == 2
+    assert "unknown setting(s) learning_rate" in capsys.readouterr().err
+
+
+def test_reads_grey_rgba_and_non_ascii_paths(tmp_path):
+    from utils.data import read_image
+
+    grey = tmp_path / "灰度" / "grey.png"
+    grey.parent.mkdir()
+    cv2.imencode(".png", np.full((10, 12), 128, np.uint8))[1].tofile(str(grey))
+    rgba = tmp_path / "rgba.png"
+    cv2.imencode(".png", np.full((10, 12, 4), 200, np.uint8))[1].tofile(str(rgba))
+    big = tmp_path / "big.jpg"
+    write_image(big, np.zeros((400, 300, 3), np.uint8))
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert read_image(str(grey)).shape == (10, 12, 3)
+    assert read_image(str(rgba)).shape == (10, 12, 3)
+    assert read_image(str(big), max_short_side=30).shape == (40, 30, 3)
+    assert read_image(str(empty)) is None

@@ -1,0 +1,54 @@
+import numpy as np
+import paddle
+import pytest
+
+from utils.cross_validation import make_folds
+from utils.optimization import build_optimizer, warmup_cosine
+
+
+def _lrs(schedule, steps):
+    values = []
+    for _ in range(steps):
+        values.append(schedule.get_lr())
+        schedule.step()
+    return values
+
+
+def test_warmup_then_cosine_values():
+    base, epochs, warmup, steps_per_epoch = 0.1, 5, 1, 10
+    lrs = _lrs(warmup_cosine(base, epochs, warmup, steps_per_epoch), epochs * steps_per_epoch)
+    # Linear warmup from 0 over the first 10 steps.
+    assert lrs[0] == pytest.approx(0.0)
+    assert lrs[5] == pytest.approx(0.05)
+    # Then cosine from the base rate towards 0 over the remaining 40 steps.
+    assert lrs[10] == pytest.approx(base)
+    assert lrs[30] == pytest.approx(base * 0.5 * (1 + np.cos(np.pi * 20 / 40)))
+    assert lrs[-1] < 0.01 * base
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_warmup_is_capped_so_short_runs_still_decay():
+    lrs = _lrs(warmup_cosine(0.1, 2, 5, 4), 8)
+    assert max(lrs) == pytest.approx(0.1)
+    assert lrs[-1] < lrs[4]
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    model = paddle.nn.Sequential(paddle.nn.Linear(3, 4), paddle.nn.BatchNorm1D(4))
+    optimizer = build_optimizer(model, warmup_cosine(0.1, 2, 0, 1), 0.5)
+    decayed = {p.name for p in model.parameters() if optimizer._apply_decay_param_fun(p.name)}
+    assert decayed == {model[0].weight.name}
+
+
+def test_stratified_folds_cover_every_image_once():
+    labels = np.repeat(np.arange(3), [10, 20, 7])
+    folds = make_folds(labels, 5, seed=0)
+    val = np.concatenate([f.val_indices for f in folds])
+    assert sorted(val) == list(range(len(labels)))
+    for fold in folds:
+        assert not set(fold.train_indices) & set(fold.val_indices)
+        # Stratified: each validation fold holds each class in proportion.
+        counts = np.bincount(labels[fold.val_indices], minlength=3)
+        assert counts.tolist() in ([2, 4, 1], [2, 4, 2])
+    again = make_folds(labels, 5, seed=0)
+    assert all((a.val_indices == b.val_indices).all() for a, b in zip(folds, again))

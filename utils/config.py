@@ -1,0 +1,199 @@
+"""The one resolved configuration: configs/default.yaml, then an optional
+`--config` file, then command-line flags, checked once at start-up.
+
+This module does not import Paddle, so that the CPU environment can be tuned
+before Paddle loads (see utils/runtime.py).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from utils.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting; the values (and their meaning) live in configs/default.yaml."""
+
+    data_dir: Optional[str]
+    img_size: int
+    num_folds: int
+    seed: int
+    batch_size: int
+    num_workers: int
+    student: str
+    student_weights: str
+    freeze_student_blocks: int
+    attention: str
+    attention_blocks: str
+    teacher_weights: str
+    teacher_train: str
+    teacher_epochs: int
+    teacher_lr: float
+    retrain_teacher: bool
+    kd: str
+    alpha: float
+    temperature: float
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    patience: int
+    mixup_alpha: float
+    crop: str
+    crop_scale_min: float
+    hflip: float
+    rotation: float
+    color_jitter: float
+    erasing: float
+    device: str
+    amp: bool
+    output_dir: str
+    log_dir: str
+    run_name: Optional[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value: Any, expected: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type, or say what is wrong."""
+    optional = typing.get_origin(expected) is typing.Union
+    base = typing.get_args(expected)[0] if optional else expected
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{key} needs a value")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    if base is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key} must be a whole number, not {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a whole number, not {value!r}") from None
+    if base is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, not {value!r}") from None
+    return str(value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold 'key: value' lines")
+    unknown = sorted(set(values) - set(_field_types()))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    return values
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Value checks that need no registry; names are checked where the registries live."""
+    rules = [
+        (cfg.img_size >= 32, "img_size must be at least 32"),
+        (cfg.num_folds >= 2, "num_folds must be at least 2"),
+        (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.num_workers >= 0, "num_workers must be 0 or more"),
+        (cfg.freeze_student_blocks >= 0, "freeze_student_blocks must be 0 or more"),
+        (cfg.teacher_epochs >= 0, "teacher_epochs must be 0 or more"),
+        (cfg.teacher_lr > 0, "teacher_lr must be positive"),
+        (0.0 <= cfg.alpha <= 1.0, "alpha must be between 0 and 1"),
+        (cfg.temperature > 0, "temperature must be positive"),
+        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (cfg.lr > 0, "lr must be positive"),
+        (cfg.weight_decay >= 0, "weight_decay must be 0 or more"),
+        (cfg.warmup_epochs >= 0, "warmup_epochs must be 0 or more"),
+        (cfg.patience >= 1, "patience must be at least 1"),
+        (cfg.mixup_alpha >= 0, "mixup_alpha must be 0 or more"),
+        (0 < cfg.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
+        (0 <= cfg.hflip <= 1, "hflip must be a probability between 0 and 1"),
+        (0 <= cfg.rotation <= 180, "rotation must be between 0 and 180 degrees"),
+        (0 <= cfg.color_jitter <= 1, "color_jitter must be between 0 and 1"),
+        (0 <= cfg.erasing <= 1, "erasing must be a probability between 0 and 1"),
+        (cfg.crop in ("random_resized", "pad"), "crop must be random_resized or pad"),
+        (cfg.teacher_train in ("full", "head"), "teacher_train must be full or head"),
+        (cfg.device in ("auto", "cpu", "gpu"), "device must be auto, cpu or gpu"),
+        (cfg.attention_blocks == "all" or cfg.attention_blocks.isdigit(),
+         "attention_blocks must be 'all' or a number of blocks"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """A checked Config from a complete dict of raw values."""
+    types = _field_types()
+    missing = sorted(set(types) - set(values))
+    if missing:
+        raise ConfigError(f"missing setting(s) {', '.join(missing)}")
+    cfg = Config(**{key: _coerce(key, values[key], types[key]) for key in types})
+    _check_ranges(cfg)
+    return cfg
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--key VALUE` flag per setting; boolean flags may stand alone (`--amp`)."""
+    parser.add_argument("--config", metavar="PATH", help="YAML file of settings to use instead of configs/default.yaml's")
+    for key, kind in _field_types().items():
+        if kind is bool:
+            parser.add_argument(f"--{key}", nargs="?", const="true", default=None, metavar="BOOL")
+        else:
+            parser.add_argument(f"--{key}", default=None, metavar=key.split("_")[-1].upper())
+
+
+def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) -> Config:
+    """default.yaml, then `extra_file` (the demo preset), then `--config`, then the flags."""
+    values = _read_yaml(DEFAULT_CONFIG)
+    for path in (extra_file, Path(args.config) if args.config else None):
+        if path is not None:
+            values.update(_read_yaml(path))
+    for key in _field_types():
+        flag = getattr(args, key, None)
+        if flag is not None:
+            values[key] = flag
+    return build_config(values)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def load_saved_config(path: Path) -> Config:
+    """A config.yaml written by save_config, merged over today's defaults."""
+    values = _read_yaml(DEFAULT_CONFIG)
+    values.update(_read_yaml(path))
+    return build_config(values)

@@ -1,0 +1,265 @@
+"""Stratified K-fold distillation, end to end: data, folds, per-fold teacher and
+student, and every output of a run."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import paddle
+from sklearn.model_selection import StratifiedKFold
+from visualdl import LogWriter
+
+from models.attention import ATTENTIONS
+from models.student import STUDENTS, build_student
+from utils.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
+from utils.config import Config, save_config
+from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
+                        make_loader, scan_dataset)
+from utils.errors import ConfigError, UserError
+from utils.losses import create_loss
+from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
+from utils.optimization import build_optimizer, warmup_cosine
+from utils.runtime import seed_everything, select_device
+from utils.teacher_prep import prepare_teacher, teacher_cache_key
+from utils.train import EpochStats, Evaluation, fit, predict, train_one_epoch
+from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
+
+
+@dataclasses.dataclass
+class FoldData:
+    fold: int
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+
+
+@dataclasses.dataclass
+class FoldResult:
+    fold: int
+    n_train: int
+    n_val: int
+    teacher_val_acc: Optional[float]
+    student_val_acc: float
+    student_val_macro_f1: float
+    best_epoch: int
+    val_probs: np.ndarray
+
+
+def check_names(cfg: Config) -> None:
+    """Unknown component names stop the run before any work."""
+    if cfg.student not in STUDENTS:
+        raise ConfigError(f"unknown student '{cfg.student}'; choose from {', '.join(STUDENTS)}")
+    if cfg.attention != "none" and cfg.attention not in ATTENTIONS:
+        raise ConfigError(f"unknown attention '{cfg.attention}'; choose from none, {', '.join(ATTENTIONS)}")
+    create_loss(cfg)
+
+
+def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[FoldData]:
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    return [FoldData(k, train, val) for k, (train, val) in enumerate(splitter.split(np.zeros(len(labels)), labels))]
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to {run_dir}: {error.strerror}; choose another --output_dir") from None
+    return run_dir
+
+
+def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int):
+    """The per-epoch hook for `fit`: VisualDL scalars under `prefix`, and one console line."""
+    best = {"acc": -1.0, "epoch": 0}
+    name = prefix.rstrip("/") or "student"
+
+    def on_epoch(epoch: int, stats: EpochStats, evaluation: Evaluation, improved: bool) -> None:
+        for tag, value in (("train/loss", stats.loss), ("train/acc", stats.acc), ("train/ce", stats.ce),
+                           ("train/kd", stats.kd), ("val/loss", evaluation.loss), ("val/acc", evaluation.acc),
+                           ("lr", stats.lr)):
+            writer.add_scalar(f"{prefix}{tag}", value, epoch)
+        if evaluation.acc > best["acc"]:
+            best.update(acc=evaluation.acc, epoch=epoch)
+        print(f"fold {fold} {name} epoch {epoch:>3}/{epochs}  train loss {stats.loss:.4f} acc {stats.acc:.4f}"
+              f"  | val loss {evaluation.loss:.4f} acc {evaluation.acc:.4f}  | lr {stats.lr:.2e}"
+              f"  | {stats.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})", flush=True)
+
+    return on_epoch
+
+
+def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample], images: list[np.ndarray],
+             labels: np.ndarray, run_dir: Path) -> FoldResult:
+    classes = index.classes
+    fold_dir = run_dir / f"fold{fold.fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    train_set = ImageDataset([images[i] for i in fold.train_indices], labels[fold.train_indices],
+                             build_train_transform(cfg))
+    val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
+                           build_eval_transform(cfg.img_size))
+    train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+    val_loader = make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
+    loss_fn = create_loss(cfg)
+
+    with LogWriter(logdir=str(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}")) as writer:
+        teacher, teacher_acc = None, None
+        if loss_fn.needs_teacher:
+            seed_everything(cfg.seed + fold.fold)
+            key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
+            cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
+            prepared = prepare_teacher(
+                cfg, len(classes), cache_path, train_loader, val_loader,
+                np.random.default_rng([cfg.seed, fold.fold, 0]),
+                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs),
+            )
+            teacher, teacher_acc = prepared.model, prepared.val_acc
+            source = "cached" if prepared.from_cache else "trained"
+            print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher_acc:.4f}", flush=True)
+
+        seed_everything(cfg.seed + fold.fold)
+        student = build_student(cfg.student, len(classes), cfg.student_weights, cfg.freeze_student_blocks,
+                                cfg.attention, cfg.attention_blocks)
+        schedule = warmup_cosine(cfg.lr, cfg.epochs, cfg.warmup_epochs, len(train_loader))
+        optimizer = build_optimizer(student, schedule, cfg.weight_decay)
+        scaler = paddle.amp.GradScaler(enable=cfg.amp and paddle.is_compiled_with_cuda())
+        rng = np.random.default_rng([cfg.seed, fold.fold, 1])
+        result = fit(
+            student,
+            lambda epoch: train_one_epoch(student, teacher, train_loader, optimizer, schedule, loss_fn,
+                                          cfg.mixup_alpha, rng, scaler, desc=f"fold {fold.fold} epoch {epoch}"),
+            val_loader, cfg.epochs, cfg.patience,
+            epoch_logger(writer, "", fold.fold, cfg.epochs),
+        )
+
+    best = result.best
+    save_checkpoint(fold_dir, result.best_state, {
+        "classes": classes,
+        "student": cfg.student,
+        "attention": cfg.attention,
+        "attention_blocks": cfg.attention_blocks,
+        "img_size": cfg.img_size,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "kd": cfg.kd,
+        "fold": fold.fold,
+        "best_epoch": result.best_epoch,
+        "val_acc": best.acc,
+        "teacher_val_acc": teacher_acc,
+    })
+    write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
+    save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
+                          f"fold {fold.fold}, best epoch {result.best_epoch}")
+    return FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, best.acc,
+                      macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Optional[dict], list[SkippedFile]]:
+    """The held-out test/ split, scored by the mean softmax of every fold's best student."""
+    if not index.test_samples:
+        return None, []
+    images, samples, skipped = load_images(index.test_samples, resize_size(cfg.img_size), desc="decoding test images")
+    if not samples:
+        return None, skipped
+    labels = np.array([s.label for s in samples])
+    loader = make_loader(ImageDataset(images, labels, build_eval_transform(cfg.img_size)),
+                         cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
+    probs = np.mean([predict(load_student(path)[0], loader)[0]
+                     for path in sorted(run_dir.glob(f"fold*/{WEIGHTS_NAME}"))], axis=0)
+    preds = probs.argmax(axis=1)
+    write_classification_report(run_dir / "test_classification_report.txt", labels, preds, index.classes)
+    save_confusion_matrix(run_dir / "test_confusion_matrix.png", labels, preds, index.classes,
+                          "held-out test set, fold ensemble")
+    return {"n_test": len(samples), "test_acc": accuracy(labels, preds),
+            "test_macro_f1": macro_f1(labels, preds, len(index.classes))}, skipped
+
+
+def print_summary_table(results: list[FoldResult], with_teacher: bool) -> None:
+    print("\nfold  teacher_acc  student_acc  macro_f1  best_epoch")
+    for r in results:
+        teacher = f"{r.teacher_val_acc:.4f}" if r.teacher_val_acc is not None else "-"
+        print(f"{r.fold:>4}  {teacher:>11}  {r.student_val_acc:>11.4f}  {r.student_val_macro_f1:>8.4f}  {r.best_epoch:>10}")
+    s_mean, s_std = _mean_std([r.student_val_acc for r in results])
+    f_mean, f_std = _mean_std([r.student_val_macro_f1 for r in results])
+    teacher = "-"
+    if with_teacher:
+        t_mean, t_std = _mean_std([r.teacher_val_acc for r in results])
+        teacher = f"{t_mean:.4f}±{t_std:.4f}"
+    print(f"mean  {teacher:>11}  {s_mean:.4f}±{s_std:.4f}  {f_mean:.4f}±{f_std:.4f}")
+
+
+def run_cross_validation(cfg: Config) -> dict:
+    """Train and evaluate every fold; write the run's outputs; return summary.json's content."""
+    check_names(cfg)
+    start = time.perf_counter()
+    device = select_device(cfg.device)
+    index = scan_dataset(Path(cfg.data_dir))
+    run_dir = prepare_run_dir(cfg)
+    images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size))
+    skipped = index.skipped + skipped
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    check_class_counts(index.classes, labels, cfg.num_folds)
+    counts = np.bincount(labels, minlength=len(index.classes))
+    print(f"{len(samples)} images in {len(index.classes)} classes from {cfg.data_dir} "
+          f"({', '.join(f'{c}: {n}' for c, n in zip(index.classes, counts))}); "
+          f"{len(skipped)} file(s) skipped; device {device}; run {run_dir}", flush=True)
+
+    save_config(cfg, run_dir / "config.yaml")
+    folds = make_folds(labels, cfg.num_folds, cfg.seed)
+    fold_of = np.empty(len(samples), dtype=np.int64)
+    for fold in folds:
+        fold_of[fold.val_indices] = fold.fold
+    (run_dir / "folds.json").write_text(
+        json.dumps({s.path: int(k) for s, k in zip(samples, fold_of)}, indent=1), encoding="utf-8")
+
+    results = [run_fold(cfg, fold, index, samples, images, labels, run_dir) for fold in folds]
+
+    oof_probs = np.zeros((len(samples), len(index.classes)), dtype=np.float32)
+    for fold, result in zip(folds, results):
+        oof_probs[fold.val_indices] = result.val_probs
+    oof_preds = oof_probs.argmax(axis=1)
+    with open(run_dir / "oof_predictions.csv", "w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(["path", "label", "pred", "fold", "confidence"])
+        for i, sample in enumerate(samples):
+            out.writerow([sample.path, index.classes[labels[i]], index.classes[oof_preds[i]], int(fold_of[i]),
+                          f"{oof_probs[i, oof_preds[i]]:.6f}"])
+    write_classification_report(run_dir / "classification_report.txt", labels, oof_preds, index.classes)
+    save_confusion_matrix(run_dir / "confusion_matrix.png", labels, oof_preds, index.classes,
+                          f"out-of-fold predictions, {cfg.num_folds} folds")
+    test_scores, test_skipped = score_test_set(run_dir, index, cfg)
+    skipped += test_skipped
+
+    with_teacher = results[0].teacher_val_acc is not None
+    student_mean, student_std = _mean_std([r.student_val_acc for r in results])
+    summary = {
+        "classes": index.classes,
+        "folds": [{key: value for key, value in dataclasses.asdict(r).items() if key != "val_probs"}
+                  for r in results],
+        "student_val_acc_mean": student_mean,
+        "student_val_acc_std": student_std,
+        "student_val_macro_f1_mean": _mean_std([r.student_val_macro_f1 for r in results])[0],
+        "teacher_val_acc_mean": _mean_std([r.teacher_val_acc for r in results])[0] if with_teacher else None,
+        "oof_acc": accuracy(labels, oof_preds),
+        **(test_scores or {}),
+        "skipped_files": [dataclasses.asdict(s) for s in skipped],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (Path(cfg.output_dir) / "latest").write_text(cfg.run_name + "\n", encoding="utf-8")
+    print_summary_table(results, with_teacher)
+    if test_scores:
+        print(f"held-out test set ({test_scores['n_test']} images), fold ensemble: acc {test_scores['test_acc']:.4f}")
+    for item in skipped:
+        print(f"skipped: {item.path} ({item.reason})")
+    print(f"outputs in {run_dir}; VisualDL: visualdl --logdir {cfg.log_dir}")
+    return summary

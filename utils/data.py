@@ -1,0 +1,222 @@
+"""Finding, decoding and serving the images of an ImageFolder-style dataset."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from utils.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Operating-system clutter that is never an image and never worth a warning.
+IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Sample:
+    path: str
+    label: int
+
+
+@dataclasses.dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class DatasetIndex:
+    """What a data directory holds: the pooled samples that the folds split,
+    and an optional held-out test split."""
+
+    classes: list[str]
+    samples: list[Sample]
+    test_samples: list[Sample]
+    skipped: list[SkippedFile]
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def has_class_folders(root: Path) -> bool:
+    """True when some sub-folder of `root` directly holds image files."""
+    if not root.is_dir():
+        return False
+    return any(
+        any(is_image_name(f.name) for f in folder.iterdir() if f.is_file())
+        for folder in _class_folders(root)
+    )
+
+
+def _files_by_class(root: Path) -> tuple[dict[str, list[str]], list[SkippedFile]]:
+    by_class: dict[str, list[str]] = {}
+    skipped: list[SkippedFile] = []
+    for folder in _class_folders(root):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if name.startswith(".") or name.lower() in IGNORED_NAMES:
+                    continue
+                if is_image_name(name):
+                    files.append(path)
+                else:
+                    skipped.append(SkippedFile(path, "not an image file"))
+        by_class[folder.name] = files
+    return by_class, skipped
+
+
+def scan_dataset(data_dir: Path) -> DatasetIndex:
+    """Index `data_dir`: class folders, or train/ and val/ (pooled) plus an optional test/."""
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist")
+    splits = {p.name: p for p in _class_folders(data_dir) if p.name in SPLIT_NAMES}
+    if "train" in splits and "val" in splits:
+        pooled_roots = [splits["train"], splits["val"]]
+        test_root = splits.get("test")
+    else:
+        pooled_roots, test_root = [data_dir], None
+
+    pooled: dict[str, list[str]] = {}
+    skipped: list[SkippedFile] = []
+    for root in pooled_roots:
+        by_class, root_skipped = _files_by_class(root)
+        skipped += root_skipped
+        for name, files in by_class.items():
+            pooled.setdefault(name, []).extend(files)
+
+    empty = sorted(name for name, files in pooled.items() if not files)
+    for name in empty:
+        print(f"warning: class folder '{name}' holds no images and is left out")
+        del pooled[name]
+    classes = sorted(pooled)
+    if len(classes) < 2:
+        raise DataError(
+            f"{data_dir} needs at least two class folders with images (found {len(classes)}); "
+            "put each class's images in a sub-folder named after the class"
+        )
+    samples = [Sample(path, label) for label, name in enumerate(classes) for path in pooled[name]]
+
+    test_samples: list[Sample] = []
+    if test_root is not None:
+        by_class, test_skipped = _files_by_class(test_root)
+        skipped += test_skipped
+        unknown = sorted(set(by_class) - set(classes))
+        if unknown:
+            raise DataError(f"{test_root} has class folders not seen in train/val: {', '.join(unknown)}")
+        test_samples = [Sample(p, classes.index(name)) for name, files in by_class.items() for p in files]
+    return DatasetIndex(classes, samples, test_samples, skipped)
+
+
+def check_class_counts(classes: Sequence[str], labels: Sequence[int], num_folds: int) -> None:
+    """Stratified K-fold needs at least K images of every class."""
+    counts = np.bincount(np.asarray(labels), minlength=len(classes))
+    for name, count in zip(classes, counts):
+        if count < num_folds:
+            raise DataError(
+                f"class '{name}' has {count} readable image(s), fewer than num_folds={num_folds}; "
+                "add images or lower --num_folds"
+            )
+
+
+def read_image(path: str, max_short_side: Optional[int] = None) -> Optional[np.ndarray]:
+    """An RGB uint8 array (H, W, 3), or None when the file cannot be decoded.
+
+    np.fromfile + cv2.imdecode reads non-ASCII paths that cv2.imread cannot.
+    IMREAD_COLOR turns grey, palette, 16-bit and RGBA images into 8-bit
+    3-channel ones and applies the EXIF orientation. Images are shrunk (never
+    enlarged) so that their short side is at most `max_short_side`.
+    """
+    try:
+        buffer = np.fromfile(path, dtype=np.uint8)
+        if buffer.size == 0:
+            return None
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except (OSError, cv2.error):
+        return None
+    if image is None:
+        return None
+    height, width = image.shape[:2]
+    if max_short_side and min(height, width) > max_short_side:
+        scale = max_short_side / min(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def load_images(
+    samples: Sequence[Sample], max_short_side: int, desc: str = "decoding images"
+) -> tuple[list[np.ndarray], list[Sample], list[SkippedFile]]:
+    """Decode every image once, in parallel; undecodable files are skipped and reported."""
+    workers = min(8, max(1, len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(workers) as pool:
+        decoded = list(
+            tqdm(
+                pool.map(lambda s: read_image(s.path, max_short_side), samples),
+                total=len(samples), desc=desc, leave=False, disable=None,
+            )
+        )
+    images, kept, skipped = [], [], []
+    for sample, image in zip(samples, decoded):
+        if image is None:
+            print(f"warning: skipping {sample.path}: cannot be decoded as an image")
+            skipped.append(SkippedFile(sample.path, "cannot be decoded as an image"))
+        else:
+            images.append(image)
+            kept.append(sample)
+    return images, kept, skipped
+
+
+class ImageDataset(paddle.io.Dataset):
+    """Decoded images in memory, each served through `transform` with its label."""
+
+    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int], transform: Callable) -> None:
+        super().__init__()
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int) -> paddle.io.DataLoader:
+    # Dropping the last partial training batch keeps BatchNorm away from a batch of one.
+    return paddle.io.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=num_workers,
+    )
+
+
+def write_digits_demo(root: Path) -> Path:
+    """scikit-learn's bundled handwritten digits (1,797 8x8 images) as PNG class folders."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
+        _, encoded = cv2.imencode(".png", image)
+        encoded.tofile(str(folder / f"digit_{index:04d}.png"))
+    return root

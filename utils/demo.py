@@ -1,0 +1,30 @@
+"""Which data a run uses when no --data_dir is given: class folders in data/,
+or else the offline demo on scikit-learn's bundled handwritten digits."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from utils.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config
+from utils.data import has_class_folders, write_digits_demo
+
+DATA_ROOT = PROJECT_ROOT / "data"
+DIGITS_DIR = DATA_ROOT / "digits"
+
+
+def resolve_run_config(args: argparse.Namespace) -> Config:
+    """The run's configuration, with its data directory and run name filled in."""
+    cfg = resolve_config(args)
+    if cfg.data_dir is None:
+        if has_class_folders(DATA_ROOT):
+            cfg = dataclasses.replace(cfg, data_dir=str(DATA_ROOT))
+        else:
+            if not has_class_folders(DIGITS_DIR):
+                write_digits_demo(DIGITS_DIR)
+            print(f"No --data_dir and no class folders in {DATA_ROOT}: running the offline demo on "
+                  f"scikit-learn's handwritten digits (written to {DIGITS_DIR}) with {DEMO_CONFIG.name}.")
+            cfg = dataclasses.replace(resolve_config(args, extra_file=DEMO_CONFIG), data_dir=str(DIGITS_DIR))
+    if cfg.run_name is None:
+        cfg = dataclasses.replace(cfg, run_name=time.strftime("run-%Y%m%d-%H%M%S"))
+    return cfg

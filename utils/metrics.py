@@ -1,0 +1,42 @@
+"""Accuracy, F1, classification reports and confusion-matrix images (scikit-learn, matplotlib)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: training machines often have no display
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, f1_score
+
+
+def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    return float(accuracy_score(labels, preds))
+
+
+def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
+    return float(f1_score(labels, preds, labels=list(range(num_classes)), average="macro", zero_division=0))
+
+
+def write_classification_report(path: Path, labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> str:
+    report = classification_report(
+        labels, preds, labels=list(range(len(classes))), target_names=list(classes), digits=4, zero_division=0
+    )
+    path.write_text(report, encoding="utf-8")
+    return report
+
+
+def save_confusion_matrix(path: Path, labels: np.ndarray, preds: np.ndarray, classes: Sequence[str],
+                          title: str) -> None:
+    size = max(5.0, 0.6 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        labels, preds, labels=list(range(len(classes))), display_labels=list(classes),
+        ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues",
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

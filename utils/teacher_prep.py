@@ -1,0 +1,96 @@
+"""A fold's teacher: trained on the fold's training split only, scored on its
+validation split, then frozen. Trained teachers are cached on disk, keyed by
+everything that shapes them, so later runs (other students, other attention)
+reuse them."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from models.teacher import build_teacher, freeze_backbone, freeze_teacher
+from utils.config import Config
+from utils.data import Sample
+from utils.errors import ConfigError
+from utils.losses import CrossEntropyLoss
+from utils.optimization import build_optimizer, warmup_cosine
+from utils.train import EpochStats, Evaluation, evaluate, fit, train_one_epoch
+
+# The settings that change what a teacher learns; anything else (the student,
+# the distillation loss) may differ between runs that share teachers.
+TEACHER_SETTINGS = (
+    "teacher_weights", "teacher_train", "teacher_epochs", "teacher_lr", "img_size", "batch_size",
+    "weight_decay", "warmup_epochs", "mixup_alpha", "crop", "crop_scale_min", "hflip", "rotation",
+    "color_jitter", "erasing", "num_folds", "seed",
+)
+
+
+@dataclasses.dataclass
+class PreparedTeacher:
+    model: nn.Layer
+    val_acc: float
+    from_cache: bool
+
+
+def teacher_cache_key(cfg: Config, samples: Sequence[Sample], train_indices: np.ndarray, fold: int) -> str:
+    """A hash of the dataset's files and labels, this fold's training split and the teacher settings."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(f"{os.path.abspath(sample.path)}\t{sample.label}\t{os.path.getsize(sample.path)}\n".encode())
+    digest.update(np.asarray(sorted(train_indices), dtype=np.int64).tobytes())
+    settings = {key: getattr(cfg, key) for key in TEACHER_SETTINGS}
+    if cfg.teacher_weights not in ("imagenet", "none"):
+        settings["teacher_weights_size"] = os.path.getsize(cfg.teacher_weights)
+    digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def prepare_teacher(
+    cfg: Config,
+    num_classes: int,
+    cache_path: Path,
+    train_loader: paddle.io.DataLoader,
+    val_loader: paddle.io.DataLoader,
+    rng: np.random.Generator,
+    on_epoch: Callable[[int, EpochStats, Evaluation, bool], None],
+) -> PreparedTeacher:
+    """The fold's frozen teacher, from the cache or trained now."""
+    teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights)
+    if cfg.teacher_epochs == 0 and not head_trained:
+        raise ConfigError(
+            "teacher_epochs is 0, but the teacher weights carry no head trained for these "
+            f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
+        )
+    meta_path = cache_path.with_suffix(".json")
+    if cache_path.is_file() and meta_path.is_file() and not cfg.retrain_teacher:
+        teacher.set_state_dict(paddle.load(str(cache_path)))
+        freeze_teacher(teacher)
+        return PreparedTeacher(teacher, json.loads(meta_path.read_text())["val_acc"], True)
+
+    if cfg.teacher_epochs > 0:
+        if cfg.teacher_train == "head":
+            freeze_backbone(teacher)
+        schedule = warmup_cosine(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, len(train_loader))
+        optimizer = build_optimizer(teacher, schedule, cfg.weight_decay)
+        scaler = paddle.amp.GradScaler(enable=cfg.amp and paddle.is_compiled_with_cuda())
+        loss_fn = CrossEntropyLoss()
+        val_acc = fit(
+            teacher,
+            lambda epoch: train_one_epoch(teacher, None, train_loader, optimizer, schedule, loss_fn,
+                                          cfg.mixup_alpha, rng, scaler, desc=f"teacher epoch {epoch}"),
+            val_loader, cfg.teacher_epochs, patience=None, on_epoch=on_epoch,
+        ).best.acc
+    else:
+        val_acc = evaluate(teacher, val_loader).acc
+    freeze_teacher(teacher)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    paddle.save(teacher.state_dict(), str(cache_path))
+    meta_path.write_text(json.dumps({"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS}}, indent=2))
+    return PreparedTeacher(teacher, val_acc, False)

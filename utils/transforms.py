@@ -1,0 +1,53 @@
+"""Training augmentation and evaluation preprocessing, defined once for
+training, evaluation and inference. Images arrive as RGB uint8 (H, W, 3)
+arrays and leave as normalised float32 (3, H, W) arrays."""
+from __future__ import annotations
+
+import paddle.vision.transforms as T
+
+from utils.config import Config
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Evaluation resizes the short side to img_size / 0.875 (256 for 224), then crops the centre.
+CENTER_CROP_FRACTION = 0.875
+
+
+def resize_size(img_size: int) -> int:
+    """The short side images are resized to before the centre crop; also the
+    largest short side kept in memory when images are decoded."""
+    return round(img_size / CENTER_CROP_FRACTION)
+
+
+def _normalize(mean: tuple, std: tuple) -> T.Normalize:
+    # Inputs are 0-255 here: ToTensor's division by 255 is folded into the constants.
+    return T.Normalize([255 * m for m in mean], [255 * s for s in std], data_format="HWC")
+
+
+def build_train_transform(cfg: Config) -> T.Compose:
+    size = cfg.img_size
+    if cfg.crop == "random_resized":
+        steps = [T.RandomResizedCrop(size, scale=(cfg.crop_scale_min, 1.0))]
+    else:
+        steps = [T.Resize((size, size)), T.Pad(size // 8), T.RandomCrop(size)]
+    if cfg.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(cfg.hflip))
+    if cfg.rotation > 0:
+        steps.append(T.RandomRotation(cfg.rotation))
+    if cfg.color_jitter > 0:
+        steps.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+    steps.append(_normalize(IMAGENET_MEAN, IMAGENET_STD))
+    if cfg.erasing > 0:
+        # After normalising, so that the erased box is filled with the mean colour (0).
+        steps.append(T.RandomErasing(prob=cfg.erasing))
+    steps.append(T.Transpose())
+    return T.Compose(steps)
+
+
+def build_eval_transform(img_size: int, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> T.Compose:
+    return T.Compose([
+        T.Resize(resize_size(img_size)),
+        T.CenterCrop(img_size),
+        _normalize(mean, std),
+        T.Transpose(),
+    ])

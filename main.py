@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.runtime import tune_cpu_environment
+from utils.runtime import prepare_process
 
-tune_cpu_environment()  # must run before anything imports Paddle
+prepare_process()  # must run before anything imports Paddle
 
 from utils.config import add_config_flags  # noqa: E402
 from utils.errors import UserError  # noqa: E402

@@ -9,11 +9,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.runtime import tune_cpu_environment  # noqa: E402
+from utils.runtime import prepare_process  # noqa: E402
 
-tune_cpu_environment()
+prepare_process()
 
 import cv2  # noqa: E402
+
+import main  # noqa: E402
+import utils.cross_validation as cross_validation  # noqa: E402
 
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
@@ -45,5 +48,37 @@ def tiny_run_args(data_dir: Path, out: Path, run_name: str, *extra: str) -> list
         "--data_dir", str(data_dir), "--num_folds", "2", "--epochs", "1", "--teacher_epochs", "1",
         "--img_size", "32", "--batch_size", "8", "--teacher_weights", "none", "--student_weights", "none",
         "--student", "mobilenet_v3_small", "--output_dir", str(out / "models_saved"),
-        "--log_dir", str(out / "logs"), "--run_name", run_name, *extra,
+        "--log_dir", str(out / "logs"), "--run_name", run_name, "--parallel_folds", "1", *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """Run the pipeline once, recording which images each fold's teacher trained on."""
+    out = tmp_path_factory.mktemp("run")
+    data = tmp_path_factory.mktemp("data_with_junk") / "data"
+    # The tiny set plus one corrupt image and one stray text file.
+    for path in tiny_data.rglob("*.png"):
+        target = data / path.relative_to(tiny_data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    (data / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "green" / "notes.txt").write_text("not an image")
+
+    teacher_calls = []
+    real_prepare = cross_validation.prepare_teacher
+
+    def spy(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs):
+        teacher_calls.append((
+            {id(image) for image in train_loader.dataset.images},
+            {id(image) for image in val_loader.dataset.images},
+        ))
+        return real_prepare(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs)
+
+    cross_validation.prepare_teacher = spy
+    try:
+        code = main.main(tiny_run_args(data, out, "tiny"))
+    finally:
+        cross_validation.prepare_teacher = real_prepare
+    assert code == 0
+    return out, out / "models_saved" / "tiny", data, teacher_calls

@@ -11,40 +11,7 @@ import pytest
 import yaml
 
 import main
-import utils.cross_validation as cross_validation
 from tests.conftest import tiny_run_args, write_image
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tiny_data, tmp_path_factory):
-    """Run the pipeline once, recording which images each fold's teacher trained on."""
-    out = tmp_path_factory.mktemp("run")
-    data = tmp_path_factory.mktemp("data_with_junk") / "data"
-    # The tiny set plus one corrupt image and one stray text file.
-    for path in tiny_data.rglob("*.png"):
-        target = data / path.relative_to(tiny_data)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
-    (data / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (data / "green" / "notes.txt").write_text("not an image")
-
-    teacher_calls = []
-    real_prepare = cross_validation.prepare_teacher
-
-    def spy(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs):
-        teacher_calls.append((
-            {id(image) for image in train_loader.dataset.images},
-            {id(image) for image in val_loader.dataset.images},
-        ))
-        return real_prepare(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs)
-
-    cross_validation.prepare_teacher = spy
-    try:
-        code = main.main(tiny_run_args(data, out, "tiny"))
-    finally:
-        cross_validation.prepare_teacher = real_prepare
-    assert code == 0
-    return out, out / "models_saved" / "tiny", data, teacher_calls
 
 
 def test_run_writes_fold_checkpoints_with_metadata(tiny_run):
@@ -126,6 +93,15 @@ def test_second_run_reuses_cached_teachers_and_repeats_results(tiny_run, capsys)
     for a, b in zip(first["folds"], second["folds"]):
         assert a["teacher_val_acc"] == b["teacher_val_acc"]
         assert a["student_val_acc"] == b["student_val_acc"]
+
+
+def test_parallel_folds_give_the_sequential_results(tiny_run):
+    out, run_dir, data, _ = tiny_run
+    assert main.main(tiny_run_args(data, out, "parallel", "--parallel_folds", "2")) == 0
+    sequential = json.loads((run_dir / "summary.json").read_text())
+    parallel = json.loads((out / "models_saved" / "parallel" / "summary.json").read_text())
+    assert [f["student_val_acc"] for f in parallel["folds"]] == [f["student_val_acc"] for f in sequential["folds"]]
+    assert (out / "models_saved" / "parallel" / "fold1" / "best.pdparams").is_file()
 
 
 def test_held_out_test_split_is_scored_by_the_fold_ensemble(tmp_path):

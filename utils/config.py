@@ -32,6 +32,7 @@ class Config:
     seed: int
     batch_size: int
     num_workers: int
+    parallel_folds: int
     student: str
     student_weights: str
     freeze_student_blocks: int
@@ -127,6 +128,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.num_folds >= 2, "num_folds must be at least 2"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),
+        (cfg.parallel_folds >= 0, "parallel_folds must be 0 or more"),
         (cfg.freeze_student_blocks >= 0, "freeze_student_blocks must be 0 or more"),
         (cfg.teacher_epochs >= 0, "teacher_epochs must be 0 or more"),
         (cfg.teacher_lr > 0, "teacher_lr must be positive"),
@@ -167,7 +169,7 @@ def build_config(values: dict[str, Any]) -> Config:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One `--key VALUE` flag per setting; boolean flags may stand alone (`--amp`)."""
-    parser.add_argument("--config", metavar="PATH", help="YAML file of settings to use instead of configs/default.yaml's")
+    parser.add_argument("--config", metavar="PATH", help="YAML file whose settings replace configs/default.yaml's")
     for key, kind in _field_types().items():
         if kind is bool:
             parser.add_argument(f"--{key}", nargs="?", const="true", default=None, metavar="BOOL")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +28,7 @@ from utils.errors import ConfigError, UserError
 from utils.losses import create_loss
 from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.optimization import build_optimizer, warmup_cosine
-from utils.runtime import seed_everything, select_device
+from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
 from utils.train import EpochStats, Evaluation, fit, predict, train_one_epoch
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
@@ -49,8 +53,12 @@ class FoldResult:
     val_probs: np.ndarray
 
 
-def check_names(cfg: Config) -> None:
-    """Unknown component names stop the run before any work."""
+def check_components(cfg: Config) -> None:
+    """Unknown component names and missing weights files stop the run before any work."""
+    for flag in ("teacher_weights", "student_weights"):
+        weights = getattr(cfg, flag)
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise ConfigError(f"--{flag}: no weights file {weights} (use imagenet, none or a .pdparams path)")
     if cfg.student not in STUDENTS:
         raise ConfigError(f"unknown student '{cfg.student}'; choose from {', '.join(STUDENTS)}")
     if cfg.attention != "none" and cfg.attention not in ATTENTIONS:
@@ -102,7 +110,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
     train_set = ImageDataset([images[i] for i in fold.train_indices], labels[fold.train_indices],
                              build_train_transform(cfg))
     val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
-                           build_eval_transform(cfg.img_size))
+                           build_eval_transform(cfg.img_size, cfg.crop))
     train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers)
     val_loader = make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
     loss_fn = create_loss(cfg)
@@ -144,6 +152,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         "attention": cfg.attention,
         "attention_blocks": cfg.attention_blocks,
         "img_size": cfg.img_size,
+        "crop": cfg.crop,
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "kd": cfg.kd,
@@ -159,6 +168,29 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
                       macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
 
 
+def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
+    """How many folds train at once. On CPU, one single-threaded process per core
+    beats one process with more threads (README, "Speed"); a GPU trains one fold."""
+    requested = cfg.parallel_folds or (1 if device == "gpu" else cpu_count())
+    return max(1, min(requested, num_folds))
+
+
+def _init_fold_worker() -> None:
+    # Progress bars of folds running side by side would overwrite each other.
+    os.environ["TQDM_DISABLE"] = "1"
+    die_with_parent()
+
+
+def run_folds(cfg: Config, folds: list[FoldData], workers: int, *shared) -> list[FoldResult]:
+    """run_fold for every fold, in order; several at once in worker processes when workers > 1.
+    A fold that fails stops the run: its exception is raised here, never swallowed."""
+    if workers == 1:
+        return [run_fold(cfg, fold, *shared) for fold in folds]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker) as pool:
+        return list(pool.map(run_fold, repeat(cfg), folds, *(repeat(item) for item in shared)))
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
@@ -171,7 +203,7 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
     if not samples:
         return None, skipped
     labels = np.array([s.label for s in samples])
-    loader = make_loader(ImageDataset(images, labels, build_eval_transform(cfg.img_size)),
+    loader = make_loader(ImageDataset(images, labels, build_eval_transform(cfg.img_size, cfg.crop)),
                          cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
     probs = np.mean([predict(load_student(path)[0], loader)[0]
                      for path in sorted(run_dir.glob(f"fold*/{WEIGHTS_NAME}"))], axis=0)
@@ -187,7 +219,8 @@ def print_summary_table(results: list[FoldResult], with_teacher: bool) -> None:
     print("\nfold  teacher_acc  student_acc  macro_f1  best_epoch")
     for r in results:
         teacher = f"{r.teacher_val_acc:.4f}" if r.teacher_val_acc is not None else "-"
-        print(f"{r.fold:>4}  {teacher:>11}  {r.student_val_acc:>11.4f}  {r.student_val_macro_f1:>8.4f}  {r.best_epoch:>10}")
+        print(f"{r.fold:>4}  {teacher:>11}  {r.student_val_acc:>11.4f}  {r.student_val_macro_f1:>8.4f}"
+              f"  {r.best_epoch:>10}")
     s_mean, s_std = _mean_std([r.student_val_acc for r in results])
     f_mean, f_std = _mean_std([r.student_val_macro_f1 for r in results])
     teacher = "-"
@@ -199,7 +232,7 @@ def print_summary_table(results: list[FoldResult], with_teacher: bool) -> None:
 
 def run_cross_validation(cfg: Config) -> dict:
     """Train and evaluate every fold; write the run's outputs; return summary.json's content."""
-    check_names(cfg)
+    check_components(cfg)
     start = time.perf_counter()
     device = select_device(cfg.device)
     index = scan_dataset(Path(cfg.data_dir))
@@ -221,7 +254,10 @@ def run_cross_validation(cfg: Config) -> dict:
     (run_dir / "folds.json").write_text(
         json.dumps({s.path: int(k) for s, k in zip(samples, fold_of)}, indent=1), encoding="utf-8")
 
-    results = [run_fold(cfg, fold, index, samples, images, labels, run_dir) for fold in folds]
+    workers = parallel_fold_count(cfg, device, len(folds))
+    if workers > 1:
+        print(f"training {workers} folds at a time, one process each", flush=True)
+    results = run_folds(cfg, folds, workers, index, samples, images, labels, run_dir)
 
     oof_probs = np.zeros((len(samples), len(index.classes)), dtype=np.float32)
     for fold, result in zip(folds, results):

@@ -13,6 +13,7 @@ import paddle
 from tqdm import tqdm
 
 from utils.errors import DataError
+from utils.runtime import cpu_count
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Operating-system clutter that is never an image and never worth a warning.
@@ -162,7 +163,7 @@ def load_images(
     samples: Sequence[Sample], max_short_side: int, desc: str = "decoding images"
 ) -> tuple[list[np.ndarray], list[Sample], list[SkippedFile]]:
     """Decode every image once, in parallel; undecodable files are skipped and reported."""
-    workers = min(8, max(1, len(os.sched_getaffinity(0))))
+    workers = min(8, cpu_count())
     with ThreadPoolExecutor(workers) as pool:
         decoded = list(
             tqdm(

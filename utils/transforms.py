@@ -44,10 +44,13 @@ def build_train_transform(cfg: Config) -> T.Compose:
     return T.Compose(steps)
 
 
-def build_eval_transform(img_size: int, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> T.Compose:
-    return T.Compose([
-        T.Resize(resize_size(img_size)),
-        T.CenterCrop(img_size),
-        _normalize(mean, std),
-        T.Transpose(),
-    ])
+def build_eval_transform(img_size: int, crop: str, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD
+                         ) -> T.Compose:
+    """The deterministic counterpart of the training crop: resize and centre crop
+    after random-resized crops; the whole image, resized to a square, after
+    padded crops (which trained on whole images)."""
+    if crop == "random_resized":
+        steps = [T.Resize(resize_size(img_size)), T.CenterCrop(img_size)]
+    else:
+        steps = [T.Resize((img_size, img_size))]
+    return T.Compose([*steps, _normalize(mean, std), T.Transpose()])

@@ -1,0 +1,94 @@
+"""Classify an image or a folder of images with trained students.
+
+    python inference.py --image_path photo.jpg
+    python inference.py --image_path dir/ --recursive --topk 3 --output preds.csv
+
+By default the newest run in models_saved/ is used, as the ensemble of its
+folds. Exit status: 0 when every image was classified, 1 when some could not
+be read, 2 for usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import json
+import sys
+from pathlib import Path
+
+from utils.runtime import prepare_process
+
+prepare_process()  # must run before anything imports Paddle
+
+from utils.errors import UserError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_path", required=True, help="an image file or a folder of images")
+    parser.add_argument("--model_path", help="run directory (ensemble), fold directory or .pdparams file; "
+                                             "default: the newest run in --output_dir")
+    parser.add_argument("--output_dir", default="models_saved", help="where runs are saved (default: models_saved)")
+    parser.add_argument("--fold", type=int, help="use only this fold of a run")
+    parser.add_argument("--recursive", action="store_true", help="also classify images in sub-folders")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--topk", type=int, default=1, help="also show the next K-1 labels")
+    parser.add_argument("--categories", help="comma-separated class names to print instead of the model's")
+    parser.add_argument("--output", help="write predictions to a .csv or .json file")
+    return parser.parse_args(argv)
+
+
+def write_predictions(path: Path, predictions: list) -> None:
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps([p.__dict__ for p in predictions], indent=2), encoding="utf-8")
+        return
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "confidence", "topk"])
+        for p in predictions:
+            topk = ";".join(f"{label}:{conf:.6f}" for label, conf in p.top)
+            writer.writerow([p.path, p.label, f"{p.confidence:.6f}", topk])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from utils.inference import EnsembleClassifier, classify, find_weights, list_images
+
+        if args.batch_size < 1 or args.topk < 1:
+            raise UserError("--batch_size and --topk must be at least 1")
+        if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+            raise UserError("--output must end in .csv or .json")
+        paths = list_images(Path(args.image_path), args.recursive)
+        if not paths:
+            raise UserError(f"no images in {args.image_path}" + ("" if args.recursive else " (try --recursive)"))
+        classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold))
+        if args.categories:
+            names = [c.strip() for c in args.categories.split(",")]
+            if len(names) != len(classifier.classes):
+                raise UserError(f"--categories names {len(names)} classes, the model has {len(classifier.classes)}")
+            classifier.classes = names
+        topk = min(args.topk, len(classifier.classes))
+
+        predictions, failed = [], []
+        for path, prediction in classify(classifier, paths, args.batch_size, topk):
+            if prediction is None:
+                failed.append(path)
+                print(f"{path}  cannot be read as an image", file=sys.stderr)
+                continue
+            predictions.append(prediction)
+            extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
+            print(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""))
+        if args.output:
+            write_predictions(Path(args.output), predictions)
+        counts = collections.Counter(p.label for p in predictions)
+        print(f"\n{len(predictions)} classified, {len(failed)} failed: "
+              + ", ".join(f"{label} {n}" for label, n in counts.most_common()))
+        return 1 if failed else 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

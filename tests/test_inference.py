@@ -1,0 +1,54 @@
+"""inference.py on the tiny run's models: files, folders, ensembles and bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import inference
+
+
+def test_folder_with_bad_files_classifies_the_good_ones(tiny_run, tmp_path, capsys):
+    out, run_dir, data, _ = tiny_run
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted((data / "red").glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "readme.txt").write_text("not an image")  # not an image name: not even tried
+    output = tmp_path / "preds.csv"
+    code = inference.main(["--image_path", str(folder), "--model_path", str(run_dir),
+                           "--output", str(output), "--topk", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "corrupt.jpg  cannot be read" in captured.err and "empty.png  cannot be read" in captured.err
+    assert "3 classified, 2 failed" in captured.out
+    rows = list(csv.DictReader(open(output, newline="")))
+    assert len(rows) == 3 and all(r["label"] in ("blue", "green", "red") for r in rows)
+    assert all(len(r["topk"].split(";")) == 2 for r in rows)
+
+
+def test_default_model_is_the_latest_run_and_single_fold_differs_from_ensemble(tiny_run, tmp_path, capsys,
+                                                                                 monkeypatch):
+    out, run_dir, data, _ = tiny_run
+    image = sorted((data / "blue").glob("*.png"))[0]
+    monkeypatch.chdir(out)  # models_saved/latest lives here
+    assert inference.main(["--image_path", str(image), "--output", str(tmp_path / "all.json")]) == 0
+    assert inference.main(["--image_path", str(image), "--fold", "0",
+                           "--output", str(tmp_path / "one.json")]) == 0
+    ensemble = json.loads((tmp_path / "all.json").read_text())[0]
+    single = json.loads((tmp_path / "one.json").read_text())[0]
+    assert ensemble["label"] in ("blue", "green", "red")
+    assert ensemble["confidence"] != single["confidence"]
+
+
+def test_recursive_folder_and_usage_errors(tiny_run, capsys):
+    out, run_dir, data, _ = tiny_run
+    assert inference.main(["--image_path", str(data), "--model_path", str(run_dir)]) == 2
+    assert "no images in" in capsys.readouterr().err
+    assert inference.main(["--image_path", str(data), "--model_path", str(run_dir), "--recursive"]) == 1
+    assert "30 classified, 1 failed" in capsys.readouterr().out  # the tiny run's corrupt.jpg
+    assert inference.main(["--image_path", str(data), "--model_path", str(run_dir), "--recursive",
+                           "--categories", "a,b"]) == 2
+    assert "the model has 3" in capsys.readouterr().err
+    assert inference.main(["--image_path", str(data), "--model_path", str(out / "nowhere")]) == 2

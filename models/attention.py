@@ -12,7 +12,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from utils.errors import ConfigError
+from utils.registry import lookup
 
 # Gates that end in a bias start at sigmoid(GATE_BIAS) ~ 0.95, so that a
 # pretrained block with new attention starts close to what it was.
@@ -125,10 +125,13 @@ ATTENTIONS: dict[str, Callable[[int], nn.Layer]] = {
 }
 
 
+def check_attention(name: str) -> None:
+    if name != "none":
+        lookup(ATTENTIONS, name, "attention", also=("none",))
+
+
 def create_attention(name: str, channels: int) -> nn.Layer:
-    if name not in ATTENTIONS:
-        raise ConfigError(f"unknown attention '{name}'; choose from none, {', '.join(ATTENTIONS)}")
-    return ATTENTIONS[name](channels)
+    return lookup(ATTENTIONS, name, "attention", also=("none",))(channels)
 
 
 def _last(items: list, blocks: str) -> list:

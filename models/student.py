@@ -10,6 +10,7 @@ from models.attention import attach_attention
 from models.freeze import freeze
 from models.weights import build_classifier
 from utils.errors import ConfigError
+from utils.registry import lookup
 
 # name -> (constructor, path of the final linear layer)
 STUDENTS: dict[str, tuple[Callable[..., nn.Layer], str]] = {
@@ -38,9 +39,7 @@ def build_student(
     attention: str = "none",
     attention_blocks: str = "all",
 ) -> nn.Layer:
-    if name not in STUDENTS:
-        raise ConfigError(f"unknown student '{name}'; choose from {', '.join(STUDENTS)}")
-    constructor, head = STUDENTS[name]
+    constructor, head = lookup(STUDENTS, name, "student")
     model, _ = build_classifier(
         lambda pretrained, classes: constructor(pretrained=pretrained, num_classes=classes),
         head, num_classes, weights, flag="student_weights",

@@ -35,6 +35,12 @@ def head_out_features(model: nn.Layer, head_path: str) -> int:
     return getattr(parent, name).weight.shape[1]
 
 
+def check_weights_arg(weights: str, flag: str) -> None:
+    """`imagenet`, `none`, or the path of an existing file."""
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise ConfigError(f"--{flag}: no weights file {weights} (use imagenet, none or a .pdparams path)")
+
+
 def build_classifier(
     factory: ModelFactory, head_path: str, num_classes: int, weights: str, flag: str
 ) -> tuple[nn.Layer, bool]:
@@ -57,9 +63,8 @@ def build_classifier(
         replace_head(model, head_path, num_classes)
         return model, False
 
+    check_weights_arg(weights, flag)
     path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(f"--{flag}: no weights file {path} (use imagenet, none or a .pdparams path)")
     try:
         state = paddle.load(str(path))
     except Exception as error:  # paddle.load raises several types for a non-weights file

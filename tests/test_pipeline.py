@@ -139,6 +139,7 @@ def test_class_with_fewer_images_than_folds_stops_before_training(tmp_path, caps
     (["--student", "resnet9"], "unknown student 'resnet9'"),
     (["--attention", "magic"], "unknown attention 'magic'"),
     (["--kd", "mse"], "unknown kd 'mse'"),
+    (["--device", "gpu"], "this Paddle has no CUDA GPU"),
     (["--teacher_epochs", "0"], "teacher_epochs is 0, but the teacher weights carry no head"),
     (["--teacher_weights", "missing.pdparams"], "no weights file missing.pdparams"),
 ])

@@ -100,20 +100,20 @@ def write_tables(rows: list[dict], out_dir: Path, base: Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attentions", default="none,eca,simam,cbam,se,coord")
-    parser.add_argument("--kd", dest="kd_list", default="on,off", help="on, off or on,off")
     parser.add_argument("--ablation_name", default="ablation")
-    add_config_flags(parser)
+    add_config_flags(parser)  # its --kd is read here as the list of KD settings to compare
     args = parser.parse_args(argv)
+    kd_list, args.kd = args.kd or "on,off", None
     try:
-        from models.attention import ATTENTIONS
+        from models.attention import check_attention
         from utils.demo import resolve_run_config
 
         attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
-        kds = [k.strip() for k in args.kd_list.split(",") if k.strip()]
-        unknown = [a for a in attentions if a != "none" and a not in ATTENTIONS]
-        if unknown or not attentions:
-            raise UserError(f"--attentions: unknown {', '.join(unknown) or '(empty)'}; "
-                            f"choose from none, {', '.join(ATTENTIONS)}")
+        kds = [k.strip() for k in kd_list.split(",") if k.strip()]
+        if not attentions:
+            raise UserError("--attentions needs at least one name")
+        for attention in attentions:
+            check_attention(attention)
         if not kds or any(k not in KD_CHOICES for k in kds):
             raise UserError("--kd takes on, off or on,off")
         base = resolve_run_config(args)

@@ -18,19 +18,21 @@ import paddle
 from sklearn.model_selection import StratifiedKFold
 from visualdl import LogWriter
 
-from models.attention import ATTENTIONS
+from models.attention import check_attention
 from models.student import STUDENTS, build_student
+from models.weights import check_weights_arg
 from utils.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
 from utils.config import Config, save_config
 from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
                         make_loader, scan_dataset)
-from utils.errors import ConfigError, UserError
+from utils.errors import UserError
 from utils.losses import create_loss
 from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.optimization import build_optimizer, warmup_cosine
+from utils.registry import lookup
 from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
-from utils.train import EpochStats, Evaluation, fit, predict, train_one_epoch
+from utils.train import EpochStats, Evaluation, fit, grad_scaler, predict, train_one_epoch
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
 
 
@@ -55,14 +57,10 @@ class FoldResult:
 
 def check_components(cfg: Config) -> None:
     """Unknown component names and missing weights files stop the run before any work."""
-    for flag in ("teacher_weights", "student_weights"):
-        weights = getattr(cfg, flag)
-        if weights not in ("imagenet", "none") and not Path(weights).is_file():
-            raise ConfigError(f"--{flag}: no weights file {weights} (use imagenet, none or a .pdparams path)")
-    if cfg.student not in STUDENTS:
-        raise ConfigError(f"unknown student '{cfg.student}'; choose from {', '.join(STUDENTS)}")
-    if cfg.attention != "none" and cfg.attention not in ATTENTIONS:
-        raise ConfigError(f"unknown attention '{cfg.attention}'; choose from none, {', '.join(ATTENTIONS)}")
+    check_weights_arg(cfg.teacher_weights, "teacher_weights")
+    check_weights_arg(cfg.student_weights, "student_weights")
+    lookup(STUDENTS, cfg.student, "student")
+    check_attention(cfg.attention)
     create_loss(cfg)
 
 
@@ -135,7 +133,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
                                 cfg.attention, cfg.attention_blocks)
         schedule = warmup_cosine(cfg.lr, cfg.epochs, cfg.warmup_epochs, len(train_loader))
         optimizer = build_optimizer(student, schedule, cfg.weight_decay)
-        scaler = paddle.amp.GradScaler(enable=cfg.amp and paddle.is_compiled_with_cuda())
+        scaler = grad_scaler(cfg.amp)
         rng = np.random.default_rng([cfg.seed, fold.fold, 1])
         result = fit(
             student,
@@ -175,19 +173,21 @@ def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
     return max(1, min(requested, num_folds))
 
 
-def _init_fold_worker() -> None:
+def _init_fold_worker(device: str) -> None:
     # Progress bars of folds running side by side would overwrite each other.
     os.environ["TQDM_DISABLE"] = "1"
     die_with_parent()
+    paddle.set_device(device)
 
 
-def run_folds(cfg: Config, folds: list[FoldData], workers: int, *shared) -> list[FoldResult]:
+def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, *shared) -> list[FoldResult]:
     """run_fold for every fold, in order; several at once in worker processes when workers > 1.
     A fold that fails stops the run: its exception is raised here, never swallowed."""
     if workers == 1:
         return [run_fold(cfg, fold, *shared) for fold in folds]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker,
+                             initargs=(device,)) as pool:
         return list(pool.map(run_fold, repeat(cfg), folds, *(repeat(item) for item in shared)))
 
 
@@ -235,6 +235,8 @@ def run_cross_validation(cfg: Config) -> dict:
     check_components(cfg)
     start = time.perf_counter()
     device = select_device(cfg.device)
+    if cfg.amp and device != "gpu":
+        print("note: --amp (mixed precision) works on a GPU only; training in float32 on the CPU")
     index = scan_dataset(Path(cfg.data_dir))
     run_dir = prepare_run_dir(cfg)
     images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size))
@@ -257,7 +259,7 @@ def run_cross_validation(cfg: Config) -> dict:
     workers = parallel_fold_count(cfg, device, len(folds))
     if workers > 1:
         print(f"training {workers} folds at a time, one process each", flush=True)
-    results = run_folds(cfg, folds, workers, index, samples, images, labels, run_dir)
+    results = run_folds(cfg, folds, workers, device, index, samples, images, labels, run_dir)
 
     oof_probs = np.zeros((len(samples), len(index.classes)), dtype=np.float32)
     for fold, result in zip(folds, results):

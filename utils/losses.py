@@ -9,7 +9,7 @@ import paddle
 import paddle.nn.functional as F
 
 from utils.config import Config
-from utils.errors import ConfigError
+from utils.registry import lookup
 from utils.mixup import MixedTargets
 
 
@@ -68,6 +68,4 @@ LOSSES: dict[str, Callable[[Config], object]] = {
 
 
 def create_loss(cfg: Config):
-    if cfg.kd not in LOSSES:
-        raise ConfigError(f"unknown kd '{cfg.kd}'; choose from {', '.join(LOSSES)}")
-    return LOSSES[cfg.kd](cfg)
+    return lookup(LOSSES, cfg.kd, "kd")(cfg)

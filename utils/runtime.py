@@ -40,7 +40,7 @@ def tune_cpu_environment() -> None:
 
     The MKL that Paddle ships takes slow generic code paths on AMD CPUs; with
     MKL_DEBUG_CPU_TYPE=5 a ResNet50 forward at 112 px on a 2-core EPYC went
-    from 8.2 to 32.3 img/s. OpenMP threads are left at Paddle's one per
+    from 8.2 to 24.2 img/s (one thread). OpenMP threads are left at Paddle's one per
     process: two threads were measured slower for these models, so the cores
     train folds in parallel instead (see `parallel_folds`). A value the user
     already set is always kept.

@@ -21,7 +21,7 @@ from utils.data import Sample
 from utils.errors import ConfigError
 from utils.losses import CrossEntropyLoss
 from utils.optimization import build_optimizer, warmup_cosine
-from utils.train import EpochStats, Evaluation, evaluate, fit, train_one_epoch
+from utils.train import EpochStats, Evaluation, evaluate, fit, grad_scaler, train_one_epoch
 
 # The settings that change what a teacher learns; anything else (the student,
 # the distillation loss) may differ between runs that share teachers.
@@ -79,7 +79,7 @@ def prepare_teacher(
             freeze_backbone(teacher)
         schedule = warmup_cosine(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, len(train_loader))
         optimizer = build_optimizer(teacher, schedule, cfg.weight_decay)
-        scaler = paddle.amp.GradScaler(enable=cfg.amp and paddle.is_compiled_with_cuda())
+        scaler = grad_scaler(cfg.amp)
         loss_fn = CrossEntropyLoss()
         val_acc = fit(
             teacher,

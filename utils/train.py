@@ -47,6 +47,11 @@ class FitResult:
     epochs_run: int
 
 
+def grad_scaler(amp: bool) -> paddle.amp.GradScaler:
+    """Loss scaling for mixed precision, which only a GPU has; a pass-through elsewhere."""
+    return paddle.amp.GradScaler(enable=amp and paddle.get_device().startswith("gpu"))
+
+
 def train_one_epoch(
     model: nn.Layer,
     teacher: Optional[nn.Layer],

@@ -32,8 +32,9 @@ from utils.optimization import build_optimizer, warmup_cosine
 from utils.registry import lookup
 from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
-from utils.train import EpochStats, Evaluation, fit, grad_scaler, predict, train_one_epoch
+from utils.train import fit, grad_scaler, predict, train_one_epoch
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
+from utils.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch, log_run
 
 
 @dataclasses.dataclass
@@ -81,25 +82,6 @@ def prepare_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int):
-    """The per-epoch hook for `fit`: VisualDL scalars under `prefix`, and one console line."""
-    best = {"acc": -1.0, "epoch": 0}
-    name = prefix.rstrip("/") or "student"
-
-    def on_epoch(epoch: int, stats: EpochStats, evaluation: Evaluation, improved: bool) -> None:
-        for tag, value in (("train/loss", stats.loss), ("train/acc", stats.acc), ("train/ce", stats.ce),
-                           ("train/kd", stats.kd), ("val/loss", evaluation.loss), ("val/acc", evaluation.acc),
-                           ("lr", stats.lr)):
-            writer.add_scalar(f"{prefix}{tag}", value, epoch)
-        if evaluation.acc > best["acc"]:
-            best.update(acc=evaluation.acc, epoch=epoch)
-        print(f"fold {fold} {name} epoch {epoch:>3}/{epochs}  train loss {stats.loss:.4f} acc {stats.acc:.4f}"
-              f"  | val loss {evaluation.loss:.4f} acc {evaluation.acc:.4f}  | lr {stats.lr:.2e}"
-              f"  | {stats.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})", flush=True)
-
-    return on_epoch
-
-
 def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample], images: list[np.ndarray],
              labels: np.ndarray, run_dir: Path) -> FoldResult:
     classes = index.classes
@@ -114,6 +96,9 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
     loss_fn = create_loss(cfg)
 
     with LogWriter(logdir=str(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}")) as writer:
+        seed_everything(cfg.seed + fold.fold)
+        log_augmented_batch(writer, train_loader, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
+                            IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
         if loss_fn.needs_teacher:
             seed_everything(cfg.seed + fold.fold)
@@ -142,8 +127,11 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
             val_loader, cfg.epochs, cfg.patience,
             epoch_logger(writer, "", fold.fold, cfg.epochs),
         )
+        best = result.best
+        save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
+                              f"fold {fold.fold}, best epoch {result.best_epoch}")
+        log_best_epoch(writer, best, classes, result.best_epoch, fold_dir / "confusion_matrix.png")
 
-    best = result.best
     save_checkpoint(fold_dir, result.best_state, {
         "classes": classes,
         "student": cfg.student,
@@ -160,8 +148,6 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         "teacher_val_acc": teacher_acc,
     })
     write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
-    save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
-                          f"fold {fold.fold}, best epoch {result.best_epoch}")
     return FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, best.acc,
                       macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
 
@@ -293,6 +279,9 @@ def run_cross_validation(cfg: Config) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    metrics = {key: summary[key] for key in ("student_val_acc_mean", "student_val_macro_f1_mean", "oof_acc",
+                                             "teacher_val_acc_mean") if summary[key] is not None}
+    log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), metrics, run_dir / "confusion_matrix.png")
     (Path(cfg.output_dir) / "latest").write_text(cfg.run_name + "\n", encoding="utf-8")
     print_summary_table(results, with_teacher)
     if test_scores:

@@ -1,0 +1,92 @@
+"""What a run shows while it trains and after: VisualDL records (scalars,
+images, PR curves, hyper-parameters) and the one-line-per-epoch console log."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import paddle
+from visualdl import LogWriter
+
+from utils.mixup import mixup
+from utils.train import EpochStats, Evaluation
+
+GRID_COLUMNS = 8
+
+
+def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int
+                 ) -> Callable[[int, EpochStats, Evaluation, bool], None]:
+    """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, and one console line."""
+    best = {"acc": -1.0, "epoch": 0}
+    name = prefix.rstrip("/") or "student"
+
+    def on_epoch(epoch: int, stats: EpochStats, evaluation: Evaluation, improved: bool) -> None:
+        for tag, value in (("train/loss", stats.loss), ("train/acc", stats.acc), ("train/ce", stats.ce),
+                           ("train/kd", stats.kd), ("val/loss", evaluation.loss), ("val/acc", evaluation.acc),
+                           ("lr", stats.lr)):
+            writer.add_scalar(f"{prefix}{tag}", value, epoch)
+        if evaluation.acc > best["acc"]:
+            best.update(acc=evaluation.acc, epoch=epoch)
+        print(f"fold {fold} {name} epoch {epoch:>3}/{epochs}  train loss {stats.loss:.4f} acc {stats.acc:.4f}"
+              f"  | val loss {evaluation.loss:.4f} acc {evaluation.acc:.4f}  | lr {stats.lr:.2e}"
+              f"  | {stats.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})", flush=True)
+
+    return on_epoch
+
+
+def log_augmented_batch(writer: LogWriter, loader: paddle.io.DataLoader, mixup_alpha: float,
+                        rng: np.random.Generator, mean: Sequence[float], std: Sequence[float]) -> None:
+    """One training batch as the networks see it (augmented, then mixed), as a grid image:
+    a wrong augmentation shows at a glance."""
+    images, labels = next(iter(loader))
+    mixed, _ = mixup(images, labels, mixup_alpha, rng)
+    pixels = mixed.numpy().transpose(0, 2, 3, 1) * np.array(std) + np.array(mean)
+    pixels = np.clip(pixels * 255, 0, 255).astype(np.uint8)[:2 * GRID_COLUMNS]
+    rows = -(-len(pixels) // GRID_COLUMNS)
+    padded = np.zeros((rows * GRID_COLUMNS, *pixels.shape[1:]), np.uint8)
+    padded[:len(pixels)] = pixels
+    h, w = pixels.shape[1:3]
+    grid = padded.reshape(rows, GRID_COLUMNS, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, GRID_COLUMNS * w, 3)
+    writer.add_image("train/augmented_batch", grid, step=0)
+
+
+@contextlib.contextmanager
+def _numpy_float_alias():
+    """VisualDL 2.5.3 computes PR curves with `np.float`, which NumPy removed in 1.24:
+    provide the alias for the duration of the call only."""
+    added = "float" not in np.__dict__
+    if added:
+        np.float = float
+    try:
+        yield
+    finally:
+        if added:
+            del np.float
+
+
+def log_best_epoch(writer: LogWriter, best: Evaluation, classes: Sequence[str], epoch: int,
+                   confusion_png: Path) -> None:
+    """The best epoch's confusion matrix as an image, and a precision-recall curve per class."""
+    image = cv2.imread(str(confusion_png))
+    writer.add_image("val/confusion_matrix", cv2.cvtColor(image, cv2.COLOR_BGR2RGB), step=epoch)
+    with _numpy_float_alias():
+        for index, name in enumerate(classes):
+            writer.add_pr_curve(f"val/pr_curve/{name}", (best.labels == index).astype("int32"),
+                                best.probs[:, index].astype("float32"), step=epoch, num_thresholds=50)
+
+
+def log_run(log_dir: Path, hparams: dict, metrics: dict[str, float], confusion_png: Path) -> None:
+    """The run's settings with its final metrics, for VisualDL's hyper-parameter view,
+    and the out-of-fold confusion matrix."""
+    with LogWriter(logdir=str(log_dir)) as writer:
+        # VisualDL takes numbers and strings only: booleans and None go in as text.
+        plain = {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v)
+                 for k, v in hparams.items()}
+        writer.add_hparams(plain, [f"hparam/{name}" for name in metrics])
+        for name, value in metrics.items():
+            writer.add_scalar(f"hparam/{name}", value, 0)
+        image = cv2.imread(str(confusion_png))
+        writer.add_image("oof/confusion_matrix", cv2.cvtColor(image, cv2.COLOR_BGR2RGB), step=0)

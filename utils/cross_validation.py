@@ -97,7 +97,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
 
     with LogWriter(logdir=str(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}")) as writer:
         seed_everything(cfg.seed + fold.fold)
-        log_augmented_batch(writer, train_loader, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
+        log_augmented_batch(writer, train_set, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
                             IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
         if loss_fn.needs_teacher:

@@ -11,6 +11,7 @@ import numpy as np
 import paddle
 from visualdl import LogWriter
 
+from utils.data import ImageDataset
 from utils.mixup import mixup
 from utils.train import EpochStats, Evaluation
 
@@ -37,14 +38,17 @@ def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int
     return on_epoch
 
 
-def log_augmented_batch(writer: LogWriter, loader: paddle.io.DataLoader, mixup_alpha: float,
+def log_augmented_batch(writer: LogWriter, dataset: ImageDataset, mixup_alpha: float,
                         rng: np.random.Generator, mean: Sequence[float], std: Sequence[float]) -> None:
-    """One training batch as the networks see it (augmented, then mixed), as a grid image:
-    a wrong augmentation shows at a glance."""
-    images, labels = next(iter(loader))
+    """Training images as the networks see them (augmented, then mixed), as a grid image:
+    a wrong augmentation shows at a glance. Read from the dataset directly, not through a
+    DataLoader, whose prefetching thread would go on drawing random numbers in the background."""
+    samples = [dataset[i] for i in range(min(2 * GRID_COLUMNS, len(dataset)))]
+    images = paddle.to_tensor(np.stack([image for image, _ in samples]))
+    labels = paddle.to_tensor(np.array([label for _, label in samples]))
     mixed, _ = mixup(images, labels, mixup_alpha, rng)
     pixels = mixed.numpy().transpose(0, 2, 3, 1) * np.array(std) + np.array(mean)
-    pixels = np.clip(pixels * 255, 0, 255).astype(np.uint8)[:2 * GRID_COLUMNS]
+    pixels = np.clip(pixels * 255, 0, 255).astype(np.uint8)
     rows = -(-len(pixels) // GRID_COLUMNS)
     padded = np.zeros((rows * GRID_COLUMNS, *pixels.shape[1:]), np.uint8)
     padded[:len(pixels)] = pixels

@@ -2,12 +2,13 @@
 import numpy as np
 import paddle
 import paddle.nn as nn
+import pytest
 
 from models.teacher import build_teacher, freeze_teacher
 from utils.losses import KLDistillationLoss
 from utils.mixup import mixup
 from utils.optimization import build_optimizer, warmup_cosine
-from utils.train import train_one_epoch
+from utils.train import TrainingDiverged, train_one_epoch
 
 
 class Recorder(nn.Layer):
@@ -61,6 +62,22 @@ def test_mixup_uses_one_lambda_and_pairing_for_images_and_labels():
     expected = lam * np.arange(4) + (1 - lam) * partner
     np.testing.assert_allclose(mixed.numpy().ravel(), expected, rtol=1e-6)
     np.testing.assert_array_equal(targets.labels_a.numpy(), [0, 1, 2, 3])
+
+
+def test_a_loss_that_is_not_finite_stops_training_with_advice():
+    class NanLoss(KLDistillationLoss):
+        def __call__(self, student_logits, teacher_logits, targets):
+            parts = super().__call__(student_logits, teacher_logits, targets)
+            parts.total = parts.total * float("nan")
+            return parts
+
+    student, teacher = Recorder(), Recorder()
+    loader = _loader()
+    schedule = warmup_cosine(0.01, 1, 0, len(loader))
+    optimizer = build_optimizer(student, schedule, 0.01)
+    with pytest.raises(TrainingDiverged, match="the loss became nan at step 1.*try a lower --lr"):
+        train_one_epoch(student, teacher, loader, optimizer, schedule, NanLoss(0.5, 4.0), 0.0,
+                        np.random.default_rng(0), paddle.amp.GradScaler(enable=False))
 
 
 def test_frozen_teacher_does_not_change_during_distillation():

@@ -4,6 +4,7 @@ normalisation), so that nobody passes class names by hand."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,13 @@ META_NAME = "best.json"
 
 
 def save_checkpoint(fold_dir: Path, state: dict, meta: dict[str, Any]) -> None:
+    """Written to temporary files, then renamed: a killed process never leaves half a checkpoint."""
     fold_dir.mkdir(parents=True, exist_ok=True)
-    paddle.save(state, str(fold_dir / WEIGHTS_NAME))
-    (fold_dir / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    weights_tmp, meta_tmp = fold_dir / f"{WEIGHTS_NAME}.tmp", fold_dir / f"{META_NAME}.tmp"
+    paddle.save(state, str(weights_tmp))
+    meta_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(weights_tmp, fold_dir / WEIGHTS_NAME)
+    os.replace(meta_tmp, fold_dir / META_NAME)
 
 
 def read_meta(weights_path: Path) -> dict[str, Any]:

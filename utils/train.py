@@ -4,6 +4,7 @@ and `fit`, which runs epochs with early stopping and keeps the best state."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Callable, Optional
 
@@ -14,7 +15,12 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from models.freeze import set_train_mode
+from utils.errors import UserError
 from utils.mixup import mixup
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number."""
 
 
 @dataclasses.dataclass
@@ -79,6 +85,12 @@ def train_one_epoch(
                     teacher_logits = teacher(images)
             logits = model(images)
             parts = loss_fn(logits, teacher_logits, targets)
+        loss_value = float(parts.total)
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"{desc}: the loss became {loss_value} at step {seen // labels.shape[0] + 1} "
+                f"(learning rate {optimizer.get_lr():.2e}); try a lower --lr (--teacher_lr for the teacher)"
+            )
         scaler.scale(parts.total).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -89,7 +101,7 @@ def train_one_epoch(
         preds = logits.argmax(axis=1)
         correct = targets.lam * (preds == targets.labels_a).astype("float32").sum() + \
             (1 - targets.lam) * (preds == targets.labels_b).astype("float32").sum()
-        totals += batch * np.array([float(parts.total), float(parts.ce), float(parts.kd), 0.0])
+        totals += batch * np.array([loss_value, float(parts.ce), float(parts.kd), 0.0])
         totals[3] += float(correct)
         seen += batch
         progress.set_postfix(loss=f"{totals[0] / seen:.3f}", acc=f"{totals[3] / seen:.3f}")

@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--topk", type=int, default=1, help="also show the next K-1 labels")
     parser.add_argument("--categories", help="comma-separated class names to print instead of the model's")
     parser.add_argument("--output", help="write predictions to a .csv or .json file")
+    parser.add_argument("--show", action="store_true", help="write copies with label and confidence drawn on them")
+    parser.add_argument("--show_dir", default="predictions_shown", help="where --show writes (default: %(default)s)")
+    parser.add_argument("--use_gpu", action="store_true", help="use the GPU when Paddle has CUDA")
     return parser.parse_args(argv)
 
 
@@ -53,7 +56,8 @@ def write_predictions(path: Path, predictions: list) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from utils.inference import EnsembleClassifier, classify, find_weights, list_images
+        from utils.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
+        from utils.runtime import select_device
 
         if args.batch_size < 1 or args.topk < 1:
             raise UserError("--batch_size and --topk must be at least 1")
@@ -62,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         paths = list_images(Path(args.image_path), args.recursive)
         if not paths:
             raise UserError(f"no images in {args.image_path}" + ("" if args.recursive else " (try --recursive)"))
-        classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold))
+        device = select_device("auto" if args.use_gpu else "cpu")
+        if args.use_gpu and device != "gpu":
+            print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
+        classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold), device == "gpu")
         if args.categories:
             names = [c.strip() for c in args.categories.split(",")]
             if len(names) != len(classifier.classes):
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}  cannot be read as an image", file=sys.stderr)
                 continue
             predictions.append(prediction)
+            if args.show:
+                save_annotated(prediction, Path(args.show_dir))
             extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
             print(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""))
         if args.output:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
+import numpy as np
+
 import inference
 
 
@@ -52,3 +55,34 @@ def test_recursive_folder_and_usage_errors(tiny_run, capsys):
                            "--categories", "a,b"]) == 2
     assert "the model has 3" in capsys.readouterr().err
     assert inference.main(["--image_path", str(data), "--model_path", str(out / "nowhere")]) == 2
+
+
+def test_exported_model_matches_the_dynamic_graph(tiny_run, tmp_path, capsys):
+    import export
+
+    out, run_dir, data, _ = tiny_run
+    exported = tmp_path / "exported"
+    assert export.main(["--model_path", str(run_dir), "--output_dir", str(exported)]) == 0
+    assert (exported / "fold0" / "model.pdiparams").is_file() and (exported / "fold1" / "best.json").is_file()
+    images = str(data / "green")
+    assert inference.main(["--image_path", images, "--model_path", str(run_dir),
+                           "--output", str(tmp_path / "dynamic.json"), "--topk", "3"]) == 0
+    assert inference.main(["--image_path", images, "--model_path", str(exported),
+                           "--output", str(tmp_path / "exported.json"), "--topk", "3"]) == 0
+    dynamic = json.loads((tmp_path / "dynamic.json").read_text())
+    fast = json.loads((tmp_path / "exported.json").read_text())
+    assert [p["label"] for p in fast] == [p["label"] for p in dynamic] and len(fast) == 10
+    for a, b in zip(dynamic, fast):
+        for (label_a, conf_a), (label_b, conf_b) in zip(a["top"], b["top"]):
+            assert label_a == label_b and abs(conf_a - conf_b) < 1e-4
+
+
+def test_show_writes_annotated_copies(tiny_run, tmp_path, capsys):
+    out, run_dir, data, _ = tiny_run
+    image = sorted((data / "red").glob("*.png"))[0]
+    shown = tmp_path / "shown"
+    assert inference.main(["--image_path", str(image), "--model_path", str(run_dir), "--show",
+                           "--show_dir", str(shown)]) == 0
+    annotated = cv2.imread(str(shown / f"{image.stem}.png"))
+    original = cv2.imread(str(image))
+    assert annotated.shape == original.shape and not np.array_equal(annotated, original)

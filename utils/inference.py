@@ -3,17 +3,22 @@ the fold ensemble, and batched prediction over files and folders."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import cv2
 import numpy as np
 import paddle
-import paddle.nn.functional as F
+import paddle.inference as paddle_infer
+from scipy.special import softmax
 
 from utils.checkpoint import META_NAME, WEIGHTS_NAME, load_student
 from utils.data import is_image_name, read_image
 from utils.errors import UserError
+from utils.export import EXPORTED_PREFIX, exported_model_file, is_exported
+from utils.runtime import cpu_count
 from utils.transforms import build_eval_transform, resize_size
 
 
@@ -26,7 +31,8 @@ class Prediction:
 
 
 def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int]) -> list[Path]:
-    """The .pdparams files to use: a run directory (every fold), a fold directory, or one file.
+    """The models to use: .pdparams files or exported model directories, from a run
+    directory (every fold), a fold directory, one file, or an export.py output directory.
     With no model_path, the newest run in output_dir (its `latest` pointer)."""
     if model_path is None:
         latest = Path(output_dir) / "latest"
@@ -40,11 +46,14 @@ def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int]
         if path.suffix != ".pdparams":
             raise UserError(f"--model_path {path}: expected a .pdparams file, a fold directory or a run directory")
         return [path]
+    if is_exported(path):
+        return [path]
     if (path / WEIGHTS_NAME).is_file():
         return [path / WEIGHTS_NAME]
-    folds = sorted(path.glob(f"fold*/{WEIGHTS_NAME}"))
+    folds = sorted(path.glob(f"fold*/{WEIGHTS_NAME}")) or \
+        sorted(p.parent for p in path.glob(f"fold*/{EXPORTED_PREFIX}.pdiparams"))
     if fold is not None:
-        folds = [p for p in folds if p.parent.name == f"fold{fold}"]
+        folds = [p for p in folds if f"fold{fold}" in (p.name, p.parent.name)]
         if not folds:
             raise UserError(f"{path} has no fold {fold}")
     if not folds:
@@ -52,24 +61,57 @@ def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int]
     return folds
 
 
+class DynamicModel:
+    """A saved student run by the dynamic graph."""
+
+    def __init__(self, weights: Path) -> None:
+        self.model, self.meta = load_student(weights)
+
+    @paddle.no_grad()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.model(paddle.to_tensor(batch)).numpy()
+
+
+class ExportedModel:
+    """An export.py model run by Paddle Inference: oneDNN on CPU, or the GPU."""
+
+    def __init__(self, directory: Path, use_gpu: bool) -> None:
+        self.meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+        config = paddle_infer.Config(str(exported_model_file(directory)),
+                                     str(directory / f"{EXPORTED_PREFIX}.pdiparams"))
+        if use_gpu:
+            config.enable_use_gpu(256, 0)
+        else:
+            config.disable_gpu()
+            config.enable_mkldnn()
+            config.set_cpu_math_library_num_threads(cpu_count())
+        config.disable_glog_info()
+        self.predictor = paddle_infer.create_predictor(config)
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        self.input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        self.predictor.run()
+        return self.output.copy_to_cpu()
+
+
 class EnsembleClassifier:
     """The mean softmax of one or more students that share classes and preprocessing."""
 
-    def __init__(self, weights: Sequence[Path]) -> None:
-        loaded = [load_student(path) for path in weights]
-        self.models = [model for model, _ in loaded]
-        self.meta = loaded[0][1]
-        for path, (_, meta) in zip(weights, loaded):
-            if meta["classes"] != self.meta["classes"] or meta["img_size"] != self.meta["img_size"]:
-                raise UserError(f"{path.parent / META_NAME} differs from the other folds in classes or img_size")
+    def __init__(self, sources: Sequence[Path], use_gpu: bool = False) -> None:
+        self.models = [ExportedModel(p, use_gpu) if p.is_dir() else DynamicModel(p) for p in sources]
+        self.meta = self.models[0].meta
+        for path, model in zip(sources, self.models):
+            if model.meta["classes"] != self.meta["classes"] or model.meta["img_size"] != self.meta["img_size"]:
+                raise UserError(f"{path}: its {META_NAME} differs from the other folds in classes or img_size")
         self.classes: list[str] = self.meta["classes"]
         self.transform = build_eval_transform(self.meta["img_size"], self.meta.get("crop", "random_resized"),
                                               tuple(self.meta["mean"]), tuple(self.meta["std"]))
 
-    @paddle.no_grad()
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        batch = paddle.to_tensor(np.stack([self.transform(image) for image in images]))
-        return np.mean([F.softmax(model(batch), axis=1).numpy() for model in self.models], axis=0)
+        batch = np.stack([self.transform(image) for image in images])
+        return np.mean([softmax(model.logits(batch), axis=1) for model in self.models], axis=0)
 
 
 def list_images(path: Path, recursive: bool) -> list[Path]:
@@ -80,6 +122,20 @@ def list_images(path: Path, recursive: bool) -> list[Path]:
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in path.glob(pattern)
                   if p.is_file() and is_image_name(p.name) and not p.name.startswith("."))
+
+
+def save_annotated(prediction: Prediction, show_dir: Path) -> Path:
+    """A copy of the image with its label and confidence drawn on it."""
+    image = cv2.cvtColor(read_image(prediction.path), cv2.COLOR_RGB2BGR)
+    scale = max(0.4, image.shape[1] / 500)
+    text = f"{prediction.label} {prediction.confidence:.2f}"
+    (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(image, (0, 0), (width + 8, height + 12), (0, 0, 0), -1)
+    cv2.putText(image, text, (4, height + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    show_dir.mkdir(parents=True, exist_ok=True)
+    out = show_dir / f"{Path(prediction.path).stem}.png"
+    cv2.imencode(".png", image)[1].tofile(str(out))
+    return out
 
 
 def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:

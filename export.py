@@ -1,0 +1,42 @@
+"""Export trained students as Paddle inference models (one per fold), for
+`inference.py --model_path <output_dir>` or your own paddle.inference code.
+
+    python export.py --model_path models_saved/<run> --output_dir exported/<run>
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from utils.runtime import prepare_process
+
+prepare_process()  # must run before anything imports Paddle
+
+from utils.errors import UserError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", help="run directory, fold directory or .pdparams file "
+                                             "(default: the newest run in --runs_dir)")
+    parser.add_argument("--runs_dir", default="models_saved")
+    parser.add_argument("--fold", type=int, help="export only this fold")
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        from utils.export import export_student
+        from utils.inference import find_weights
+
+        for weights in find_weights(args.model_path, args.runs_dir, args.fold):
+            name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem
+            out = export_student(weights, Path(args.output_dir) / name)
+            print(f"exported {weights} -> {out}")
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

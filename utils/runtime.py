@@ -32,6 +32,8 @@ def prepare_process() -> None:
         warnings.filterwarnings("ignore", message=message)
     # The same rules for worker processes, which start with fresh interpreters.
     os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore:{m}" for m in QUIET_WARNINGS))
+    # Paddle's C++ log: errors only, not its INFO and WARNING lines about internals.
+    os.environ.setdefault("GLOG_minloglevel", "2")
     tune_cpu_environment()
 
 

@@ -1,0 +1,94 @@
+"""Inference speed: the dynamic graph against the exported model through Paddle
+Inference (oneDNN), measured side by side in one process, with their ratios.
+
+    python benchmarks/inference_speed.py [--model_path RUN_OR_FOLD] [--student mobilenet_v2 --img_size 224] [--json]
+
+Without --model_path an untrained student of the given architecture is used:
+speed does not depend on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.runtime import prepare_process  # noqa: E402
+
+prepare_process()  # must run before anything imports Paddle
+
+import numpy as np  # noqa: E402
+
+from models.student import build_student  # noqa: E402
+from utils.checkpoint import save_checkpoint  # noqa: E402
+from utils.export import export_student  # noqa: E402
+from utils.inference import DynamicModel, ExportedModel, find_weights  # noqa: E402
+
+
+def measure(model, img_size: int, repeats: int, batch: int) -> dict:
+    one = np.random.default_rng(0).normal(size=(1, 3, img_size, img_size)).astype("float32")
+    many = np.random.default_rng(1).normal(size=(batch, 3, img_size, img_size)).astype("float32")
+    for _ in range(3):
+        model.logits(one)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.logits(one)
+        times.append(time.perf_counter() - start)
+    model.logits(many)
+    start = time.perf_counter()
+    for _ in range(3):
+        model.logits(many)
+    return {"latency_ms_batch1": 1000 * statistics.median(times),
+            f"img_per_s_batch{batch}": 3 * batch / (time.perf_counter() - start)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", help="a run or fold directory; its first fold is measured")
+    parser.add_argument("--student", default="mobilenet_v2")
+    parser.add_argument("--img_size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model_path:
+            weights = find_weights(args.model_path, "models_saved", None)[0]
+        else:
+            model = build_student(args.student, 1000)
+            weights = Path(tmp) / "fold0" / "best.pdparams"
+            save_checkpoint(weights.parent, model.state_dict(), {
+                "classes": [str(i) for i in range(1000)], "student": args.student, "attention": "none",
+                "attention_blocks": "all", "img_size": args.img_size, "mean": [0.5] * 3, "std": [0.5] * 3})
+        dynamic = DynamicModel(weights)
+        exported = ExportedModel(export_student(weights, Path(tmp) / "exported"), use_gpu=False)
+        img_size = dynamic.meta["img_size"]
+        results = {
+            "model": f"{dynamic.meta['student']} ({dynamic.meta.get('attention', 'none')}), {img_size} px",
+            "dynamic_graph": measure(dynamic, img_size, args.repeats, args.batch),
+            "paddle_inference_onednn": measure(exported, img_size, args.repeats, args.batch),
+        }
+    fast, slow = results["paddle_inference_onednn"], results["dynamic_graph"]
+    results["ratios"] = {key: (slow[key] / fast[key] if key.startswith("latency") else fast[key] / slow[key])
+                         for key in slow}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{results['model']}; speed-up of Paddle Inference over the dynamic graph in the last row")
+    print(f"{'backend':<26} {'batch-1 latency (ms)':>21} {f'batch-{args.batch} img/s':>14}")
+    for name in ("dynamic_graph", "paddle_inference_onednn"):
+        values = list(results[name].values())
+        print(f"{name:<26} {values[0]:>21.1f} {values[1]:>14.1f}")
+    ratios = list(results["ratios"].values())
+    print(f"{'ratio':<26} {ratios[0]:>20.1f}x {ratios[1]:>13.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

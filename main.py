@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from utils.runtime import prepare_process
 
@@ -23,12 +24,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Every setting and its default is in configs/default.yaml.",
     )
     add_config_flags(parser)
+    parser.add_argument("--report", metavar="RUN_DIR",
+                        help="rebuild RUN_DIR/report.md from its saved files, without training")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.report:
+            from utils.report import write_report
+
+            print(f"wrote {write_report(Path(args.report))}")
+            return 0
         from utils.cross_validation import run_cross_validation
         from utils.demo import resolve_run_config
 

@@ -181,3 +181,29 @@ def test_reads_grey_rgba_and_non_ascii_paths(tmp_path):
     assert read_image(str(rgba)).shape == (10, 12, 3)
     assert read_image(str(big), max_short_side=30).shape == (40, 30, 3)
     assert read_image(str(empty)) is None
+
+
+def test_run_writes_a_report_that_report_rebuilds(tiny_run, capsys):
+    out, run_dir, _, _ = tiny_run
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Dataset", "blue 10, green 10, red 10", "Skipped files: 2.", "## Cross-validation",
+                    "| mean ± std |", "## Out-of-fold classification report", "macro avg",
+                    "![confusion matrix](confusion_matrix.png)", "![training curves](training_curves.png)",
+                    "## Most confidently misclassified", "## Configuration", "run_name: tiny"):
+        assert section in report
+    for png in ("training_curves.png", "misclassified.png", "confusion_matrix.png"):
+        assert cv2.imread(str(run_dir / png)) is not None
+    history = json.loads((run_dir / "fold0" / "history.json").read_text())
+    assert [e["epoch"] for e in history["student"]] == [1] and len(history["teacher"]) == 1
+    (run_dir / "report.md").unlink()
+    assert main.main(["--report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == report
+    assert main.main(["--report", str(out / "nowhere")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+
+
+def test_quiet_prints_no_epoch_lines(tiny_data, tmp_path, capsys):
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "quiet", "--quiet", "--kd", "none")) == 0
+    printed = capsys.readouterr().out
+    assert "student epoch" not in printed and "train loss" not in printed
+    assert "mean" in printed  # the summary table still prints

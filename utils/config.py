@@ -63,6 +63,7 @@ class Config:
     output_dir: str
     log_dir: str
     run_name: Optional[str]
+    quiet: bool
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

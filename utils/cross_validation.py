@@ -30,6 +30,7 @@ from utils.losses import create_loss
 from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.optimization import build_optimizer, warmup_cosine
 from utils.registry import lookup
+from utils.report import write_report
 from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
 from utils.train import fit, grad_scaler, predict, train_one_epoch
@@ -100,6 +101,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
                             IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
+        history: dict[str, list] = {"teacher": [], "student": []}
         if loss_fn.needs_teacher:
             seed_everything(cfg.seed + fold.fold)
             key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
@@ -107,7 +109,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
             prepared = prepare_teacher(
                 cfg, len(classes), cache_path, train_loader, val_loader,
                 np.random.default_rng([cfg.seed, fold.fold, 0]),
-                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs),
+                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet),
             )
             teacher, teacher_acc = prepared.model, prepared.val_acc
             source = "cached" if prepared.from_cache else "trained"
@@ -125,7 +127,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
             lambda epoch: train_one_epoch(student, teacher, train_loader, optimizer, schedule, loss_fn,
                                           cfg.mixup_alpha, rng, scaler, desc=f"fold {fold.fold} epoch {epoch}"),
             val_loader, cfg.epochs, cfg.patience,
-            epoch_logger(writer, "", fold.fold, cfg.epochs),
+            epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet),
         )
         best = result.best
         save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
@@ -148,6 +150,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         "teacher_val_acc": teacher_acc,
     })
     write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
+    (fold_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     return FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, best.acc,
                       macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
 
@@ -219,6 +222,8 @@ def print_summary_table(results: list[FoldResult], with_teacher: bool) -> None:
 def run_cross_validation(cfg: Config) -> dict:
     """Train and evaluate every fold; write the run's outputs; return summary.json's content."""
     check_components(cfg)
+    if cfg.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # inherited by fold workers too
     start = time.perf_counter()
     device = select_device(cfg.device)
     if cfg.amp and device != "gpu":
@@ -282,11 +287,12 @@ def run_cross_validation(cfg: Config) -> dict:
     metrics = {key: summary[key] for key in ("student_val_acc_mean", "student_val_macro_f1_mean", "oof_acc",
                                              "teacher_val_acc_mean") if summary[key] is not None}
     log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), metrics, run_dir / "confusion_matrix.png")
+    report = write_report(run_dir)
     (Path(cfg.output_dir) / "latest").write_text(cfg.run_name + "\n", encoding="utf-8")
     print_summary_table(results, with_teacher)
     if test_scores:
         print(f"held-out test set ({test_scores['n_test']} images), fold ensemble: acc {test_scores['test_acc']:.4f}")
     for item in skipped:
         print(f"skipped: {item.path} ({item.reason})")
-    print(f"outputs in {run_dir}; VisualDL: visualdl --logdir {cfg.log_dir}")
+    print(f"outputs in {run_dir}, the story in {report}; VisualDL: visualdl --logdir {cfg.log_dir}")
     return summary

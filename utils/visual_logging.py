@@ -18,19 +18,25 @@ from utils.train import EpochStats, Evaluation
 GRID_COLUMNS = 8
 
 
-def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int
+def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int, history: list, quiet: bool
                  ) -> Callable[[int, EpochStats, Evaluation, bool], None]:
-    """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, and one console line."""
+    """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, a record
+    appended to `history`, and one console line unless `quiet`."""
     best = {"acc": -1.0, "epoch": 0}
     name = prefix.rstrip("/") or "student"
 
     def on_epoch(epoch: int, stats: EpochStats, evaluation: Evaluation, improved: bool) -> None:
-        for tag, value in (("train/loss", stats.loss), ("train/acc", stats.acc), ("train/ce", stats.ce),
-                           ("train/kd", stats.kd), ("val/loss", evaluation.loss), ("val/acc", evaluation.acc),
-                           ("lr", stats.lr)):
-            writer.add_scalar(f"{prefix}{tag}", value, epoch)
+        record = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "train_ce": stats.ce,
+                  "train_kd": stats.kd, "val_loss": evaluation.loss, "val_acc": evaluation.acc, "lr": stats.lr,
+                  "seconds": stats.seconds}
+        history.append(record)
+        for key, value in record.items():
+            if key not in ("epoch", "seconds"):
+                writer.add_scalar(f"{prefix}{key.replace('_', '/', 1)}", value, epoch)
         if evaluation.acc > best["acc"]:
             best.update(acc=evaluation.acc, epoch=epoch)
+        if quiet:
+            return
         print(f"fold {fold} {name} epoch {epoch:>3}/{epochs}  train loss {stats.loss:.4f} acc {stats.acc:.4f}"
               f"  | val loss {evaluation.loss:.4f} acc {evaluation.acc:.4f}  | lr {stats.lr:.2e}"
               f"  | {stats.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})", flush=True)

@@ -1,0 +1,134 @@
+"""report.md: one page that tells a run's story, built only from the files the
+run saved, so that `python main.py --report <run_dir>` rebuilds it at any time."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from utils.data import read_image
+from utils.errors import UserError
+
+GALLERY_SIZE = 16
+
+
+def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict]]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        config = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    except OSError:
+        raise UserError(f"{run_dir} is not a finished run (no summary.json or config.yaml)") from None
+    histories = {}
+    for path in sorted(run_dir.glob("fold*/history.json")):
+        histories[int(path.parent.name[4:])] = json.loads(path.read_text(encoding="utf-8"))
+    return summary, config, histories
+
+
+def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
+    """Student loss and accuracy per epoch, training and validation, one line per fold."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for fold, history in histories.items():
+        epochs = [e["epoch"] for e in history["student"]]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            line, = ax.plot(epochs, [e[f"val_{key}"] for e in history["student"]], label=f"fold {fold} val")
+            ax.plot(epochs, [e[f"train_{key}"] for e in history["student"]], "--", color=line.get_color(),
+                    label=f"fold {fold} train")
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(f"student {name}")
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_misclassified(oof_rows: list[dict], out: Path) -> int:
+    """The out-of-fold mistakes the students were most sure of, with true and predicted labels."""
+    wrong = [row for row in oof_rows if row["label"] != row["pred"]]
+    wrong = sorted(wrong, key=lambda row: -float(row["confidence"]))[:GALLERY_SIZE]
+    columns = 4
+    rows = max(1, -(-len(wrong) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, wrong):
+        image = read_image(row["path"], max_short_side=256)
+        if image is not None:
+            ax.imshow(image)
+        ax.set_title(f"true {row['label']}\npred {row['pred']} ({float(row['confidence']):.2f})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return len(wrong)
+
+
+def _fold_table(summary: dict) -> list[str]:
+    lines = ["| fold | train | val | teacher acc | student acc | macro-F1 | best epoch |",
+             "|---|---|---|---|---|---|---|"]
+    for f in summary["folds"]:
+        teacher = f"{f['teacher_val_acc']:.4f}" if f["teacher_val_acc"] is not None else "-"
+        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {teacher} | {f['student_val_acc']:.4f} "
+                     f"| {f['student_val_macro_f1']:.4f} | {f['best_epoch']} |")
+    teacher_mean = summary["teacher_val_acc_mean"]
+    lines.append(f"| mean ± std | | | {f'{teacher_mean:.4f}' if teacher_mean is not None else '-'} "
+                 f"| {summary['student_val_acc_mean']:.4f} ± {summary['student_val_acc_std']:.4f} "
+                 f"| {summary['student_val_macro_f1_mean']:.4f} | |")
+    return lines
+
+
+def write_report(run_dir: Path) -> Path:
+    summary, config, histories = _load(run_dir)
+    if histories:
+        plot_training_curves(histories, run_dir / "training_curves.png")
+    with open(run_dir / "oof_predictions.csv", newline="", encoding="utf-8") as handle:
+        oof_rows = list(csv.DictReader(handle))
+    mistakes = plot_misclassified(oof_rows, run_dir / "misclassified.png")
+    counts = Counter(row["label"] for row in oof_rows)
+    lines = [
+        f"# Run {run_dir.name}",
+        "",
+        "## Dataset",
+        "",
+        f"{sum(counts.values())} images in {len(summary['classes'])} classes: "
+        + ", ".join(f"{name} {counts[name]}" for name in summary["classes"]) + ".",
+        "",
+        f"Skipped files: {len(summary['skipped_files'])}.",
+        *[f"- `{item['path']}`: {item['reason']}" for item in summary["skipped_files"]],
+        "",
+        "## Cross-validation",
+        "",
+        "Validation accuracy of each fold's teacher and of its best student epoch.",
+        "",
+        *_fold_table(summary),
+        "",
+        f"Out-of-fold accuracy (every image predicted by the fold that did not train on it): "
+        f"{summary['oof_acc']:.4f}.",
+    ]
+    if "test_acc" in summary:
+        lines += ["", f"Held-out test set ({summary['n_test']} images), fold ensemble: accuracy "
+                      f"{summary['test_acc']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}."]
+    lines += [
+        "",
+        "## Out-of-fold classification report",
+        "",
+        "```",
+        (run_dir / "classification_report.txt").read_text(encoding="utf-8").rstrip(),
+        "```",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    if histories:
+        lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
+    lines += [f"## Most confidently misclassified ({mistakes})", "", "![misclassified](misclassified.png)", "",
+              "## Configuration", "", "```yaml", config.rstrip(), "```", ""]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out

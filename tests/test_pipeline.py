@@ -202,8 +202,13 @@ def test_run_writes_a_report_that_report_rebuilds(tiny_run, capsys):
     assert "not a finished run" in capsys.readouterr().err
 
 
-def test_quiet_prints_no_epoch_lines(tiny_data, tmp_path, capsys):
-    assert main.main(tiny_run_args(tiny_data, tmp_path, "quiet", "--quiet", "--kd", "none")) == 0
+def test_quiet_run_with_a_ce_only_baseline(tiny_data, tmp_path, capsys):
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "quiet", "--quiet", "--baseline")) == 0
+    summary = json.loads((tmp_path / "models_saved" / "quiet" / "summary.json").read_text())
+    assert all(0.0 <= f["baseline_val_acc"] <= 1.0 for f in summary["folds"])
+    assert summary["baseline_val_acc_mean"] == pytest.approx(np.mean([f["baseline_val_acc"] for f in summary["folds"]]))
+    history = json.loads((tmp_path / "models_saved" / "quiet" / "fold0" / "history.json").read_text())
+    assert len(history["baseline"]) == 1
     printed = capsys.readouterr().out
     assert "student epoch" not in printed and "train loss" not in printed
     assert "mean" in printed  # the summary table still prints

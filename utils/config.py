@@ -64,6 +64,7 @@ class Config:
     log_dir: str
     run_name: Optional[str]
     quiet: bool
+    baseline: bool
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import paddle
@@ -26,14 +26,14 @@ from utils.config import Config, save_config
 from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
                         make_loader, scan_dataset)
 from utils.errors import UserError
-from utils.losses import create_loss
+from utils.losses import CrossEntropyLoss, create_loss
 from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.optimization import build_optimizer, warmup_cosine
 from utils.registry import lookup
 from utils.report import write_report
 from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
-from utils.train import fit, grad_scaler, predict, train_one_epoch
+from utils.train import FitResult, fit, grad_scaler, predict, train_one_epoch
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
 from utils.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch, log_run
 
@@ -51,6 +51,7 @@ class FoldResult:
     n_train: int
     n_val: int
     teacher_val_acc: Optional[float]
+    baseline_val_acc: Optional[float]  # the CE-only student, when `baseline` is on
     student_val_acc: float
     student_val_macro_f1: float
     best_epoch: int
@@ -83,6 +84,26 @@ def prepare_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
+def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Optional[paddle.nn.Layer],
+                  train_loader: paddle.io.DataLoader, val_loader: paddle.io.DataLoader,
+                  on_epoch: Callable) -> FitResult:
+    """A freshly built student, trained with `loss_fn` (and `teacher`), with early stopping.
+    Seeded by the fold alone, so that the same fold always starts from the same state."""
+    seed_everything(cfg.seed + fold)
+    student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
+                            cfg.attention, cfg.attention_blocks)
+    schedule = warmup_cosine(cfg.lr, cfg.epochs, cfg.warmup_epochs, len(train_loader))
+    optimizer = build_optimizer(student, schedule, cfg.weight_decay)
+    scaler = grad_scaler(cfg.amp)
+    rng = np.random.default_rng([cfg.seed, fold, 1])
+    return fit(
+        student,
+        lambda epoch: train_one_epoch(student, teacher, train_loader, optimizer, schedule, loss_fn,
+                                      cfg.mixup_alpha, rng, scaler, desc=f"fold {fold} epoch {epoch}"),
+        val_loader, cfg.epochs, cfg.patience, on_epoch,
+    )
+
+
 def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample], images: list[np.ndarray],
              labels: np.ndarray, run_dir: Path) -> FoldResult:
     classes = index.classes
@@ -101,7 +122,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
                             IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
-        history: dict[str, list] = {"teacher": [], "student": []}
+        history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if loss_fn.needs_teacher:
             seed_everything(cfg.seed + fold.fold)
             key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
@@ -115,20 +136,14 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
             source = "cached" if prepared.from_cache else "trained"
             print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher_acc:.4f}", flush=True)
 
-        seed_everything(cfg.seed + fold.fold)
-        student = build_student(cfg.student, len(classes), cfg.student_weights, cfg.freeze_student_blocks,
-                                cfg.attention, cfg.attention_blocks)
-        schedule = warmup_cosine(cfg.lr, cfg.epochs, cfg.warmup_epochs, len(train_loader))
-        optimizer = build_optimizer(student, schedule, cfg.weight_decay)
-        scaler = grad_scaler(cfg.amp)
-        rng = np.random.default_rng([cfg.seed, fold.fold, 1])
-        result = fit(
-            student,
-            lambda epoch: train_one_epoch(student, teacher, train_loader, optimizer, schedule, loss_fn,
-                                          cfg.mixup_alpha, rng, scaler, desc=f"fold {fold.fold} epoch {epoch}"),
-            val_loader, cfg.epochs, cfg.patience,
-            epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet),
-        )
+        result = train_student(cfg, fold.fold, len(classes), loss_fn, teacher, train_loader, val_loader,
+                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet))
+        baseline_acc = None
+        if cfg.baseline and loss_fn.needs_teacher:
+            baseline_acc = train_student(
+                cfg, fold.fold, len(classes), CrossEntropyLoss(), None, train_loader, val_loader,
+                epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet),
+            ).best.acc
         best = result.best
         save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
                               f"fold {fold.fold}, best epoch {result.best_epoch}")
@@ -151,7 +166,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
     })
     write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
     (fold_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    return FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, best.acc,
+    return FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
                       macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
 
 
@@ -278,6 +293,8 @@ def run_cross_validation(cfg: Config) -> dict:
         "student_val_acc_std": student_std,
         "student_val_macro_f1_mean": _mean_std([r.student_val_macro_f1 for r in results])[0],
         "teacher_val_acc_mean": _mean_std([r.teacher_val_acc for r in results])[0] if with_teacher else None,
+        "baseline_val_acc_mean": (_mean_std([r.baseline_val_acc for r in results])[0]
+                                  if results[0].baseline_val_acc is not None else None),
         "oof_acc": accuracy(labels, oof_preds),
         **(test_scores or {}),
         "skipped_files": [dataclasses.asdict(s) for s in skipped],

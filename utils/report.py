@@ -70,14 +70,17 @@ def plot_misclassified(oof_rows: list[dict], out: Path) -> int:
 
 
 def _fold_table(summary: dict) -> list[str]:
-    lines = ["| fold | train | val | teacher acc | student acc | macro-F1 | best epoch |",
-             "|---|---|---|---|---|---|---|"]
+    def acc(value) -> str:
+        return f"{value:.4f}" if value is not None else "-"
+
+    lines = ["| fold | train | val | teacher acc | CE-only acc | student acc | macro-F1 | best epoch |",
+             "|---|---|---|---|---|---|---|---|"]
     for f in summary["folds"]:
-        teacher = f"{f['teacher_val_acc']:.4f}" if f["teacher_val_acc"] is not None else "-"
-        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {teacher} | {f['student_val_acc']:.4f} "
+        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {acc(f['teacher_val_acc'])} "
+                     f"| {acc(f.get('baseline_val_acc'))} | {f['student_val_acc']:.4f} "
                      f"| {f['student_val_macro_f1']:.4f} | {f['best_epoch']} |")
-    teacher_mean = summary["teacher_val_acc_mean"]
-    lines.append(f"| mean ± std | | | {f'{teacher_mean:.4f}' if teacher_mean is not None else '-'} "
+    lines.append(f"| mean ± std | | | {acc(summary['teacher_val_acc_mean'])} "
+                 f"| {acc(summary.get('baseline_val_acc_mean'))} "
                  f"| {summary['student_val_acc_mean']:.4f} ± {summary['student_val_acc_std']:.4f} "
                  f"| {summary['student_val_macro_f1_mean']:.4f} | |")
     return lines
@@ -104,7 +107,8 @@ def write_report(run_dir: Path) -> Path:
         "",
         "## Cross-validation",
         "",
-        "Validation accuracy of each fold's teacher and of its best student epoch.",
+        "Validation accuracy of each fold's teacher, of the CE-only student (with `--baseline`), "
+        "and of the distilled student's best epoch.",
         "",
         *_fold_table(summary),
         "",

@@ -16,8 +16,8 @@ from utils.errors import DataError
 from utils.runtime import cpu_count
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-# Operating-system clutter that is never an image and never worth a warning.
-IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+# Operating-system clutter: never an image, listed as skipped without a warning each.
+SYSTEM_NAMES = {"thumbs.db", "desktop.ini"}
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -71,9 +71,9 @@ def _files_by_class(root: Path) -> tuple[dict[str, list[str]], list[SkippedFile]
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
-                if name.startswith(".") or name.lower() in IGNORED_NAMES:
-                    continue
-                if is_image_name(name):
+                if name.startswith(".") or name.lower() in SYSTEM_NAMES:
+                    skipped.append(SkippedFile(path, "hidden or system file"))
+                elif is_image_name(name):
                     files.append(path)
                 else:
                     skipped.append(SkippedFile(path, "not an image file"))

@@ -7,6 +7,8 @@ import random
 import sys
 import warnings
 
+MAX_IMAGE_PIXELS = 2**27  # about 134 megapixels, 400 MB as RGB
+
 # Starts of library warnings that tell a user of this tool nothing they can act on.
 QUIET_WARNINGS = (
     "No ccache found",  # Paddle's C++-extension builder, never used here
@@ -34,6 +36,8 @@ def prepare_process() -> None:
     os.environ.setdefault("PYTHONWARNINGS", ",".join(f"ignore:{m}" for m in QUIET_WARNINGS))
     # Paddle's C++ log: errors only, not its INFO and WARNING lines about internals.
     os.environ.setdefault("GLOG_minloglevel", "2")
+    # Refuse to decode images over 2**27 pixels (decompression bombs); OpenCV's own limit is 2**30.
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     tune_cpu_environment()
 
 

@@ -13,9 +13,10 @@ from utils.runtime import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
-from utils.errors import UserError  # noqa: E402
+from utils.errors import reports_user_errors  # noqa: E402
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", help="run directory, fold directory or .pdparams file "
@@ -24,17 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", type=int, help="export only this fold")
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
-    try:
-        from utils.export import export_student
-        from utils.inference import find_weights
+    from utils.export import export_student
+    from utils.inference import find_weights
 
-        for weights in find_weights(args.model_path, args.runs_dir, args.fold):
-            name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem
-            out = export_student(weights, Path(args.output_dir) / name)
-            print(f"exported {weights} -> {out}")
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for weights in find_weights(args.model_path, args.runs_dir, args.fold):
+        name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem
+        out = export_student(weights, Path(args.output_dir) / name)
+        print(f"exported {weights} -> {out}")
     return 0
 
 

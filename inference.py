@@ -20,7 +20,7 @@ from utils.runtime import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,50 +53,47 @@ def write_predictions(path: Path, predictions: list) -> None:
             writer.writerow([p.path, p.label, f"{p.confidence:.6f}", topk])
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        from utils.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
-        from utils.runtime import select_device
+    from utils.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
+    from utils.runtime import select_device
 
-        if args.batch_size < 1 or args.topk < 1:
-            raise UserError("--batch_size and --topk must be at least 1")
-        if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
-            raise UserError("--output must end in .csv or .json")
-        paths = list_images(Path(args.image_path), args.recursive)
-        if not paths:
-            raise UserError(f"no images in {args.image_path}" + ("" if args.recursive else " (try --recursive)"))
-        device = select_device("auto" if args.use_gpu else "cpu")
-        if args.use_gpu and device != "gpu":
-            print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
-        classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold), device == "gpu")
-        if args.categories:
-            names = [c.strip() for c in args.categories.split(",")]
-            if len(names) != len(classifier.classes):
-                raise UserError(f"--categories names {len(names)} classes, the model has {len(classifier.classes)}")
-            classifier.classes = names
-        topk = min(args.topk, len(classifier.classes))
+    if args.batch_size < 1 or args.topk < 1:
+        raise UserError("--batch_size and --topk must be at least 1")
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise UserError("--output must end in .csv or .json")
+    paths = list_images(Path(args.image_path), args.recursive)
+    if not paths:
+        raise UserError(f"no images in {args.image_path}" + ("" if args.recursive else " (try --recursive)"))
+    device = select_device("auto" if args.use_gpu else "cpu")
+    if args.use_gpu and device != "gpu":
+        print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
+    classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold), device == "gpu")
+    if args.categories:
+        names = [c.strip() for c in args.categories.split(",")]
+        if len(names) != len(classifier.classes):
+            raise UserError(f"--categories names {len(names)} classes, the model has {len(classifier.classes)}")
+        classifier.classes = names
+    topk = min(args.topk, len(classifier.classes))
 
-        predictions, failed = [], []
-        for path, prediction in classify(classifier, paths, args.batch_size, topk):
-            if prediction is None:
-                failed.append(path)
-                print(f"{path}  cannot be read as an image", file=sys.stderr)
-                continue
-            predictions.append(prediction)
-            if args.show:
-                save_annotated(prediction, Path(args.show_dir))
-            extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
-            print(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""))
-        if args.output:
-            write_predictions(Path(args.output), predictions)
-        counts = collections.Counter(p.label for p in predictions)
-        print(f"\n{len(predictions)} classified, {len(failed)} failed: "
-              + ", ".join(f"{label} {n}" for label, n in counts.most_common()))
-        return 1 if failed else 0
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    predictions, failed = [], []
+    for path, prediction in classify(classifier, paths, args.batch_size, topk):
+        if prediction is None:
+            failed.append(path)
+            print(f"{path}  cannot be read as an image", file=sys.stderr)
+            continue
+        predictions.append(prediction)
+        if args.show:
+            save_annotated(prediction, Path(args.show_dir))
+        extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
+        print(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""))
+    if args.output:
+        write_predictions(Path(args.output), predictions)
+    counts = collections.Counter(p.label for p in predictions)
+    print(f"\n{len(predictions)} classified, {len(failed)} failed: "
+          + ", ".join(f"{label} {n}" for label, n in counts.most_common()))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from utils.runtime import prepare_process
 prepare_process()  # must run before anything imports Paddle
 
 from utils.config import add_config_flags  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,24 +29,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.report:
-            from utils.report import write_report
+    if args.report:
+        from utils.report import write_report
 
-            print(f"wrote {write_report(Path(args.report))}")
-            return 0
-        from utils.cross_validation import run_cross_validation
-        from utils.demo import resolve_run_config
+        print(f"wrote {write_report(Path(args.report))}")
+        return 0
+    from utils.cross_validation import run_cross_validation
+    from utils.demo import resolve_run_config
 
-        run_cross_validation(resolve_run_config(args))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    run_cross_validation(resolve_run_config(args))
     return 0
 
 

@@ -22,7 +22,7 @@ from utils.runtime import prepare_process
 prepare_process()  # must run before anything imports Paddle
 
 from utils.config import Config, add_config_flags  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError, reports_user_errors  # noqa: E402
 
 KD_CHOICES = {"on": "kl", "off": "none"}
 COLUMNS = ["student", "attention", "kd", "acc_mean", "acc_std", "macro_f1", "params_m", "flops_g", "latency_ms"]
@@ -97,6 +97,7 @@ def write_tables(rows: list[dict], out_dir: Path, base: Config) -> str:
     return table
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attentions", default="none,eca,simam,cbam,se,coord")
@@ -104,24 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     add_config_flags(parser)  # its --kd is read here as the list of KD settings to compare
     args = parser.parse_args(argv)
     kd_list, args.kd = args.kd or "on,off", None
-    try:
-        from models.attention import check_attention
-        from utils.demo import resolve_run_config
+    from models.attention import check_attention
+    from utils.demo import resolve_run_config
 
-        attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
-        kds = [k.strip() for k in kd_list.split(",") if k.strip()]
-        if not attentions:
-            raise UserError("--attentions needs at least one name")
-        for attention in attentions:
-            check_attention(attention)
-        if not kds or any(k not in KD_CHOICES for k in kds):
-            raise UserError("--kd takes on, off or on,off")
-        base = resolve_run_config(args)
-        rows = run_ablation(base, args.ablation_name, attentions, kds)
-        print(write_tables(rows, Path(base.output_dir) / args.ablation_name, base))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
+    kds = [k.strip() for k in kd_list.split(",") if k.strip()]
+    if not attentions:
+        raise UserError("--attentions needs at least one name")
+    for attention in attentions:
+        check_attention(attention)
+    if not kds or any(k not in KD_CHOICES for k in kds):
+        raise UserError("--kd takes on, off or on,off")
+    base = resolve_run_config(args)
+    rows = run_ablation(base, args.ablation_name, attentions, kds)
+    print(write_tables(rows, Path(base.output_dir) / args.ablation_name, base))
     return 0
 
 

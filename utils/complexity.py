@@ -23,7 +23,7 @@ import paddle.nn as nn  # noqa: E402
 from models.attention import ATTENTIONS  # noqa: E402
 from models.student import STUDENTS, build_student  # noqa: E402
 from models.teacher import build_teacher  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError, reports_user_errors  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -106,6 +106,7 @@ def print_table(rows: list[Complexity]) -> None:
               f"{r.latency_ms:>12.1f} {r.throughput:>7.1f}")
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default="mobilenet_v2")
@@ -117,22 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_speed", action="store_true", help="skip the latency and throughput measurements")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    try:
-        if args.img_size < 32 or args.num_classes < 2:
-            raise UserError("--img_size must be at least 32 and --num_classes at least 2")
-        speed = not args.no_speed
-        if args.all:
-            combos = [(s, a) for s in STUDENTS for a in ["none", *ATTENTIONS]]
-        else:
-            combos = [(args.student, args.attention)]
-        rows = [describe(build_student(s, args.num_classes, attention=a, attention_blocks=args.attention_blocks),
-                         s, a, args.img_size, speed) for s, a in combos]
-        if args.all:
-            teacher, _ = build_teacher(args.num_classes, "none")
-            rows.append(describe(teacher, "resnet50 (teacher)", "-", args.img_size, speed))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.img_size < 32 or args.num_classes < 2:
+        raise UserError("--img_size must be at least 32 and --num_classes at least 2")
+    speed = not args.no_speed
+    if args.all:
+        combos = [(s, a) for s in STUDENTS for a in ["none", *ATTENTIONS]]
+    else:
+        combos = [(args.student, args.attention)]
+    rows = [describe(build_student(s, args.num_classes, attention=a, attention_blocks=args.attention_blocks),
+                     s, a, args.img_size, speed) for s, a in combos]
+    if args.all:
+        teacher, _ = build_teacher(args.num_classes, "none")
+        rows.append(describe(teacher, "resnet50 (teacher)", "-", args.img_size, speed))
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     else:

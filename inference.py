@@ -20,7 +20,11 @@ from utils.runtime import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
+from tqdm import tqdm  # noqa: E402
+
 from utils.errors import UserError, reports_user_errors  # noqa: E402
+
+PROGRESS_BAR_FROM = 100  # images
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,16 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     topk = min(args.topk, len(classifier.classes))
 
     predictions, failed = [], []
-    for path, prediction in classify(classifier, paths, args.batch_size, topk):
+    # A progress bar on large folders only; lines go through tqdm.write so that they do not break it.
+    results = tqdm(classify(classifier, paths, args.batch_size, topk), total=len(paths), unit="img",
+                   leave=False, disable=None if len(paths) > PROGRESS_BAR_FROM else True)
+    for path, prediction in results:
         if prediction is None:
             failed.append(path)
-            print(f"{path}  cannot be read as an image", file=sys.stderr)
+            tqdm.write(f"{path}  cannot be read as an image", file=sys.stderr)
             continue
         predictions.append(prediction)
         if args.show:
             save_annotated(prediction, Path(args.show_dir))
         extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
-        print(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""))
+        tqdm.write(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""),
+                   file=sys.stdout)
     if args.output:
         write_predictions(Path(args.output), predictions)
     counts = collections.Counter(p.label for p in predictions)

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from models.student import build_student  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
+from utils.errors import reports_user_errors  # noqa: E402
 from utils.export import export_student  # noqa: E402
 from utils.inference import DynamicModel, ExportedModel, find_weights  # noqa: E402
 
@@ -48,6 +49,7 @@ def measure(model, img_size: int, repeats: int, batch: int) -> dict:
             f"img_per_s_batch{batch}": 3 * batch / (time.perf_counter() - start)}
 
 
+@reports_user_errors
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", help="a run or fold directory; its first fold is measured")

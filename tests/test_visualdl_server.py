@@ -65,3 +65,14 @@ def test_every_fold_shows_scalars_images_and_pr_curves(visualdl_server):
         assert {"val/pr_curve/red", "val/pr_curve/green", "val/pr_curve/blue"} <= curves[fold]
     assert "hparam/student_val_acc_mean" in scalars["tiny/run"]
     assert "oof/confusion_matrix" in images["tiny/run"]
+
+
+def test_hyper_parameters_and_the_web_page(visualdl_server):
+    indicators = _get(f"{visualdl_server}/hparams/indicators")["data"]
+    hparams = {h["name"]: h["values"] for h in indicators["hparams"]}
+    assert hparams["student"] == ["mobilenet_v3_small"] and hparams["kd"] == ["kl"]
+    assert "hparam/student_val_acc_mean" in {m["name"] for m in indicators["metrics"]}
+    # VisualDL 2.5.3's page handler needs the Accept-Language header that browsers send.
+    page = urllib.request.Request(visualdl_server.replace("/api", "/hparams"), headers={"Accept-Language": "en"})
+    with urllib.request.urlopen(page, timeout=5) as response:
+        assert response.status == 200

@@ -7,6 +7,7 @@ teachers, with stratified K-fold cross-validation.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -40,7 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     from utils.cross_validation import run_cross_validation
     from utils.demo import resolve_run_config
 
-    run_cross_validation(resolve_run_config(args))
+    cfg = resolve_run_config(args)
+    # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: finished folds are already on disk.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        run_cross_validation(cfg)
+    except KeyboardInterrupt:
+        print(f"interrupted; finished folds are kept: run the same command with --run_name {cfg.run_name} "
+              "to continue", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -212,3 +212,52 @@ def test_quiet_run_with_a_ce_only_baseline(tiny_data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "student epoch" not in printed and "train loss" not in printed
     assert "mean" in printed  # the summary table still prints
+
+
+def test_running_again_with_the_same_name_reuses_finished_folds(tiny_data, tmp_path, capsys):
+    args = tiny_run_args(tiny_data, tmp_path, "resumed", "--kd", "none")
+    assert main.main(args) == 0
+    run_dir = tmp_path / "models_saved" / "resumed"
+    first = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "fold1" / "result.json").unlink()  # as if the run had been killed during fold 1
+    capsys.readouterr()
+    assert main.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fold 0 was finished by an earlier run of resumed: reusing it" in printed
+    assert "fold 1 student epoch" in printed and "fold 0 student epoch" not in printed
+    second = json.loads((run_dir / "summary.json").read_text())
+    assert second["folds"] == first["folds"]  # fold 1 retrained from its seed: the same result
+
+
+def test_a_run_name_is_not_reused_with_other_settings(tiny_data, tmp_path, capsys):
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "taken", "--kd", "none")) == 0
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "taken", "--kd", "none", "--lr", "0.01")) == 2
+    assert "run taken already exists with other settings (lr)" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_real_run_which_then_continues(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    args = tiny_run_args(tiny_data, tmp_path, "killed", "--kd", "none", "--epochs", "6")
+    process = subprocess.Popen([sys.executable, str(root / "main.py"), *args], cwd=root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_fold = tmp_path / "models_saved" / "killed" / "fold0" / "result.json"
+    deadline = time.time() + 120
+    while not first_fold.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be stopped")
+    assert process.returncode == 130
+    assert "finished folds are kept" in err and "--run_name killed" in err and "Traceback" not in err
+    resumed = subprocess.run([sys.executable, str(root / "main.py"), *args], cwd=root, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0
+    assert "fold 0 was finished by an earlier run of killed: reusing it" in resumed.stdout
+    assert (tmp_path / "models_saved" / "killed" / "summary.json").is_file()

@@ -8,8 +8,6 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +20,7 @@ from models.attention import check_attention
 from models.student import STUDENTS, build_student
 from models.weights import check_weights_arg
 from utils.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
-from utils.config import Config, save_config
+from utils.config import Config, load_saved_config, save_config
 from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
                         make_loader, scan_dataset)
 from utils.errors import UserError
@@ -104,10 +102,46 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Op
     )
 
 
+# Settings that change how a run is carried out, not what it computes: a run may continue with other values.
+RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "quiet", "device")
+
+
+def check_same_run(cfg: Config, run_dir: Path) -> None:
+    """Running again with the same run name continues that run, so its settings must be the same."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_saved_config(saved_path).to_dict()
+    differs = [k for k, v in cfg.to_dict().items() if k not in RUNTIME_SETTINGS and saved.get(k) != v]
+    if differs:
+        raise UserError(f"run {cfg.run_name} already exists with other settings ({', '.join(differs)}); "
+                        "choose another --run_name, or repeat its settings to continue it")
+
+
+def _save_fold_result(fold_dir: Path, result: FoldResult) -> None:
+    np.save(fold_dir / "val_probs.npy", result.val_probs)
+    fields = {k: v for k, v in dataclasses.asdict(result).items() if k != "val_probs"}
+    tmp = fold_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(fields, indent=2), encoding="utf-8")
+    os.replace(tmp, fold_dir / "result.json")  # last: its presence means the fold is complete
+
+
+def _load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
+    if not (fold_dir / "result.json").is_file():
+        return None
+    fields = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
+    return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
+
+
 def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample], images: list[np.ndarray],
              labels: np.ndarray, run_dir: Path) -> FoldResult:
+    """Train and evaluate one fold, or return its saved result when an earlier run of the same name finished it."""
     classes = index.classes
     fold_dir = run_dir / f"fold{fold.fold}"
+    finished = _load_fold_result(fold_dir)
+    if finished is not None:
+        print(f"fold {fold.fold} was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
+        return finished
     fold_dir.mkdir(parents=True, exist_ok=True)
     train_set = ImageDataset([images[i] for i in fold.train_indices], labels[fold.train_indices],
                              build_train_transform(cfg))
@@ -166,8 +200,10 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
     })
     write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
     (fold_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
-    return FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
-                      macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
+    fold_result = FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
+                             macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
+    _save_fold_result(fold_dir, fold_result)
+    return fold_result
 
 
 def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
@@ -189,10 +225,10 @@ def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, *sh
     A fold that fails stops the run: its exception is raised here, never swallowed."""
     if workers == 1:
         return [run_fold(cfg, fold, *shared) for fold in folds]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_fold_worker,
-                             initargs=(device,)) as pool:
-        return list(pool.map(run_fold, repeat(cfg), folds, *(repeat(item) for item in shared)))
+    # multiprocessing.Pool, not ProcessPoolExecutor: leaving its block on an interrupt terminates the
+    # workers at once, where the executor would wait for the folds they are training to finish.
+    with multiprocessing.get_context("spawn").Pool(workers, _init_fold_worker, (device,)) as pool:
+        return pool.starmap(run_fold, [(cfg, fold, *shared) for fold in folds])
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -245,6 +281,7 @@ def run_cross_validation(cfg: Config) -> dict:
         print("note: --amp (mixed precision) works on a GPU only; training in float32 on the CPU")
     index = scan_dataset(Path(cfg.data_dir))
     run_dir = prepare_run_dir(cfg)
+    check_same_run(cfg, run_dir)
     images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size))
     skipped = index.skipped + skipped
     labels = np.array([s.label for s in samples], dtype=np.int64)

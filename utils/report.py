@@ -36,8 +36,9 @@ def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
     for fold, history in histories.items():
         epochs = [e["epoch"] for e in history["student"]]
         for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
-            line, = ax.plot(epochs, [e[f"val_{key}"] for e in history["student"]], label=f"fold {fold} val")
-            ax.plot(epochs, [e[f"train_{key}"] for e in history["student"]], "--", color=line.get_color(),
+            # Markers, so that a run of one epoch still shows its points.
+            line, = ax.plot(epochs, [e[f"val_{key}"] for e in history["student"]], "o-", label=f"fold {fold} val")
+            ax.plot(epochs, [e[f"train_{key}"] for e in history["student"]], "o--", color=line.get_color(),
                     label=f"fold {fold} train")
     for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")

@@ -30,11 +30,6 @@ def replace_head(model: nn.Layer, head_path: str, num_classes: int) -> None:
     setattr(parent, name, nn.Linear(old.weight.shape[0], num_classes))
 
 
-def head_out_features(model: nn.Layer, head_path: str) -> int:
-    parent, name = _parent_and_name(model, head_path)
-    return getattr(parent, name).weight.shape[1]
-
-
 def check_weights_arg(weights: str, flag: str) -> None:
     """`imagenet`, `none`, or the path of an existing file."""
     if weights not in ("imagenet", "none") and not Path(weights).is_file():

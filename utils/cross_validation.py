@@ -228,7 +228,12 @@ def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, *sh
     # multiprocessing.Pool, not ProcessPoolExecutor: leaving its block on an interrupt terminates the
     # workers at once, where the executor would wait for the folds they are training to finish.
     with multiprocessing.get_context("spawn").Pool(workers, _init_fold_worker, (device,)) as pool:
-        return pool.starmap(run_fold, [(cfg, fold, *shared) for fold in folds])
+        results = pool.starmap(run_fold, [(cfg, fold, *shared) for fold in folds])
+        # Let the workers exit on their own: Paddle's signal handlers can keep a worker alive
+        # through the SIGTERM with which leaving the block would otherwise end it.
+        pool.close()
+        pool.join()
+        return results
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

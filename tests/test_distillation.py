@@ -8,7 +8,8 @@ from models.teacher import build_teacher, freeze_teacher
 from utils.losses import KLDistillationLoss
 from utils.mixup import mixup
 from utils.optimization import build_optimizer, warmup_cosine
-from utils.train import TrainingDiverged, train_one_epoch
+from utils.data import ImageDataset, make_loader
+from utils.train import LiveTeacher, TrainingDiverged, train_one_epoch
 
 
 class Recorder(nn.Layer):
@@ -27,17 +28,16 @@ class Recorder(nn.Layer):
 
 def _loader(n=12, batch=4, size=16, seed=0):
     rng = np.random.default_rng(seed)
-    images = rng.normal(size=(n, 3, size, size)).astype("float32")
+    images = list(rng.normal(size=(n, 3, size, size)).astype("float32"))
     labels = rng.integers(0, 3, size=n).astype("int64")
-    return paddle.io.DataLoader(paddle.io.TensorDataset([paddle.to_tensor(images), paddle.to_tensor(labels)]),
-                                batch_size=batch, shuffle=True)
+    return make_loader(ImageDataset(images, labels, transform=lambda image: image), batch, train=True, num_workers=0)
 
 
 def _one_epoch(student, teacher, loader, mixup_alpha=0.4):
     schedule = warmup_cosine(0.01, 1, 0, len(loader))
     optimizer = build_optimizer(student, schedule, 0.01)
-    return train_one_epoch(student, teacher, loader, optimizer, schedule, KLDistillationLoss(0.5, 4.0),
-                           mixup_alpha, np.random.default_rng(0), paddle.amp.GradScaler(enable=False))
+    return train_one_epoch(student, LiveTeacher(teacher), loader, optimizer, schedule, KLDistillationLoss(0.5, 4.0),
+                           mixup_alpha, np.random.default_rng(0), paddle.amp.GradScaler(enable=False), epoch=1)
 
 
 def test_teacher_sees_the_same_mixed_batch_as_the_student():
@@ -49,7 +49,7 @@ def test_teacher_sees_the_same_mixed_batch_as_the_student():
     for seen_by_teacher, seen_by_student in zip(teacher.inputs, student.inputs):
         np.testing.assert_array_equal(seen_by_teacher, seen_by_student)
     # And the batches really were mixed: no batch equals an unmixed input batch.
-    originals = {row.tobytes() for images, _ in loader for row in images.numpy()}
+    originals = {row.tobytes() for images, *_ in loader for row in images.numpy()}
     assert not all(row.tobytes() in originals for batch in student.inputs for row in batch)
 
 
@@ -76,8 +76,8 @@ def test_a_loss_that_is_not_finite_stops_training_with_advice():
     schedule = warmup_cosine(0.01, 1, 0, len(loader))
     optimizer = build_optimizer(student, schedule, 0.01)
     with pytest.raises(TrainingDiverged, match="the loss became nan at step 1.*try a lower --lr"):
-        train_one_epoch(student, teacher, loader, optimizer, schedule, NanLoss(0.5, 4.0), 0.0,
-                        np.random.default_rng(0), paddle.amp.GradScaler(enable=False))
+        train_one_epoch(student, LiveTeacher(teacher), loader, optimizer, schedule, NanLoss(0.5, 4.0), 0.0,
+                        np.random.default_rng(0), paddle.amp.GradScaler(enable=False), epoch=1)
 
 
 def test_frozen_teacher_does_not_change_during_distillation():

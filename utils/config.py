@@ -43,6 +43,9 @@ class Config:
     teacher_epochs: int
     teacher_lr: float
     retrain_teacher: bool
+    teacher_cache: str
+    teacher_views: int
+    teacher_cache_max_mb: int
     kd: str
     alpha: float
     temperature: float
@@ -103,6 +106,9 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, not {value!r}") from None
+    if isinstance(value, bool):
+        # YAML 1.1 reads a bare off/on (and no/yes) as a boolean: `teacher_cache: off` means "off".
+        return "on" if value else "off"
     return str(value)
 
 
@@ -149,6 +155,9 @@ def _check_ranges(cfg: Config) -> None:
         (0 <= cfg.erasing <= 1, "erasing must be a probability between 0 and 1"),
         (cfg.crop in ("random_resized", "pad"), "crop must be random_resized or pad"),
         (cfg.teacher_train in ("full", "head"), "teacher_train must be full or head"),
+        (cfg.teacher_cache in ("off", "views"), "teacher_cache must be off or views"),
+        (cfg.teacher_views >= 1, "teacher_views must be at least 1"),
+        (cfg.teacher_cache_max_mb >= 1, "teacher_cache_max_mb must be at least 1"),
         (cfg.device in ("auto", "cpu", "gpu"), "device must be auto, cpu or gpu"),
         (cfg.attention_blocks == "all" or cfg.attention_blocks.isdigit(),
          "attention_blocks must be 'all' or a number of blocks"),

@@ -31,8 +31,9 @@ from utils.registry import lookup
 from utils.report import write_report
 from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
-from utils.train import FitResult, fit, grad_scaler, predict, train_one_epoch
+from utils.train import FitResult, LiveTeacher, Teacher, fit, grad_scaler, predict, train_one_epoch
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
+from utils.view_cache import prepare_views, view_count
 from utils.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch, log_run
 
 
@@ -82,7 +83,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Optional[paddle.nn.Layer],
+def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Optional[Teacher],
                   train_loader: paddle.io.DataLoader, val_loader: paddle.io.DataLoader,
                   on_epoch: Callable) -> FitResult:
     """A freshly built student, trained with `loss_fn` (and `teacher`), with early stopping.
@@ -97,7 +98,7 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Op
     return fit(
         student,
         lambda epoch: train_one_epoch(student, teacher, train_loader, optimizer, schedule, loss_fn,
-                                      cfg.mixup_alpha, rng, scaler, desc=f"fold {fold} epoch {epoch}"),
+                                      cfg.mixup_alpha, rng, scaler, epoch, desc=f"fold {fold} epoch {epoch}"),
         val_loader, cfg.epochs, cfg.patience, on_epoch,
     )
 
@@ -133,6 +134,31 @@ def _load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
     return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
 
 
+# Separate augmentation streams, so that the teacher never labels the very views it trained on.
+TEACHER_AUGMENTATION, STUDENT_AUGMENTATION = 0, 1
+
+
+def prepare_fold_teacher(cfg: Config, fold: int, key: str, num_classes: int, teacher_loader: paddle.io.DataLoader,
+                         train_set: ImageDataset, val_loader: paddle.io.DataLoader, on_epoch: Callable
+                         ) -> tuple[Teacher, float]:
+    """The fold's frozen teacher (cached or trained now) as the student's source of
+    teacher logits: run on every batch, or replayed from its stored views."""
+    seed_everything(cfg.seed + fold)
+    cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
+    prepared = prepare_teacher(cfg, num_classes, cache_path, teacher_loader, val_loader,
+                               np.random.default_rng([cfg.seed, fold, 0]), on_epoch)
+    source = "cached" if prepared.from_cache else "trained"
+    print(f"fold {fold} teacher ({source}, {cache_path.name}): val acc {prepared.val_acc:.4f}", flush=True)
+    if cfg.teacher_cache == "off":
+        return LiveTeacher(prepared.model), prepared.val_acc
+    device = "gpu" if paddle.get_device().startswith("gpu") else "cpu"
+    views = prepare_views(cfg, prepared.model, not prepared.from_cache, train_set, cache_path, num_classes, device)
+    count = views.teacher.logits.shape[0]
+    what = "reused" if views.from_cache else f"labelled {count} views of {len(train_set)} images"
+    print(f"fold {fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
+    return views.teacher, prepared.val_acc
+
+
 def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample], images: list[np.ndarray],
              labels: np.ndarray, run_dir: Path) -> FoldResult:
     """Train and evaluate one fold, or return its saved result when an earlier run of the same name finished it."""
@@ -143,39 +169,40 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         print(f"fold {fold.fold} was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
         return finished
     fold_dir.mkdir(parents=True, exist_ok=True)
-    train_set = ImageDataset([images[i] for i in fold.train_indices], labels[fold.train_indices],
-                             build_train_transform(cfg))
+    loss_fn = create_loss(cfg)
+    train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
+
+    def train_loader_for(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
+        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg), (cfg.seed, fold.fold, stream),
+                               views)
+        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+
+    cached_views = view_count(cfg) if loss_fn.needs_teacher and cfg.teacher_cache == "views" else None
+    train_loader = train_loader_for(STUDENT_AUGMENTATION, cached_views)
+    train_set = train_loader.dataset
     val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
                            build_eval_transform(cfg.img_size, cfg.crop))
-    train_loader = make_loader(train_set, cfg.batch_size, train=True, num_workers=cfg.num_workers)
     val_loader = make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
-    loss_fn = create_loss(cfg)
 
     with LogWriter(logdir=str(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}")) as writer:
-        seed_everything(cfg.seed + fold.fold)
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
                             IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
         history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if loss_fn.needs_teacher:
-            seed_everything(cfg.seed + fold.fold)
-            key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
-            cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
-            prepared = prepare_teacher(
-                cfg, len(classes), cache_path, train_loader, val_loader,
-                np.random.default_rng([cfg.seed, fold.fold, 0]),
-                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet),
-            )
-            teacher, teacher_acc = prepared.model, prepared.val_acc
-            source = "cached" if prepared.from_cache else "trained"
-            print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher_acc:.4f}", flush=True)
+            teacher, teacher_acc = prepare_fold_teacher(
+                cfg, fold.fold, teacher_cache_key(cfg, samples, fold.train_indices, fold.fold), len(classes),
+                train_loader_for(TEACHER_AUGMENTATION), train_set, val_loader,
+                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet))
 
         result = train_student(cfg, fold.fold, len(classes), loss_fn, teacher, train_loader, val_loader,
                                epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet))
         baseline_acc = None
         if cfg.baseline and loss_fn.needs_teacher:
+            # A plain CE student draws fresh views every epoch, as it would on its own.
             baseline_acc = train_student(
-                cfg, fold.fold, len(classes), CrossEntropyLoss(), None, train_loader, val_loader,
+                cfg, fold.fold, len(classes), CrossEntropyLoss(), None, train_loader_for(STUDENT_AUGMENTATION),
+                val_loader,
                 epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet),
             ).best.acc
         best = result.best

@@ -13,13 +13,17 @@ from utils.checkpoint import META_NAME, load_student
 EXPORTED_PREFIX = "model"  # files model.json (or model.pdmodel) and model.pdiparams
 
 
+def save_inference_model(model: paddle.nn.Layer, img_size: int, out_dir: Path) -> None:
+    """`model` as a static inference model in `out_dir`, for any batch size."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paddle.jit.save(model, str(out_dir / EXPORTED_PREFIX),
+                    input_spec=[InputSpec([None, 3, img_size, img_size], "float32", name="image")])
+
+
 def export_student(weights: Path, out_dir: Path) -> Path:
     """Write the student at `weights` to `out_dir` as a static inference model."""
     model, meta = load_student(weights)
-    size = meta["img_size"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paddle.jit.save(model, str(out_dir / EXPORTED_PREFIX),
-                    input_spec=[InputSpec([None, 3, size, size], "float32", name="image")])
+    save_inference_model(model, meta["img_size"], out_dir)
     shutil.copyfile(weights.with_name(META_NAME), out_dir / META_NAME)
     return out_dir
 

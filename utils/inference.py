@@ -72,19 +72,17 @@ class DynamicModel:
         return self.model(paddle.to_tensor(batch)).numpy()
 
 
-class ExportedModel:
-    """An export.py model run by Paddle Inference: oneDNN on CPU, or the GPU."""
+class InferencePredictor:
+    """A `paddle.jit.save`d model run by Paddle Inference: oneDNN on CPU, or the GPU."""
 
-    def __init__(self, directory: Path, use_gpu: bool) -> None:
-        self.meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
-        config = paddle_infer.Config(str(exported_model_file(directory)),
-                                     str(directory / f"{EXPORTED_PREFIX}.pdiparams"))
+    def __init__(self, model_file: Path, params_file: Path, use_gpu: bool, threads: int) -> None:
+        config = paddle_infer.Config(str(model_file), str(params_file))
         if use_gpu:
             config.enable_use_gpu(256, 0)
         else:
             config.disable_gpu()
             config.enable_mkldnn()
-            config.set_cpu_math_library_num_threads(cpu_count())
+            config.set_cpu_math_library_num_threads(threads)
         config.disable_glog_info()
         self.predictor = paddle_infer.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
@@ -94,6 +92,15 @@ class ExportedModel:
         self.input.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
         self.predictor.run()
         return self.output.copy_to_cpu()
+
+
+class ExportedModel(InferencePredictor):
+    """An export.py model directory: the predictor and its best.json."""
+
+    def __init__(self, directory: Path, use_gpu: bool) -> None:
+        self.meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+        super().__init__(exported_model_file(directory), directory / f"{EXPORTED_PREFIX}.pdiparams", use_gpu,
+                         cpu_count())
 
 
 class EnsembleClassifier:

@@ -84,7 +84,7 @@ def prepare_teacher(
         val_acc = fit(
             teacher,
             lambda epoch: train_one_epoch(teacher, None, train_loader, optimizer, schedule, loss_fn,
-                                          cfg.mixup_alpha, rng, scaler, desc=f"teacher epoch {epoch}"),
+                                          cfg.mixup_alpha, rng, scaler, epoch, desc=f"teacher epoch {epoch}"),
             val_loader, cfg.teacher_epochs, patience=None, on_epoch=on_epoch,
         ).best.acc
     else:

@@ -16,7 +16,11 @@ from tqdm import tqdm
 
 from models.freeze import set_train_mode
 from utils.errors import UserError
-from utils.mixup import mixup
+from utils.mixup import MixedTargets, mixup
+
+# What the distillation loss learns from: teacher logits for a batch, given the
+# (mixed) images, their dataset indices and views, and the mixing.
+Teacher = Callable[[paddle.Tensor, paddle.Tensor, paddle.Tensor, MixedTargets], paddle.Tensor]
 
 
 class TrainingDiverged(UserError):
@@ -53,6 +57,18 @@ class FitResult:
     epochs_run: int
 
 
+class LiveTeacher:
+    """A frozen teacher run on every batch: it labels exactly the (mixed) images the student sees."""
+
+    def __init__(self, model: nn.Layer) -> None:
+        self.model = model
+
+    @paddle.no_grad()
+    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
+                 targets: MixedTargets) -> paddle.Tensor:
+        return self.model(images)
+
+
 def grad_scaler(amp: bool) -> paddle.amp.GradScaler:
     """Loss scaling for mixed precision, which only a GPU has; a pass-through elsewhere."""
     return paddle.amp.GradScaler(enable=amp and paddle.get_device().startswith("gpu"))
@@ -60,7 +76,7 @@ def grad_scaler(amp: bool) -> paddle.amp.GradScaler:
 
 def train_one_epoch(
     model: nn.Layer,
-    teacher: Optional[nn.Layer],
+    teacher: Optional[Teacher],
     loader: paddle.io.DataLoader,
     optimizer: paddle.optimizer.Optimizer,
     schedule: paddle.optimizer.lr.LRScheduler,
@@ -68,21 +84,20 @@ def train_one_epoch(
     mixup_alpha: float,
     rng: np.random.Generator,
     scaler: paddle.amp.GradScaler,
+    epoch: int,
     desc: str = "train",
 ) -> EpochStats:
+    """One pass over `loader`, whose ImageDataset serves view `epoch` (from 1) of its images."""
+    loader.dataset.set_epoch(epoch - 1)
     set_train_mode(model)
     start = time.perf_counter()
     totals = np.zeros(4)  # loss, ce, kd, correct (all weighted by batch size)
     seen = 0
     progress = tqdm(loader, desc=desc, leave=False, disable=None)
-    for images, labels in progress:
+    for images, labels, indices, views in progress:
         images, targets = mixup(images, labels, mixup_alpha, rng)
         with paddle.amp.auto_cast(enable=scaler.is_enable()):
-            teacher_logits = None
-            if teacher is not None:
-                with paddle.no_grad():
-                    # The teacher labels exactly the (mixed) images the student sees.
-                    teacher_logits = teacher(images)
+            teacher_logits = None if teacher is None else teacher(images, indices, views, targets)
             logits = model(images)
             parts = loss_fn(logits, teacher_logits, targets)
         loss_value = float(parts.total)
@@ -114,7 +129,7 @@ def predict(model: nn.Layer, loader: paddle.io.DataLoader) -> tuple[np.ndarray, 
     """Softmax probabilities and labels for every sample of `loader`, in order."""
     model.eval()
     probs, labels = [], []
-    for images, batch_labels in loader:
+    for images, batch_labels, *_ in loader:
         probs.append(F.softmax(model(images), axis=1).numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(probs), np.concatenate(labels)

@@ -3,6 +3,11 @@ training, evaluation and inference. Images arrive as RGB uint8 (H, W, 3)
 arrays and leave as normalised float32 (3, H, W) arrays."""
 from __future__ import annotations
 
+import contextlib
+import random
+from typing import Iterator
+
+import numpy as np
 import paddle.vision.transforms as T
 
 from utils.config import Config
@@ -54,3 +59,19 @@ def build_eval_transform(img_size: int, crop: str, mean: tuple = IMAGENET_MEAN, 
     else:
         steps = [T.Resize((img_size, img_size))]
     return T.Compose([*steps, _normalize(mean, std), T.Transpose()])
+
+
+@contextlib.contextmanager
+def seeded_augmentation(*key: int) -> Iterator[None]:
+    """Run the enclosed random transforms from states seeded by `key`, then restore
+    the global states. Paddle's transforms draw from both `random` and `np.random`,
+    so the same key gives the same augmented image in any process, on any run."""
+    saved = random.getstate(), np.random.get_state()
+    seed = np.random.SeedSequence(list(key)).generate_state(2)
+    random.seed(int(seed[0]))
+    np.random.seed(int(seed[1]))
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])

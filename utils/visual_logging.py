@@ -50,8 +50,8 @@ def log_augmented_batch(writer: LogWriter, dataset: ImageDataset, mixup_alpha: f
     a wrong augmentation shows at a glance. Read from the dataset directly, not through a
     DataLoader, whose prefetching thread would go on drawing random numbers in the background."""
     samples = [dataset[i] for i in range(min(2 * GRID_COLUMNS, len(dataset)))]
-    images = paddle.to_tensor(np.stack([image for image, _ in samples]))
-    labels = paddle.to_tensor(np.array([label for _, label in samples]))
+    images = paddle.to_tensor(np.stack([image for image, *_ in samples]))
+    labels = paddle.to_tensor(np.array([label for _, label, *_ in samples]))
     mixed, _ = mixup(images, labels, mixup_alpha, rng)
     pixels = mixed.numpy().transpose(0, 2, 3, 1) * np.array(std) + np.array(mean)
     pixels = np.clip(pixels * 255, 0, 255).astype(np.uint8)

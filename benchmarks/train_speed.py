@@ -70,12 +70,12 @@ def main() -> int:
     seen = len(loader) * cfg.batch_size
     num_classes = len(index.classes)
 
-    def student_epoch(loss_fn, teacher, epoch=1):
+    def student_epoch(loss_fn, teacher):
         model = build_student(cfg.student, num_classes, "none")
         schedule = warmup_cosine(cfg.lr, 1, 0, len(loader))
         optimizer = build_optimizer(model, schedule, cfg.weight_decay)
         return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule, loss_fn, cfg.mixup_alpha,
-                                       np.random.default_rng(0), grad_scaler(False), epoch, desc="benchmark")
+                                       np.random.default_rng(0), grad_scaler(False), 1, desc="benchmark")
 
     if args.ce_only_with_default_settings:
         print(json.dumps(images_per_second(student_epoch(CrossEntropyLoss(), None), seen)))

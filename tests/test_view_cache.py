@@ -13,6 +13,7 @@ from tests.conftest import tiny_run_args
 from models.teacher import freeze_teacher
 from utils.config import DEFAULT_CONFIG, _read_yaml, build_config
 from utils.data import ImageDataset, Sample, make_loader
+from utils.errors import ConfigError
 from utils.mixup import MixedTargets, mixup
 from utils.teacher_prep import teacher_cache_key
 from utils.transforms import build_train_transform
@@ -135,7 +136,7 @@ def test_stored_views_stay_within_their_disk_bound(tmp_path):
     kept = sorted(p.name for p in tmp_path.glob("*.views-*.npy"))
     assert made.path.name in kept and "old2.views-x.npy" in kept  # the newest old one survives
     assert "old0.views-x.npy" not in kept and "old1.views-x.npy" not in kept
-    with pytest.raises(Exception, match="lower --teacher_views"):
+    with pytest.raises(ConfigError, match="lower --teacher_views"):
         prepare_views(dataclasses.replace(cfg, teacher_cache_max_mb=1), _teacher(), True, _dataset(n=10),
                       tmp_path / "big.pdparams", 2**17, "cpu")
 

@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     from utils.demo import resolve_run_config
 
     cfg = resolve_run_config(args)
-    # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: finished folds are already on disk.
+    # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: finished folds and epochs are already on disk.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run_cross_validation(cfg)
     except KeyboardInterrupt:
-        print(f"interrupted; finished folds are kept: run the same command with --run_name {cfg.run_name} "
-              "to continue", file=sys.stderr)
+        print(f"interrupted; finished folds and epochs are saved. Continue with:\n"
+              f"  python main.py --resume {cfg.run_name} --output_dir {cfg.output_dir}", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

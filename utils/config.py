@@ -181,6 +181,9 @@ def build_config(values: dict[str, Any]) -> Config:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One `--key VALUE` flag per setting; boolean flags may stand alone (`--amp`)."""
     parser.add_argument("--config", metavar="PATH", help="YAML file whose settings replace configs/default.yaml's")
+    parser.add_argument("--resume", metavar="RUN_NAME",
+                        help="continue an interrupted run with its saved settings: finished folds are kept and "
+                             "an unfinished fold goes on from its last finished epoch")
     for key, kind in _field_types().items():
         if kind is bool:
             parser.add_argument(f"--{key}", nargs="?", const="true", default=None, metavar="BOOL")
@@ -198,6 +201,28 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) 
         flag = getattr(args, key, None)
         if flag is not None:
             values[key] = flag
+    return build_config(values)
+
+
+# Settings that change how a run is carried out, not what it computes: a run may continue with other values.
+RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "quiet", "device")
+
+
+def resumed_config(args: argparse.Namespace) -> Config:
+    """The saved settings of run `args.resume`, with only runtime settings taken from the flags."""
+    others = [key for key in _field_types() if getattr(args, key, None) is not None
+              and key not in (*RUNTIME_SETTINGS, "output_dir")]
+    if others or args.config:
+        given = ", ".join(f"--{key}" for key in others or ["config"])
+        raise ConfigError(f"--resume continues a run with its saved settings, so {given} cannot be given with it; "
+                          f"only --{', --'.join(RUNTIME_SETTINGS)} and --output_dir may")
+    output_dir = Path(args.output_dir or _read_yaml(DEFAULT_CONFIG)["output_dir"])
+    saved = output_dir / args.resume / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"there is no run {args.resume} to resume: {saved} does not exist "
+                          "(pass --output_dir if the run was saved elsewhere)")
+    values = {**load_saved_config(saved).to_dict(), "output_dir": str(output_dir)}
+    values.update({key: getattr(args, key) for key in RUNTIME_SETTINGS if getattr(args, key) is not None})
     return build_config(values)
 
 

@@ -20,18 +20,17 @@ from models.attention import check_attention
 from models.student import STUDENTS, build_student
 from models.weights import check_weights_arg
 from utils.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
-from utils.config import Config, load_saved_config, save_config
+from utils.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
                         make_loader, scan_dataset)
 from utils.errors import UserError
 from utils.losses import CrossEntropyLoss, create_loss
 from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
-from utils.optimization import build_optimizer, warmup_cosine
 from utils.registry import lookup
 from utils.report import write_report
 from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
 from utils.teacher_prep import prepare_teacher, teacher_cache_key
-from utils.train import FitResult, LiveTeacher, Teacher, fit, grad_scaler, predict, train_one_epoch
+from utils.train import FitResult, LiveTeacher, Teacher, TrainingSettings, predict, train_model
 from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
 from utils.view_cache import prepare_views, view_count
 from utils.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch, log_run
@@ -66,6 +65,10 @@ def check_components(cfg: Config) -> None:
     create_loss(cfg)
 
 
+# Separate augmentation streams, so that the teacher never labels the very views it trained on.
+TEACHER_AUGMENTATION, STUDENT_AUGMENTATION = 0, 1
+
+
 def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[FoldData]:
     splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     return [FoldData(k, train, val) for k, (train, val) in enumerate(splitter.split(np.zeros(len(labels)), labels))]
@@ -85,26 +88,21 @@ def prepare_run_dir(cfg: Config) -> Path:
 
 def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Optional[Teacher],
                   train_loader: paddle.io.DataLoader, val_loader: paddle.io.DataLoader,
-                  on_epoch: Callable) -> FitResult:
-    """A freshly built student, trained with `loss_fn` (and `teacher`), with early stopping.
+                  on_epoch: Callable, checkpoint_path: Path) -> FitResult:
+    """A freshly built student, trained with `loss_fn` (and `teacher`), with early stopping,
+    continuing from `checkpoint_path` when an interrupted run left its state there.
     Seeded by the fold alone, so that the same fold always starts from the same state."""
+    if checkpoint_path.is_file():
+        print(f"fold {fold}: continuing from the training state an interrupted run saved ({checkpoint_path})",
+              flush=True)
     seed_everything(cfg.seed + fold)
-    student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
-                            cfg.attention, cfg.attention_blocks)
-    schedule = warmup_cosine(cfg.lr, cfg.epochs, cfg.warmup_epochs, len(train_loader))
-    optimizer = build_optimizer(student, schedule, cfg.weight_decay)
-    scaler = grad_scaler(cfg.amp)
-    rng = np.random.default_rng([cfg.seed, fold, 1])
-    return fit(
-        student,
-        lambda epoch: train_one_epoch(student, teacher, train_loader, optimizer, schedule, loss_fn,
-                                      cfg.mixup_alpha, rng, scaler, epoch, desc=f"fold {fold} epoch {epoch}"),
-        val_loader, cfg.epochs, cfg.patience, on_epoch,
-    )
-
-
-# Settings that change how a run is carried out, not what it computes: a run may continue with other values.
-RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "quiet", "device")
+    with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
+        student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
+                                cfg.attention, cfg.attention_blocks)
+        settings = TrainingSettings(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.mixup_alpha,
+                                    cfg.amp, cfg.patience)
+        return train_model(student, teacher, loss_fn, train_loader, val_loader, settings,
+                           (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch")
 
 
 def check_same_run(cfg: Config, run_dir: Path) -> None:
@@ -116,7 +114,7 @@ def check_same_run(cfg: Config, run_dir: Path) -> None:
     differs = [k for k, v in cfg.to_dict().items() if k not in RUNTIME_SETTINGS and saved.get(k) != v]
     if differs:
         raise UserError(f"run {cfg.run_name} already exists with other settings ({', '.join(differs)}); "
-                        "choose another --run_name, or repeat its settings to continue it")
+                        f"choose another --run_name, or continue it with --resume {cfg.run_name}")
 
 
 def _save_fold_result(fold_dir: Path, result: FoldResult) -> None:
@@ -134,10 +132,6 @@ def _load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
     return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
 
 
-# Separate augmentation streams, so that the teacher never labels the very views it trained on.
-TEACHER_AUGMENTATION, STUDENT_AUGMENTATION = 0, 1
-
-
 def prepare_fold_teacher(cfg: Config, fold: int, key: str, num_classes: int, teacher_loader: paddle.io.DataLoader,
                          train_set: ImageDataset, val_loader: paddle.io.DataLoader, on_epoch: Callable
                          ) -> tuple[Teacher, float]:
@@ -146,7 +140,7 @@ def prepare_fold_teacher(cfg: Config, fold: int, key: str, num_classes: int, tea
     seed_everything(cfg.seed + fold)
     cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
     prepared = prepare_teacher(cfg, num_classes, cache_path, teacher_loader, val_loader,
-                               np.random.default_rng([cfg.seed, fold, 0]), on_epoch)
+                               (cfg.seed, fold, TEACHER_AUGMENTATION), on_epoch)
     source = "cached" if prepared.from_cache else "trained"
     print(f"fold {fold} teacher ({source}, {cache_path.name}): val acc {prepared.val_acc:.4f}", flush=True)
     if cfg.teacher_cache == "off":
@@ -157,6 +151,10 @@ def prepare_fold_teacher(cfg: Config, fold: int, key: str, num_classes: int, tea
     what = "reused" if views.from_cache else f"labelled {count} views of {len(train_set)} images"
     print(f"fold {fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
     return views.teacher, prepared.val_acc
+
+
+# The training state after each epoch (utils/resume.py), kept until the fold is finished.
+STUDENT_STATE, BASELINE_STATE = "training_student.pdparams", "training_baseline.pdparams"
 
 
 def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample], images: list[np.ndarray],
@@ -184,7 +182,11 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
                            build_eval_transform(cfg.img_size, cfg.crop))
     val_loader = make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
 
-    with LogWriter(logdir=str(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}")) as writer:
+    log_dir = Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}"
+    # VisualDL reads only a directory's newest log file, and a resumed fold replays its earlier epochs.
+    for interrupted_log in log_dir.glob("vdlrecords.*"):
+        interrupted_log.unlink()
+    with LogWriter(logdir=str(log_dir)) as writer:
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, np.random.default_rng([cfg.seed, fold.fold, 2]),
                             IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
@@ -196,7 +198,8 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
                 epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet))
 
         result = train_student(cfg, fold.fold, len(classes), loss_fn, teacher, train_loader, val_loader,
-                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet))
+                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet),
+                               fold_dir / STUDENT_STATE)
         baseline_acc = None
         if cfg.baseline and loss_fn.needs_teacher:
             # A plain CE student draws fresh views every epoch, as it would on its own.
@@ -204,6 +207,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
                 cfg, fold.fold, len(classes), CrossEntropyLoss(), None, train_loader_for(STUDENT_AUGMENTATION),
                 val_loader,
                 epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet),
+                fold_dir / BASELINE_STATE,
             ).best.acc
         best = result.best
         save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
@@ -230,6 +234,8 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
     fold_result = FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
                              macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
     _save_fold_result(fold_dir, fold_result)
+    for state in (STUDENT_STATE, BASELINE_STATE):
+        (fold_dir / state).unlink(missing_ok=True)
     return fold_result
 
 

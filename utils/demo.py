@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import time
 
-from utils.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config
+from utils.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config, resumed_config
 from utils.data import has_class_folders, write_digits_demo
 
 DATA_ROOT = PROJECT_ROOT / "data"
@@ -15,6 +15,8 @@ DIGITS_DIR = DATA_ROOT / "digits"
 
 def resolve_run_config(args: argparse.Namespace) -> Config:
     """The run's configuration, with its data directory and run name filled in."""
+    if args.resume:
+        return resumed_config(args)
     cfg = resolve_config(args)
     if cfg.data_dir is None:
         if has_class_folders(DATA_ROOT):

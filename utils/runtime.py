@@ -13,6 +13,8 @@ MAX_IMAGE_PIXELS = 2**27  # about 134 megapixels, 400 MB as RGB
 QUIET_WARNINGS = (
     "No ccache found",  # Paddle's C++-extension builder, never used here
     "When training",  # Paddle BatchNorm: "..., we now always track global mean and variance"
+    # Paddle's LinearWarmup restoring its own state: the wrapped schedule's entry, which it does use.
+    "There are some unused values in state_dict",
 )
 
 
@@ -57,10 +59,12 @@ def tune_cpu_environment() -> None:
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(*key: int) -> None:
+    """Seed Python, NumPy and Paddle from one integer, or from a tuple such as (seed, fold, epoch)."""
     import numpy as np
     import paddle
 
+    seed = key[0] if len(key) == 1 else int(np.random.SeedSequence(key).generate_state(1)[0])
     random.seed(seed)
     np.random.seed(seed)
     paddle.seed(seed)

@@ -20,8 +20,7 @@ from utils.config import Config
 from utils.data import Sample
 from utils.errors import ConfigError
 from utils.losses import CrossEntropyLoss
-from utils.optimization import build_optimizer, warmup_cosine
-from utils.train import EpochStats, Evaluation, evaluate, fit, grad_scaler, train_one_epoch
+from utils.train import EpochRecord, TrainingSettings, evaluate, train_model
 
 # The settings that change what a teacher learns; anything else (the student,
 # the distillation loss) may differ between runs that share teachers.
@@ -58,39 +57,51 @@ def prepare_teacher(
     cache_path: Path,
     train_loader: paddle.io.DataLoader,
     val_loader: paddle.io.DataLoader,
-    rng: np.random.Generator,
-    on_epoch: Callable[[int, EpochStats, Evaluation, bool], None],
+    seed_key: tuple[int, ...],
+    on_epoch: Callable[[EpochRecord, bool], None],
 ) -> PreparedTeacher:
-    """The fold's frozen teacher, from the cache or trained now."""
-    teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights)
-    if cfg.teacher_epochs == 0 and not head_trained:
-        raise ConfigError(
-            "teacher_epochs is 0, but the teacher weights carry no head trained for these "
-            f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
-        )
+    """The fold's frozen teacher, from the cache or trained now. Its training curves
+    are kept beside it and go to `on_epoch` (as replayed) when it comes from the cache."""
     meta_path = cache_path.with_suffix(".json")
-    if cache_path.is_file() and meta_path.is_file() and not cfg.retrain_teacher:
-        teacher.set_state_dict(paddle.load(str(cache_path)))
-        freeze_teacher(teacher)
-        return PreparedTeacher(teacher, json.loads(meta_path.read_text())["val_acc"], True)
+    with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
+        teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights)
+        if cfg.teacher_epochs == 0 and not head_trained:
+            raise ConfigError(
+                "teacher_epochs is 0, but the teacher weights carry no head trained for these "
+                f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
+            )
+        if cache_path.is_file() and meta_path.is_file() and not cfg.retrain_teacher:
+            teacher.set_state_dict(paddle.load(str(cache_path)))
+            freeze_teacher(teacher)
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            for record in meta.get("history", []):
+                on_epoch(EpochRecord(**record), True)
+            return PreparedTeacher(teacher, meta["val_acc"], True)
 
-    if cfg.teacher_epochs > 0:
-        if cfg.teacher_train == "head":
-            freeze_backbone(teacher)
-        schedule = warmup_cosine(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, len(train_loader))
-        optimizer = build_optimizer(teacher, schedule, cfg.weight_decay)
-        scaler = grad_scaler(cfg.amp)
-        loss_fn = CrossEntropyLoss()
-        val_acc = fit(
-            teacher,
-            lambda epoch: train_one_epoch(teacher, None, train_loader, optimizer, schedule, loss_fn,
-                                          cfg.mixup_alpha, rng, scaler, epoch, desc=f"teacher epoch {epoch}"),
-            val_loader, cfg.teacher_epochs, patience=None, on_epoch=on_epoch,
-        ).best.acc
-    else:
-        val_acc = evaluate(teacher, val_loader).acc
+        history: list[EpochRecord] = []
+        if cfg.teacher_epochs > 0:
+            if cfg.teacher_train == "head":
+                freeze_backbone(teacher)
+            checkpoint_path = cache_path.with_suffix(".training.pdparams")
+            if cfg.retrain_teacher:
+                checkpoint_path.unlink(missing_ok=True)
+            settings = TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,
+                                        cfg.mixup_alpha, cfg.amp, patience=None)
+            result = train_model(teacher, None, CrossEntropyLoss(), train_loader, val_loader, settings, seed_key,
+                                 on_epoch, checkpoint_path, desc="teacher epoch")
+            val_acc, history = result.best.acc, result.history
+        else:
+            checkpoint_path = None
+            val_acc = evaluate(teacher, val_loader).acc
     freeze_teacher(teacher)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    paddle.save(teacher.state_dict(), str(cache_path))
-    meta_path.write_text(json.dumps({"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS}}, indent=2))
+    meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
+    partial = cache_path.with_name(cache_path.name + ".tmp")
+    paddle.save(teacher.state_dict(), str(partial))
+    os.replace(partial, cache_path)
+    meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},
+            "history": [dataclasses.asdict(record) for record in history]}
+    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")  # last: the cached teacher is complete
+    if checkpoint_path:
+        checkpoint_path.unlink(missing_ok=True)
     return PreparedTeacher(teacher, val_acc, False)

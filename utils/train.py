@@ -1,12 +1,14 @@
 """The training and evaluation loops, in the manner of torchvision's
 references/classification/train.py: one epoch of training, one evaluation,
-and `fit`, which runs epochs with early stopping and keeps the best state."""
+`fit`, which runs epochs with early stopping and keeps the best state, and
+`train_model`, which sets up the optimizer and schedule and resumes a run."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import paddle
@@ -17,6 +19,9 @@ from tqdm import tqdm
 from models.freeze import set_train_mode
 from utils.errors import UserError
 from utils.mixup import MixedTargets, mixup
+from utils.optimization import build_optimizer, warmup_cosine
+from utils.resume import EpochCheckpoint
+from utils.runtime import seed_everything
 
 # What the distillation loss learns from: teacher logits for a batch, given the
 # (mixed) images, their dataset indices and views, and the mixing.
@@ -50,11 +55,57 @@ class Evaluation:
 
 
 @dataclasses.dataclass
+class EpochRecord:
+    """One epoch as logged and kept in history.json."""
+    epoch: int
+    train_loss: float
+    train_acc: float
+    train_ce: float
+    train_kd: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where `fit` stands after its last finished epoch: all it needs to go on from there."""
+    epoch: int = 0
+    best_epoch: int = 0
+    best: Optional[Evaluation] = None
+    best_state: dict = dataclasses.field(default_factory=dict)
+    stale: int = 0  # epochs since the best one
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
+
+    def to_state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        return cls(**{**state, "best": state["best"] and Evaluation(**state["best"]),
+                      "history": [EpochRecord(**record) for record in state["history"]]})
+
+
+@dataclasses.dataclass
 class FitResult:
     best_epoch: int
     best: Evaluation
     best_state: dict
     epochs_run: int
+    history: list[EpochRecord]
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """What `train_model` needs of the configuration, for the student or the teacher."""
+    lr: float
+    epochs: int
+    warmup_epochs: int
+    weight_decay: float
+    mixup_alpha: float
+    amp: bool
+    patience: Optional[int]  # None: no early stopping, keep the last epoch
 
 
 class LiveTeacher:
@@ -148,27 +199,65 @@ def fit(
     val_loader: paddle.io.DataLoader,
     epochs: int,
     patience: Optional[int],
-    on_epoch: Callable[[int, EpochStats, Evaluation, bool], None],
+    on_epoch: Callable[[EpochRecord, bool], None],
+    checkpoint: Optional[EpochCheckpoint] = None,
 ) -> FitResult:
     """Run `epochs` epochs, evaluating after each.
 
     With `patience`, keep the state of the epoch with the best validation
     accuracy and stop after `patience` epochs without improvement. Without it
     (the teacher, which must not be selected on validation images), keep the
-    last epoch's state.
+    last epoch's state. With a `checkpoint`, save everything after every epoch
+    and start from what it holds; its earlier epochs go to `on_epoch` again,
+    marked as replayed, so that logs are complete.
     """
-    best: Optional[Evaluation] = None
-    best_epoch, best_state, stale = 0, {}, 0
-    for epoch in range(1, epochs + 1):
+    saved = checkpoint.load() if checkpoint else None
+    progress = Progress.from_state(saved) if saved else Progress()
+    for record in progress.history:
+        on_epoch(record, True)
+    while progress.epoch < epochs and (patience is None or progress.stale < patience):
+        epoch = progress.epoch + 1
         stats = train_epoch(epoch)
         evaluation = evaluate(model, val_loader)
-        improved = best is None or evaluation.acc > best.acc or patience is None
-        if improved:
-            best, best_epoch, stale = evaluation, epoch, 0
-            best_state = {name: value.numpy().copy() for name, value in model.state_dict().items()}
+        if progress.best is None or evaluation.acc > progress.best.acc or patience is None:
+            progress.best, progress.best_epoch, progress.stale = evaluation, epoch, 0
+            progress.best_state = {name: value.numpy().copy() for name, value in model.state_dict().items()}
         else:
-            stale += 1
-        on_epoch(epoch, stats, evaluation, improved)
-        if patience is not None and stale >= patience:
-            break
-    return FitResult(best_epoch, best, best_state, epoch)
+            progress.stale += 1
+        record = EpochRecord(epoch, stats.loss, stats.acc, stats.ce, stats.kd, evaluation.loss, evaluation.acc,
+                             stats.lr, stats.seconds)
+        progress.epoch = epoch
+        progress.history.append(record)
+        if checkpoint:
+            checkpoint.save(progress.to_state())
+        on_epoch(record, False)
+    return FitResult(progress.best_epoch, progress.best, progress.best_state, progress.epoch, progress.history)
+
+
+def train_model(
+    model: nn.Layer,
+    teacher: Optional[Teacher],
+    loss_fn: Callable,
+    train_loader: paddle.io.DataLoader,
+    val_loader: paddle.io.DataLoader,
+    hyper: TrainingSettings,
+    seed_key: tuple[int, ...],
+    on_epoch: Callable[[EpochRecord, bool], None],
+    checkpoint_path: Optional[Path] = None,
+    desc: str = "train",
+) -> FitResult:
+    """AdamW with warmup and cosine decay, then `fit`. Every epoch reseeds Python, NumPy
+    and Paddle (shuffling, dropout, Mixup) from `seed_key` and its number, so that a run
+    resumed from `checkpoint_path` draws exactly what the uninterrupted run would have.
+    Build `model` and call this inside `paddle.utils.unique_name.guard()` (see EpochCheckpoint)."""
+    schedule = warmup_cosine(hyper.lr, hyper.epochs, hyper.warmup_epochs, len(train_loader))
+    optimizer = build_optimizer(model, schedule, hyper.weight_decay)
+    scaler = grad_scaler(hyper.amp)
+
+    def train_epoch(epoch: int) -> EpochStats:
+        seed_everything(*seed_key, epoch)
+        return train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper.mixup_alpha,
+                               np.random.default_rng([*seed_key, epoch]), scaler, epoch, f"{desc} {epoch}")
+
+    checkpoint = EpochCheckpoint(checkpoint_path, model, optimizer) if checkpoint_path else None
+    return fit(model, train_epoch, val_loader, hyper.epochs, hyper.patience, on_epoch, checkpoint)

@@ -3,6 +3,7 @@ images, PR curves, hyper-parameters) and the one-line-per-epoch console log."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,33 +14,32 @@ from visualdl import LogWriter
 
 from utils.data import ImageDataset
 from utils.mixup import mixup
-from utils.train import EpochStats, Evaluation
+from utils.train import EpochRecord, Evaluation
 
 GRID_COLUMNS = 8
 
 
 def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int, history: list, quiet: bool
-                 ) -> Callable[[int, EpochStats, Evaluation, bool], None]:
-    """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, a record
-    appended to `history`, and one console line unless `quiet`."""
+                 ) -> Callable[[EpochRecord, bool], None]:
+    """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, the record
+    appended to `history`, and one console line for a newly trained epoch unless `quiet`."""
     best = {"acc": -1.0, "epoch": 0}
     name = prefix.rstrip("/") or "student"
 
-    def on_epoch(epoch: int, stats: EpochStats, evaluation: Evaluation, improved: bool) -> None:
-        record = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc, "train_ce": stats.ce,
-                  "train_kd": stats.kd, "val_loss": evaluation.loss, "val_acc": evaluation.acc, "lr": stats.lr,
-                  "seconds": stats.seconds}
-        history.append(record)
-        for key, value in record.items():
+    def on_epoch(record: EpochRecord, replayed: bool) -> None:
+        fields = dataclasses.asdict(record)
+        history.append(fields)
+        for key, value in fields.items():
             if key not in ("epoch", "seconds"):
-                writer.add_scalar(f"{prefix}{key.replace('_', '/', 1)}", value, epoch)
-        if evaluation.acc > best["acc"]:
-            best.update(acc=evaluation.acc, epoch=epoch)
-        if quiet:
+                writer.add_scalar(f"{prefix}{key.replace('_', '/', 1)}", value, record.epoch)
+        if record.val_acc > best["acc"]:
+            best.update(acc=record.val_acc, epoch=record.epoch)
+        if quiet or replayed:
             return
-        print(f"fold {fold} {name} epoch {epoch:>3}/{epochs}  train loss {stats.loss:.4f} acc {stats.acc:.4f}"
-              f"  | val loss {evaluation.loss:.4f} acc {evaluation.acc:.4f}  | lr {stats.lr:.2e}"
-              f"  | {stats.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})", flush=True)
+        print(f"fold {fold} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "
+              f"acc {record.train_acc:.4f}  | val loss {record.val_loss:.4f} acc {record.val_acc:.4f}"
+              f"  | lr {record.lr:.2e}  | {record.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})",
+              flush=True)
 
     return on_epoch
 

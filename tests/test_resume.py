@@ -1,0 +1,115 @@
+"""Interrupted training loses nothing finished: an interrupted fit resumes to the very
+weights of an uninterrupted one, and a training process killed with SIGKILL finishes,
+when resumed, with the results of an uninterrupted run. (SIGTERM: tests/test_pipeline.py.)"""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+from models.student import build_student
+from tests.conftest import tiny_run_args
+from utils.data import ImageDataset, make_loader
+from utils.losses import CrossEntropyLoss
+from utils.train import TrainingSettings, train_model
+
+PROJECT = Path(__file__).resolve().parent.parent
+SETTINGS = TrainingSettings(lr=0.01, epochs=3, warmup_epochs=1, weight_decay=0.01, mixup_alpha=0.4, amp=False,
+                            patience=None)
+
+
+def _loaders():
+    rng = np.random.default_rng(0)
+    images = list(rng.normal(size=(12, 3, 32, 32)).astype("float32"))
+    labels = rng.integers(0, 3, size=12).astype("int64")
+    dataset = ImageDataset(images, labels, transform=lambda image: image)
+    return make_loader(dataset, 4, train=True, num_workers=0), make_loader(dataset, 12, train=False, num_workers=0)
+
+
+def _train(checkpoint: Path, on_epoch=lambda record, replayed: None):
+    """MobileNetV3-Small (it has dropout) with Mixup, trained as the pipeline trains it."""
+    paddle.seed(0)
+    with paddle.utils.unique_name.guard():
+        model = build_student("mobilenet_v3_small", 3, "none")
+        result = train_model(model, None, CrossEntropyLoss(), *_loaders(), SETTINGS, (1, 2, 3), on_epoch, checkpoint)
+    return model, result
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_fit_resumes_to_the_same_weights_and_history(tmp_path):
+    uninterrupted, expected = _train(tmp_path / "a.pdparams")
+
+    def stop_after_epoch_2(record, replayed):
+        if record.epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _train(tmp_path / "b.pdparams", stop_after_epoch_2)
+    build_student("mobilenet_v2", 5, "none")  # other models in between shift Paddle's generated names
+    seen = []
+    resumed, result = _train(tmp_path / "b.pdparams", lambda record, replayed: seen.append((record.epoch, replayed)))
+
+    assert seen == [(1, True), (2, True), (3, False)]
+    assert [r.val_acc for r in result.history] == [r.val_acc for r in expected.history]
+    assert [r.lr for r in result.history] == [r.lr for r in expected.history]
+    for name, value in uninterrupted.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[name].numpy(), value.numpy(), rtol=0, atol=1e-6,
+                                   err_msg=name)
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "main.py", *args], cwd=PROJECT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"training ended before {path.name} appeared: {process.communicate()}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _fold_results(run_dir: Path) -> list[tuple]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return [(f["fold"], f["teacher_val_acc"], f["student_val_acc"], f["best_epoch"]) for f in summary["folds"]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    subprocess.run([sys.executable, "main.py", *tiny_run_args(tiny_data, out, "r", "--epochs", "3")], cwd=PROJECT,
+                   check=True, capture_output=True)
+    return _fold_results(out / "models_saved" / "r")
+
+
+def test_a_run_killed_mid_training_resumes_and_matches_an_uninterrupted_run(tiny_data, tmp_path,
+                                                                            uninterrupted_run):
+    args = tiny_run_args(tiny_data, tmp_path, "r", "--epochs", "3")
+    run_dir = tmp_path / "models_saved" / "r"
+    process = _start(args)
+    _wait_for(run_dir / "fold1" / "training_student.pdparams", process)  # fold 0 finished, fold 1 mid-way
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    fold0 = (run_dir / "fold0" / "result.json").read_text()
+    assert not (run_dir / "fold1" / "result.json").exists()
+
+    resume = ["--resume", "r", "--output_dir", str(tmp_path / "models_saved")]
+    resumed = subprocess.run([sys.executable, "main.py", *resume], cwd=PROJECT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "fold 0 was finished by an earlier run" in resumed.stdout
+    assert "fold 1: continuing from the training state" in resumed.stdout
+    assert (run_dir / "fold0" / "result.json").read_text() == fold0
+    assert _fold_results(run_dir) == uninterrupted_run
+    for output in ("summary.json", "oof_predictions.csv", "fold1/best.pdparams", "fold1/history.json"):
+        assert (run_dir / output).is_file(), output
+    assert [r["epoch"] for r in json.loads((run_dir / "fold1" / "history.json").read_text())["student"]] == [1, 2, 3]
+    assert not list(run_dir.glob("fold*/training_*"))  # the epoch states go once their fold is finished

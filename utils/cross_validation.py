@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import time
 from pathlib import Path
@@ -132,25 +133,64 @@ def _load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
     return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
 
 
-def prepare_fold_teacher(cfg: Config, fold: int, key: str, num_classes: int, teacher_loader: paddle.io.DataLoader,
-                         train_set: ImageDataset, val_loader: paddle.io.DataLoader, on_epoch: Callable
-                         ) -> tuple[Teacher, float]:
+@dataclasses.dataclass
+class FoldLoaders:
+    """A fold's images as each model sees them."""
+    student: paddle.io.DataLoader  # the student's augmentation stream, with the teacher's views when cached
+    fresh: paddle.io.DataLoader  # the same stream, new views every epoch (the CE baseline)
+    teacher: paddle.io.DataLoader  # the teacher's own stream
+    val: paddle.io.DataLoader
+
+
+def fold_loaders(cfg: Config, fold: FoldData, images: list[np.ndarray], labels: np.ndarray) -> FoldLoaders:
+    train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
+
+    def train_loader(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
+        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg), (cfg.seed, fold.fold, stream),
+                               views)
+        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+
+    cached_views = view_count(cfg) if create_loss(cfg).needs_teacher and cfg.teacher_cache == "views" else None
+    val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
+                           build_eval_transform(cfg.img_size, cfg.crop))
+    return FoldLoaders(
+        student=train_loader(STUDENT_AUGMENTATION, cached_views),
+        fresh=train_loader(STUDENT_AUGMENTATION),
+        teacher=train_loader(TEACHER_AUGMENTATION),
+        val=make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers),
+    )
+
+
+def prepare_fold_teacher(cfg: Config, fold: FoldData, samples: list[Sample], num_classes: int, loaders: FoldLoaders,
+                         on_epoch: Callable) -> tuple[Teacher, float]:
     """The fold's frozen teacher (cached or trained now) as the student's source of
     teacher logits: run on every batch, or replayed from its stored views."""
-    seed_everything(cfg.seed + fold)
+    seed_everything(cfg.seed + fold.fold)
+    key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
     cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
-    prepared = prepare_teacher(cfg, num_classes, cache_path, teacher_loader, val_loader,
-                               (cfg.seed, fold, TEACHER_AUGMENTATION), on_epoch)
+    prepared = prepare_teacher(cfg, num_classes, cache_path, loaders.teacher, loaders.val,
+                               (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
     source = "cached" if prepared.from_cache else "trained"
-    print(f"fold {fold} teacher ({source}, {cache_path.name}): val acc {prepared.val_acc:.4f}", flush=True)
+    print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {prepared.val_acc:.4f}", flush=True)
     if cfg.teacher_cache == "off":
         return LiveTeacher(prepared.model), prepared.val_acc
     device = "gpu" if paddle.get_device().startswith("gpu") else "cpu"
+    train_set = loaders.student.dataset
     views = prepare_views(cfg, prepared.model, not prepared.from_cache, train_set, cache_path, num_classes, device)
     count = views.teacher.logits.shape[0]
     what = "reused" if views.from_cache else f"labelled {count} views of {len(train_set)} images"
-    print(f"fold {fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
+    print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
     return views.teacher, prepared.val_acc
+
+
+def train_fold_teacher(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sample],
+                       images: list[np.ndarray], labels: np.ndarray, run_dir: Path) -> None:
+    """Train and cache the fold's teacher (and label its views) ahead of the fold, where
+    run_fold then finds it: a separate task, so that run_folds keeps every core busy."""
+    if _load_fold_result(run_dir / f"fold{fold.fold}") is not None:
+        return
+    prepare_fold_teacher(cfg, fold, samples, len(index.classes), fold_loaders(cfg, fold, images, labels),
+                         epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet))
 
 
 # The training state after each epoch (utils/resume.py), kept until the fold is finished.
@@ -168,19 +208,8 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         return finished
     fold_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = create_loss(cfg)
-    train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
-
-    def train_loader_for(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
-        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg), (cfg.seed, fold.fold, stream),
-                               views)
-        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
-
-    cached_views = view_count(cfg) if loss_fn.needs_teacher and cfg.teacher_cache == "views" else None
-    train_loader = train_loader_for(STUDENT_AUGMENTATION, cached_views)
-    train_set = train_loader.dataset
-    val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
-                           build_eval_transform(cfg.img_size, cfg.crop))
-    val_loader = make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
+    loaders = fold_loaders(cfg, fold, images, labels)
+    train_set, val_set = loaders.student.dataset, loaders.val.dataset
 
     log_dir = Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}"
     # VisualDL reads only a directory's newest log file, and a resumed fold replays its earlier epochs.
@@ -193,19 +222,17 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
         history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if loss_fn.needs_teacher:
             teacher, teacher_acc = prepare_fold_teacher(
-                cfg, fold.fold, teacher_cache_key(cfg, samples, fold.train_indices, fold.fold), len(classes),
-                train_loader_for(TEACHER_AUGMENTATION), train_set, val_loader,
+                cfg, fold, samples, len(classes), loaders,
                 epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet))
 
-        result = train_student(cfg, fold.fold, len(classes), loss_fn, teacher, train_loader, val_loader,
+        result = train_student(cfg, fold.fold, len(classes), loss_fn, teacher, loaders.student, loaders.val,
                                epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet),
                                fold_dir / STUDENT_STATE)
         baseline_acc = None
         if cfg.baseline and loss_fn.needs_teacher:
             # A plain CE student draws fresh views every epoch, as it would on its own.
             baseline_acc = train_student(
-                cfg, fold.fold, len(classes), CrossEntropyLoss(), None, train_loader_for(STUDENT_AUGMENTATION),
-                val_loader,
+                cfg, fold.fold, len(classes), CrossEntropyLoss(), None, loaders.fresh, loaders.val,
                 epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet),
                 fold_dir / BASELINE_STATE,
             ).best.acc
@@ -261,7 +288,25 @@ def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, *sh
     # multiprocessing.Pool, not ProcessPoolExecutor: leaving its block on an interrupt terminates the
     # workers at once, where the executor would wait for the folds they are training to finish.
     with multiprocessing.get_context("spawn").Pool(workers, _init_fold_worker, (device,)) as pool:
-        results = pool.starmap(run_fold, [(cfg, fold, *shared) for fold in folds])
+        students: dict[int, multiprocessing.pool.AsyncResult] = {}
+
+        def start_student(fold: FoldData, student_cfg: Config) -> None:
+            students[fold.fold] = pool.apply_async(run_fold, (student_cfg, fold, *shared))
+
+        if create_loss(cfg).needs_teacher:
+            # Teachers are separate tasks, queued first, and each fold's student follows as soon as its
+            # teacher is cached: 5 whole folds on 2 cores would leave one core idle for the last fold.
+            # The student must not train the teacher it finds cached once more.
+            student_cfg = dataclasses.replace(cfg, retrain_teacher=False)
+            teachers = [pool.apply_async(train_fold_teacher, (cfg, fold, *shared),
+                                         callback=lambda _, fold=fold: start_student(fold, student_cfg))
+                        for fold in folds]
+            for teacher in teachers:
+                teacher.get()  # the callbacks have run once every get() returned
+        else:
+            for fold in folds:
+                start_student(fold, cfg)
+        results = [students[fold.fold].get() for fold in folds]
         # Let the workers exit on their own: Paddle's signal handlers can keep a worker alive
         # through the SIGTERM with which leaving the block would otherwise end it.
         pool.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -19,7 +19,7 @@ from utils.train import EpochRecord, Evaluation
 GRID_COLUMNS = 8
 
 
-def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int, history: list, quiet: bool
+def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: int, history: list, quiet: bool
                  ) -> Callable[[EpochRecord, bool], None]:
     """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, the record
     appended to `history`, and one console line for a newly trained epoch unless `quiet`."""
@@ -30,7 +30,7 @@ def epoch_logger(writer: LogWriter, prefix: str, fold: int, epochs: int, history
         fields = dataclasses.asdict(record)
         history.append(fields)
         for key, value in fields.items():
-            if key not in ("epoch", "seconds"):
+            if writer and key not in ("epoch", "seconds"):
                 writer.add_scalar(f"{prefix}{key.replace('_', '/', 1)}", value, record.epoch)
         if record.val_acc > best["acc"]:
             best.update(acc=record.val_acc, epoch=record.epoch)

@@ -1,7 +1,8 @@
 """Export trained students as Paddle inference models (one per fold), for
-`inference.py --model_path <output_dir>` or your own paddle.inference code.
+`inference.py --model_path <output_dir>` or your own paddle.inference code;
+with --format onnx, also as model.onnx for ONNX Runtime.
 
-    python export.py --model_path models_saved/<run> --output_dir exported/<run>
+    python export.py --model_path models_saved/<run> --output_dir exported/<run> [--format onnx]
 """
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs_dir", default="models_saved")
     parser.add_argument("--fold", type=int, help="export only this fold")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--format", choices=("paddle", "onnx"), default="paddle",
+                        help="onnx: the Paddle inference model and, beside it, model.onnx (needs paddle2onnx)")
     args = parser.parse_args(argv)
     from utils.export import export_student
     from utils.inference import find_weights
 
     for weights in find_weights(args.model_path, args.runs_dir, args.fold):
         name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem
-        out = export_student(weights, Path(args.output_dir) / name)
+        out = export_student(weights, Path(args.output_dir) / name, onnx=args.format == "onnx")
         print(f"exported {weights} -> {out}")
     return 0
 

@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--show", action="store_true", help="write copies with label and confidence drawn on them")
     parser.add_argument("--show_dir", default="predictions_shown", help="where --show writes (default: %(default)s)")
     parser.add_argument("--use_gpu", action="store_true", help="use the GPU when Paddle has CUDA")
+    parser.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle",
+                        help="for exported models: Paddle Inference, or ONNX Runtime on the model.onnx that "
+                             "export.py --format onnx writes (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device("auto" if args.use_gpu else "cpu")
     if args.use_gpu and device != "gpu":
         print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
-    classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold), device == "gpu")
+    classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold), device == "gpu",
+                                    args.backend)
     if args.categories:
         names = [c.strip() for c in args.categories.split(",")]
         if len(names) != len(classifier.classes):

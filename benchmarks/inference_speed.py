@@ -1,5 +1,6 @@
 """Inference speed: the dynamic graph against the exported model through Paddle
-Inference (oneDNN), measured side by side in one process, with their ratios.
+Inference (oneDNN) and, when paddle2onnx and onnxruntime are installed, through
+ONNX Runtime, measured side by side in one process, with their ratios.
 
     python benchmarks/inference_speed.py [--model_path RUN_OR_FOLD] [--student mobilenet_v2 --img_size 224] [--json]
 
@@ -9,6 +10,7 @@ speed does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -28,7 +30,7 @@ from models.student import build_student  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.errors import reports_user_errors  # noqa: E402
 from utils.export import export_student  # noqa: E402
-from utils.inference import DynamicModel, ExportedModel, find_weights  # noqa: E402
+from utils.inference import DynamicModel, ExportedModel, OnnxModel, find_weights  # noqa: E402
 
 
 def measure(model, img_size: int, repeats: int, batch: int) -> dict:
@@ -69,26 +71,30 @@ def main() -> int:
                 "classes": [str(i) for i in range(1000)], "student": args.student, "attention": "none",
                 "attention_blocks": "all", "img_size": args.img_size, "mean": [0.5] * 3, "std": [0.5] * 3})
         dynamic = DynamicModel(weights)
-        exported = ExportedModel(export_student(weights, Path(tmp) / "exported"), use_gpu=False)
+        with_onnx = all(importlib.util.find_spec(name) for name in ("paddle2onnx", "onnxruntime"))
+        exported_dir = export_student(weights, Path(tmp) / "exported", onnx=with_onnx)
         img_size = dynamic.meta["img_size"]
-        results = {
-            "model": f"{dynamic.meta['student']} ({dynamic.meta.get('attention', 'none')}), {img_size} px",
-            "dynamic_graph": measure(dynamic, img_size, args.repeats, args.batch),
-            "paddle_inference_onednn": measure(exported, img_size, args.repeats, args.batch),
-        }
-    fast, slow = results["paddle_inference_onednn"], results["dynamic_graph"]
-    results["ratios"] = {key: (slow[key] / fast[key] if key.startswith("latency") else fast[key] / slow[key])
-                         for key in slow}
+        backends = {"dynamic_graph": dynamic, "paddle_inference_onednn": ExportedModel(exported_dir, use_gpu=False)}
+        if with_onnx:
+            backends["onnxruntime"] = OnnxModel(exported_dir)
+        results = {"model": f"{dynamic.meta['student']} ({dynamic.meta.get('attention', 'none')}), {img_size} px"}
+        results.update({name: measure(model, img_size, args.repeats, args.batch) for name, model in backends.items()})
+    slow = results["dynamic_graph"]
+    results["speed_up_over_dynamic_graph"] = {
+        name: {key: (slow[key] / results[name][key] if key.startswith("latency") else results[name][key] / slow[key])
+               for key in slow}
+        for name in backends if name != "dynamic_graph"
+    }
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"{results['model']}; speed-up of Paddle Inference over the dynamic graph in the last row")
-    print(f"{'backend':<26} {'batch-1 latency (ms)':>21} {f'batch-{args.batch} img/s':>14}")
-    for name in ("dynamic_graph", "paddle_inference_onednn"):
-        values = list(results[name].values())
-        print(f"{name:<26} {values[0]:>21.1f} {values[1]:>14.1f}")
-    ratios = list(results["ratios"].values())
-    print(f"{'ratio':<26} {ratios[0]:>20.1f}x {ratios[1]:>13.1f}x")
+    print(f"{results['model']}; the speed-ups are over the dynamic graph")
+    print(f"{'backend':<26} {'batch-1 latency (ms)':>21} {f'batch-{args.batch} img/s':>14} {'speed-up':>18}")
+    for name in backends:
+        latency, throughput = results[name].values()
+        ratios = results["speed_up_over_dynamic_graph"].get(name)
+        speed_up = "{:.1f}x / {:.1f}x".format(*ratios.values()) if ratios else "1x"
+        print(f"{name:<26} {latency:>21.1f} {throughput:>14.1f} {speed_up:>18}")
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 import inference
 
@@ -57,17 +58,19 @@ def test_recursive_folder_and_usage_errors(tiny_run, capsys):
     assert inference.main(["--image_path", str(data), "--model_path", str(out / "nowhere")]) == 2
 
 
-def test_exported_model_matches_the_dynamic_graph(tiny_run, tmp_path, capsys):
+@pytest.mark.parametrize("export_format, backend", [("paddle", "paddle"), ("onnx", "onnxruntime")])
+def test_exported_model_matches_the_dynamic_graph(tiny_run, tmp_path, capsys, export_format, backend):
     import export
 
     out, run_dir, data, _ = tiny_run
     exported = tmp_path / "exported"
-    assert export.main(["--model_path", str(run_dir), "--output_dir", str(exported)]) == 0
+    assert export.main(["--model_path", str(run_dir), "--output_dir", str(exported), "--format", export_format]) == 0
     assert (exported / "fold0" / "model.pdiparams").is_file() and (exported / "fold1" / "best.json").is_file()
+    assert (exported / "fold1" / "model.onnx").is_file() == (export_format == "onnx")
     images = str(data / "green")
     assert inference.main(["--image_path", images, "--model_path", str(run_dir),
                            "--output", str(tmp_path / "dynamic.json"), "--topk", "3"]) == 0
-    assert inference.main(["--image_path", images, "--model_path", str(exported),
+    assert inference.main(["--image_path", images, "--model_path", str(exported), "--backend", backend,
                            "--output", str(tmp_path / "exported.json"), "--topk", "3"]) == 0
     dynamic = json.loads((tmp_path / "dynamic.json").read_text())
     fast = json.loads((tmp_path / "exported.json").read_text())
@@ -75,6 +78,13 @@ def test_exported_model_matches_the_dynamic_graph(tiny_run, tmp_path, capsys):
     for a, b in zip(dynamic, fast):
         for (label_a, conf_a), (label_b, conf_b) in zip(a["top"], b["top"]):
             assert label_a == label_b and abs(conf_a - conf_b) < 1e-4
+
+
+def test_onnxruntime_needs_an_onnx_export(tiny_run, capsys):
+    out, run_dir, data, _ = tiny_run
+    assert inference.main(["--image_path", str(data / "green"), "--model_path", str(run_dir),
+                           "--backend", "onnxruntime"]) == 2
+    assert "export" in capsys.readouterr().err
 
 
 def test_show_writes_annotated_copies(tiny_run, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Exporting trained students for deployment: one Paddle inference model per
-fold (paddle.jit.save, any batch size), with its best.json beside it."""
+fold (paddle.jit.save, any batch size), with its best.json beside it, and on
+request the same model as ONNX (paddle2onnx)."""
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,11 @@ import paddle
 from paddle.static import InputSpec
 
 from utils.checkpoint import META_NAME, load_student
+from utils.errors import UserError
 
 EXPORTED_PREFIX = "model"  # files model.json (or model.pdmodel) and model.pdiparams
+ONNX_NAME = "model.onnx"
+ONNX_OPSET = 13  # ONNX Runtime 1.16 and later run it; paddle2onnx raises it where an operator needs more
 
 
 def save_inference_model(model: paddle.nn.Layer, img_size: int, out_dir: Path) -> None:
@@ -20,11 +24,28 @@ def save_inference_model(model: paddle.nn.Layer, img_size: int, out_dir: Path) -
                     input_spec=[InputSpec([None, 3, img_size, img_size], "float32", name="image")])
 
 
-def export_student(weights: Path, out_dir: Path) -> Path:
-    """Write the student at `weights` to `out_dir` as a static inference model."""
+def save_onnx(out_dir: Path) -> Path:
+    """The inference model in `out_dir` converted to `out_dir`/model.onnx."""
+    try:
+        import paddle2onnx
+    except ImportError:
+        raise UserError("--format onnx needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
+    onnx_path = out_dir / ONNX_NAME
+    paddle2onnx.export(str(exported_model_file(out_dir)), str(out_dir / f"{EXPORTED_PREFIX}.pdiparams"),
+                       str(onnx_path), opset_version=ONNX_OPSET, enable_onnx_checker=True,
+                       # Its default post-pass (Polygraphy) installs packages from the network at run
+                       # time; ONNX Runtime folds the same constants when it loads the model.
+                       optimize_tool="none")
+    return onnx_path
+
+
+def export_student(weights: Path, out_dir: Path, onnx: bool = False) -> Path:
+    """Write the student at `weights` to `out_dir` as a static inference model (and as ONNX)."""
     model, meta = load_student(weights)
     save_inference_model(model, meta["img_size"], out_dir)
     shutil.copyfile(weights.with_name(META_NAME), out_dir / META_NAME)
+    if onnx:
+        save_onnx(out_dir)
     return out_dir
 
 

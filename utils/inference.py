@@ -17,7 +17,7 @@ from scipy.special import softmax
 from utils.checkpoint import META_NAME, WEIGHTS_NAME, load_student
 from utils.data import is_image_name, read_image
 from utils.errors import UserError
-from utils.export import EXPORTED_PREFIX, exported_model_file, is_exported
+from utils.export import EXPORTED_PREFIX, ONNX_NAME, exported_model_file, is_exported
 from utils.runtime import cpu_count
 from utils.transforms import build_eval_transform, resize_size
 
@@ -103,11 +103,43 @@ class ExportedModel(InferencePredictor):
                          cpu_count())
 
 
+class OnnxModel:
+    """The model.onnx of an export.py directory (`--format onnx`), run by ONNX Runtime on the CPU."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("--backend onnxruntime needs ONNX Runtime: pip install onnxruntime") from None
+        if not (directory / ONNX_NAME).is_file():
+            raise UserError(f"{directory} has no {ONNX_NAME}: export it with python export.py --format onnx")
+        self.meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = cpu_count()
+        options.log_severity_level = 3  # errors only, not notes on initializers it drops while optimizing
+        self.session = onnxruntime.InferenceSession(str(directory / ONNX_NAME), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def load_model(path: Path, use_gpu: bool, backend: str = "paddle") -> DynamicModel | ExportedModel | OnnxModel:
+    """A .pdparams file on the dynamic graph, or an exported directory on `backend`."""
+    if not path.is_dir():
+        if backend != "paddle":
+            raise UserError(f"--backend {backend} runs exported models: export {path} with python export.py "
+                            "--format onnx first")
+        return DynamicModel(path)
+    return OnnxModel(path) if backend == "onnxruntime" else ExportedModel(path, use_gpu)
+
+
 class EnsembleClassifier:
     """The mean softmax of one or more students that share classes and preprocessing."""
 
-    def __init__(self, sources: Sequence[Path], use_gpu: bool = False) -> None:
-        self.models = [ExportedModel(p, use_gpu) if p.is_dir() else DynamicModel(p) for p in sources]
+    def __init__(self, sources: Sequence[Path], use_gpu: bool = False, backend: str = "paddle") -> None:
+        self.models = [load_model(p, use_gpu, backend) for p in sources]
         self.meta = self.models[0].meta
         for path, model in zip(sources, self.models):
             if model.meta["classes"] != self.meta["classes"] or model.meta["img_size"] != self.meta["img_size"]:

@@ -38,10 +38,15 @@ def build_student(
     freeze_blocks: int = 0,
     attention: str = "none",
     attention_blocks: str = "all",
+    width: float = 1.0,
 ) -> nn.Layer:
+    """`width` is MobileNet's width multiplier: every layer's channels times `width`."""
     constructor, head = lookup(STUDENTS, name, "student")
+    if weights == "imagenet" and width != 1.0:
+        raise ConfigError(f"ImageNet weights exist for student_width 1.0 only, not {width}; "
+                          "use --student_weights none or a .pdparams file of that width")
     model, _ = build_classifier(
-        lambda pretrained, classes: constructor(pretrained=pretrained, num_classes=classes),
+        lambda pretrained, classes: constructor(pretrained=pretrained, num_classes=classes, scale=width),
         head, num_classes, weights, flag="student_weights",
     )
     for layer in model.sublayers():

@@ -52,8 +52,8 @@ def run_ablation(base: Config, ablation_name: str, attentions: list[str], kds: l
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
             if summary["teacher_val_acc_mean"] is not None:
                 teacher_accs.append(summary["teacher_val_acc_mean"])
-            model = build_student(cfg.student, len(summary["classes"]), "none",
-                                  attention=attention, attention_blocks=cfg.attention_blocks)
+            model = build_student(cfg.student, len(summary["classes"]), "none", attention=attention,
+                                  attention_blocks=cfg.attention_blocks, width=cfg.student_width)
             rows.append({
                 "student": cfg.student, "attention": attention, "kd": kd,
                 "acc_mean": summary["student_val_acc_mean"], "acc_std": summary["student_val_acc_std"],

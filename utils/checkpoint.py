@@ -42,6 +42,7 @@ def load_student(weights_path: Path) -> tuple[nn.Layer, dict[str, Any]]:
     model = build_student(
         meta["student"], len(meta["classes"]), "none",
         attention=meta.get("attention", "none"), attention_blocks=str(meta.get("attention_blocks", "all")),
+        width=meta.get("student_width", 1.0),
     )
     missing, unexpected = model.set_state_dict(paddle.load(str(weights_path)))
     if missing or unexpected:

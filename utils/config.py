@@ -35,6 +35,7 @@ class Config:
     parallel_folds: int
     student: str
     student_weights: str
+    student_width: float
     freeze_student_blocks: int
     attention: str
     attention_blocks: str
@@ -138,6 +139,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),
         (cfg.parallel_folds >= 0, "parallel_folds must be 0 or more"),
         (cfg.freeze_student_blocks >= 0, "freeze_student_blocks must be 0 or more"),
+        (0.1 <= cfg.student_width <= 4.0, "student_width must be between 0.1 and 4"),
         (cfg.teacher_epochs >= 0, "teacher_epochs must be 0 or more"),
         (cfg.teacher_lr > 0, "teacher_lr must be positive"),
         (0.0 <= cfg.alpha <= 1.0, "alpha must be between 0 and 1"),

@@ -99,7 +99,7 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Op
     seed_everything(cfg.seed + fold)
     with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
         student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
-                                cfg.attention, cfg.attention_blocks)
+                                cfg.attention, cfg.attention_blocks, cfg.student_width)
         settings = TrainingSettings(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.mixup_alpha,
                                     cfg.amp, cfg.patience)
         return train_model(student, teacher, loss_fn, train_loader, val_loader, settings,
@@ -244,6 +244,7 @@ def run_fold(cfg: Config, fold: FoldData, index: DatasetIndex, samples: list[Sam
     save_checkpoint(fold_dir, result.best_state, {
         "classes": classes,
         "student": cfg.student,
+        "student_width": cfg.student_width,
         "attention": cfg.attention,
         "attention_blocks": cfg.attention_blocks,
         "img_size": cfg.img_size,

@@ -16,7 +16,7 @@ from utils.runtime import prepare_process
 prepare_process()  # must run before anything imports Paddle
 
 from utils.config import add_config_flags  # noqa: E402
-from utils.errors import reports_user_errors  # noqa: E402
+from utils.errors import DISK_ERRORS, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,14 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     from utils.demo import resolve_run_config
 
     cfg = resolve_run_config(args)
+    resume = f"  python main.py --resume {cfg.run_name} --output_dir {cfg.output_dir}"
     # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: finished folds and epochs are already on disk.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run_cross_validation(cfg)
     except KeyboardInterrupt:
-        print(f"interrupted; finished folds and epochs are saved. Continue with:\n"
-              f"  python main.py --resume {cfg.run_name} --output_dir {cfg.output_dir}", file=sys.stderr)
+        print(f"interrupted; finished folds and epochs are saved. Continue with:\n{resume}", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        print(f"error: {DISK_ERRORS[error.errno]} (writing {error.filename}); finished folds and epochs are "
+              f"saved. Make room, then continue with:\n{resume}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

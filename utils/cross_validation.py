@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import multiprocessing.pool
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -75,7 +76,13 @@ def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[FoldData]:
     return [FoldData(k, train, val) for k, (train, val) in enumerate(splitter.split(np.zeros(len(labels)), labels))]
 
 
+# Disk a fold needs at most: a cached ResNet50 teacher (94 MB) and its training state,
+# the student's training state and checkpoint; stored teacher views come on top.
+DISK_PER_FOLD_MB = 400
+
+
 def prepare_run_dir(cfg: Config) -> Path:
+    """The run's directory, checked to be writable and roomy before any training."""
     run_dir = Path(cfg.output_dir) / cfg.run_name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +91,10 @@ def prepare_run_dir(cfg: Config) -> Path:
         probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write to {run_dir}: {error.strerror}; choose another --output_dir") from None
+    free_mb = shutil.disk_usage(run_dir).free // 2**20
+    if free_mb < DISK_PER_FOLD_MB * cfg.num_folds:
+        raise UserError(f"only {free_mb} MB free for {run_dir}; a {cfg.num_folds}-fold run needs up to "
+                        f"{DISK_PER_FOLD_MB * cfg.num_folds} MB: free some space or choose another --output_dir")
     return run_dir
 
 

@@ -1,8 +1,13 @@
 """Errors that the user can fix. The entry points print them as one line, with
 no traceback, and exit with status 2."""
+import errno
 import functools
 import sys
 from typing import Callable
+
+# Failures of the machine, not of the code, that the user can fix: said in one line.
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only"}
 
 
 class UserError(Exception):
@@ -18,8 +23,8 @@ class DataError(UserError):
 
 
 def reports_user_errors(main: Callable[..., int]) -> Callable[..., int]:
-    """For entry points: a UserError becomes one line on stderr and exit status 2,
-    Ctrl-C a short note and status 130; never a traceback."""
+    """For entry points: a UserError (or a full disk) becomes one line on stderr and
+    exit status 2, Ctrl-C a short note and status 130; never a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
@@ -27,6 +32,12 @@ def reports_user_errors(main: Callable[..., int]) -> Callable[..., int]:
             return main(*args, **kwargs)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:
+            if error.errno not in DISK_ERRORS:
+                raise
+            print(f"error: {DISK_ERRORS[error.errno]} (writing {error.filename}); make room and try again",
+                  file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

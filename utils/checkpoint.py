@@ -13,6 +13,7 @@ import paddle.nn as nn
 
 from models.student import build_student
 from utils.errors import UserError
+from utils.files import partial_path
 
 WEIGHTS_NAME = "best.pdparams"
 META_NAME = "best.json"
@@ -21,7 +22,7 @@ META_NAME = "best.json"
 def save_checkpoint(fold_dir: Path, state: dict, meta: dict[str, Any]) -> None:
     """Written to temporary files, then renamed: a killed process never leaves half a checkpoint."""
     fold_dir.mkdir(parents=True, exist_ok=True)
-    weights_tmp, meta_tmp = fold_dir / f"{WEIGHTS_NAME}.tmp", fold_dir / f"{META_NAME}.tmp"
+    weights_tmp, meta_tmp = partial_path(fold_dir / WEIGHTS_NAME), partial_path(fold_dir / META_NAME)
     paddle.save(state, str(weights_tmp))
     meta_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(weights_tmp, fold_dir / WEIGHTS_NAME)

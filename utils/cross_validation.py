@@ -26,6 +26,7 @@ from utils.config import RUNTIME_SETTINGS, Config, load_saved_config, save_confi
 from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
                         make_loader, scan_dataset)
 from utils.errors import UserError
+from utils.files import partial_path
 from utils.losses import CrossEntropyLoss, create_loss
 from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.registry import lookup
@@ -132,7 +133,7 @@ def check_same_run(cfg: Config, run_dir: Path) -> None:
 def _save_fold_result(fold_dir: Path, result: FoldResult) -> None:
     np.save(fold_dir / "val_probs.npy", result.val_probs)
     fields = {k: v for k, v in dataclasses.asdict(result).items() if k != "val_probs"}
-    tmp = fold_dir / "result.json.tmp"
+    tmp = partial_path(fold_dir / "result.json")
     tmp.write_text(json.dumps(fields, indent=2), encoding="utf-8")
     os.replace(tmp, fold_dir / "result.json")  # last: its presence means the fold is complete
 

@@ -10,6 +10,7 @@ import paddle
 import paddle.nn as nn
 
 from utils.errors import UserError
+from utils.files import partial_path
 
 
 class EpochCheckpoint:
@@ -29,7 +30,7 @@ class EpochCheckpoint:
 
     def save(self, progress: dict[str, Any]) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "progress": progress}
-        partial = self.path.with_name(self.path.name + ".tmp")
+        partial = partial_path(self.path)
         paddle.save(state, str(partial))
         os.replace(partial, self.path)  # a process killed while saving leaves the previous epoch's state
 

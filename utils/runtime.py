@@ -15,6 +15,8 @@ QUIET_WARNINGS = (
     "When training",  # Paddle BatchNorm: "..., we now always track global mean and variance"
     # Paddle's LinearWarmup restoring its own state: the wrapped schedule's entry, which it does use.
     "There are some unused values in state_dict",
+    # Matplotlib, for class names in scripts its font lacks (CJK): the plot shows boxes instead.
+    "Glyph",
 )
 
 

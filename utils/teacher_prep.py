@@ -19,6 +19,7 @@ from models.teacher import build_teacher, freeze_backbone, freeze_teacher
 from utils.config import Config
 from utils.data import Sample
 from utils.errors import ConfigError
+from utils.files import partial_path
 from utils.losses import CrossEntropyLoss
 from utils.train import EpochRecord, TrainingSettings, evaluate, train_model
 
@@ -96,7 +97,7 @@ def prepare_teacher(
     freeze_teacher(teacher)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
-    partial = cache_path.with_name(cache_path.name + ".tmp")
+    partial = partial_path(cache_path)
     paddle.save(teacher.state_dict(), str(partial))
     os.replace(partial, cache_path)
     meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},

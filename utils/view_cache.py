@@ -27,6 +27,7 @@ from tqdm import tqdm
 from utils.config import Config
 from utils.data import ImageDataset, make_loader
 from utils.errors import ConfigError
+from utils.files import partial_path
 from utils.export import EXPORTED_PREFIX, exported_model_file, save_inference_model
 from utils.inference import InferencePredictor
 from utils.mixup import MixedTargets
@@ -144,7 +145,7 @@ def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset:
         raise ConfigError(f"{views} teacher views of {len(dataset)} images need {needed_mb:.0f} MB, more than "
                           f"teacher_cache_max_mb={cfg.teacher_cache_max_mb}; lower --teacher_views or raise the bound")
     logits = label_views(teacher, dataset, views, cfg.img_size, device)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = partial_path(path)
     with open(tmp, "wb") as handle:
         np.save(handle, logits)
     os.replace(tmp, path)

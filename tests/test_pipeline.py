@@ -264,3 +264,32 @@ def test_sigterm_stops_a_real_run_which_then_continues(tiny_data, tmp_path):
     assert resumed.returncode == 0
     assert "fold 0 was finished by an earlier run of killed: reusing it" in resumed.stdout
     assert (tmp_path / "models_saved" / "killed" / "summary.json").is_file()
+
+
+def test_images_in_a_memory_mapped_store_give_the_in_memory_results(tiny_data, tmp_path, capsys):
+    """--image_memory_mb 0 decodes into a file that the fold processes map, with the same results."""
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "memory", "--kd", "none")) == 0
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "mapped", "--kd", "none", "--image_memory_mb", "0",
+                                   "--parallel_folds", "2")) == 0
+    assert "they go to a memory-mapped file" in capsys.readouterr().out
+    runs = tmp_path / "models_saved"
+    accuracies = [[f["student_val_acc"] for f in json.loads((runs / name / "summary.json").read_text())["folds"]]
+                  for name in ("memory", "mapped")]
+    assert accuracies[0] == accuracies[1]
+    assert not (runs / "mapped" / "decoded_images.bin").exists()  # removed once the run is finished
+
+
+def test_image_store_serves_images_of_any_size_and_pickles_small(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from utils.data import ImageStore
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in [(5, 7, 3), (9, 4, 3), (1, 1, 3)]]
+    (tmp_path / "store.bin").write_bytes(b"".join(image.tobytes() for image in images))
+    store = pickle.loads(pickle.dumps(ImageStore(tmp_path / "store.bin", [image.shape for image in images])))
+    assert len(store) == 3 and len(pickle.dumps(store)) < 500
+    for stored, image in zip(store, images):
+        np.testing.assert_array_equal(stored, image)

@@ -32,6 +32,7 @@ class Config:
     seed: int
     batch_size: int
     num_workers: int
+    image_memory_mb: int
     parallel_folds: int
     student: str
     student_weights: str
@@ -137,6 +138,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.num_folds >= 2, "num_folds must be at least 2"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),
+        (cfg.image_memory_mb >= 0, "image_memory_mb must be 0 or more"),
         (cfg.parallel_folds >= 0, "parallel_folds must be 0 or more"),
         (cfg.freeze_student_blocks >= 0, "freeze_student_blocks must be 0 or more"),
         (0.1 <= cfg.student_width <= 4.0, "student_width must be between 0.1 and 4"),
@@ -207,7 +209,7 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) 
 
 
 # Settings that change how a run is carried out, not what it computes: a run may continue with other values.
-RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "quiet", "device")
+RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device")
 
 
 def resumed_config(args: argparse.Namespace) -> Config:

@@ -205,6 +205,8 @@ def train_fold_teacher(cfg: Config, fold: FoldData, index: DatasetIndex, samples
                          epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet))
 
 
+IMAGE_STORE_NAME = "decoded_images.bin"  # removed when the run is finished
+
 # The training state after each epoch (utils/resume.py), kept until the fold is finished.
 STUDENT_STATE, BASELINE_STATE = "training_student.pdparams", "training_baseline.pdparams"
 
@@ -366,6 +368,17 @@ def print_summary_table(results: list[FoldResult], with_teacher: bool) -> None:
     print(f"mean  {teacher:>11}  {s_mean:.4f}±{s_std:.4f}  {f_mean:.4f}±{f_std:.4f}")
 
 
+def image_store_path(cfg: Config, count: int, run_dir: Path) -> Optional[Path]:
+    """Where decoded images go when they would need more memory than image_memory_mb; None: in memory."""
+    side = resize_size(cfg.img_size)
+    expected_mb = count * side * side * 3 * 4 / 3 / 2**20  # short side `side`, photos about 4:3
+    if expected_mb <= cfg.image_memory_mb:
+        return None
+    print(f"{count} decoded images need about {expected_mb:.0f} MB, more than image_memory_mb="
+          f"{cfg.image_memory_mb}: they go to a memory-mapped file in {run_dir}", flush=True)
+    return run_dir / IMAGE_STORE_NAME
+
+
 def run_cross_validation(cfg: Config) -> dict:
     """Train and evaluate every fold; write the run's outputs; return summary.json's content."""
     check_components(cfg)
@@ -378,7 +391,8 @@ def run_cross_validation(cfg: Config) -> dict:
     index = scan_dataset(Path(cfg.data_dir))
     run_dir = prepare_run_dir(cfg)
     check_same_run(cfg, run_dir)
-    images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size))
+    images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size),
+                                           store=image_store_path(cfg, len(index.samples), run_dir))
     skipped = index.skipped + skipped
     labels = np.array([s.label for s in samples], dtype=np.int64)
     check_class_counts(index.classes, labels, cfg.num_folds)
@@ -444,5 +458,6 @@ def run_cross_validation(cfg: Config) -> dict:
         print(f"held-out test set ({test_scores['n_test']} images), fold ensemble: acc {test_scores['test_acc']:.4f}")
     for item in skipped:
         print(f"skipped: {item.path} ({item.reason})")
+    (run_dir / IMAGE_STORE_NAME).unlink(missing_ok=True)
     print(f"outputs in {run_dir}, the story in {report}; VisualDL: visualdl --logdir {cfg.log_dir}")
     return summary

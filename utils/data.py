@@ -1,6 +1,7 @@
 """Finding, decoding and serving the images of an ImageFolder-style dataset."""
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -160,27 +161,48 @@ def read_image(path: str, max_short_side: Optional[int] = None) -> Optional[np.n
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+class ImageStore(collections.abc.Sequence):
+    """Decoded images of any sizes, one after another in one memory-mapped file: for
+    image sets larger than memory. It pickles as its file name, so that fold worker
+    processes map the file instead of receiving a copy of every image."""
+
+    def __init__(self, path: Path, shapes: Sequence[tuple[int, ...]]) -> None:
+        self.path, self.shapes = Path(path), [tuple(shape) for shape in shapes]
+        self.offsets = np.cumsum([0] + [int(np.prod(shape)) for shape in self.shapes])
+        self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(int(self.offsets[-1]),))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        pixels = self.data[self.offsets[index]:self.offsets[index + 1]]
+        return np.array(pixels).reshape(self.shapes[index])  # a copy: transforms may write to it
+
+    def __reduce__(self):
+        return ImageStore, (self.path, self.shapes)
+
+
 def load_images(
-    samples: Sequence[Sample], max_short_side: int, desc: str = "decoding images"
-) -> tuple[list[np.ndarray], list[Sample], list[SkippedFile]]:
-    """Decode every image once, in parallel; undecodable files are skipped and reported."""
+    samples: Sequence[Sample], max_short_side: int, desc: str = "decoding images", store: Optional[Path] = None
+) -> tuple[Sequence[np.ndarray], list[Sample], list[SkippedFile]]:
+    """Decode every image once, in parallel, into memory, or with `store` into an
+    ImageStore at that path; undecodable files are skipped and reported."""
     workers = min(8, cpu_count())
-    with ThreadPoolExecutor(workers) as pool:
-        decoded = list(
-            tqdm(
-                pool.map(lambda s: read_image(s.path, max_short_side), samples),
-                total=len(samples), desc=desc, leave=False, disable=None,
-            )
-        )
-    images, kept, skipped = [], [], []
-    for sample, image in zip(samples, decoded):
-        if image is None:
-            print(f"warning: skipping {sample.path}: cannot be decoded as an image")
-            skipped.append(SkippedFile(sample.path, "cannot be decoded as an image"))
-        else:
-            images.append(image)
+    images, shapes, kept, skipped = [], [], [], []
+    with ThreadPoolExecutor(workers) as pool, open(store or os.devnull, "wb") as store_file:
+        decoded = pool.map(lambda s: read_image(s.path, max_short_side), samples)
+        for sample, image in zip(samples, tqdm(decoded, total=len(samples), desc=desc, leave=False, disable=None)):
+            if image is None:
+                print(f"warning: skipping {sample.path}: cannot be decoded as an image")
+                skipped.append(SkippedFile(sample.path, "cannot be decoded as an image"))
+                continue
             kept.append(sample)
-    return images, kept, skipped
+            if store:
+                store_file.write(np.ascontiguousarray(image).tobytes())
+                shapes.append(image.shape)
+            else:
+                images.append(image)
+    return (ImageStore(store, shapes) if store and shapes else images), kept, skipped
 
 
 class ImageDataset(paddle.io.Dataset):

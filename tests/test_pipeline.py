@@ -95,6 +95,9 @@ def test_second_run_reuses_cached_teachers_and_repeats_results(tiny_run, capsys)
     printed = capsys.readouterr().out
     assert printed.count("teacher (cached") == 2 and "teacher epoch" not in printed
     second = json.loads((out / "models_saved" / "again" / "summary.json").read_text())
+    # The cached teacher's training curves come with it, into history.json (and VisualDL).
+    history = json.loads((out / "models_saved" / "again" / "fold0" / "history.json").read_text())
+    assert [record["epoch"] for record in history["teacher"]] == [1]
     for a, b in zip(first["folds"], second["folds"]):
         assert a["teacher_val_acc"] == b["teacher_val_acc"]
         assert a["student_val_acc"] == b["student_val_acc"]

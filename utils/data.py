@@ -175,8 +175,9 @@ class ImageStore(collections.abc.Sequence):
         return len(self.shapes)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        pixels = self.data[self.offsets[index]:self.offsets[index + 1]]
-        return np.array(pixels).reshape(self.shapes[index])  # a copy: transforms may write to it
+        """A read-only view into the file, not a copy: a fold's list of its images then
+        holds no pixels (the transforms only read their input)."""
+        return self.data[self.offsets[index]:self.offsets[index + 1]].reshape(self.shapes[index])
 
     def __reduce__(self):
         return ImageStore, (self.path, self.shapes)

@@ -16,7 +16,7 @@ from utils.runtime import prepare_process
 prepare_process()  # must run before anything imports Paddle
 
 from utils.config import add_config_flags  # noqa: E402
-from utils.errors import DISK_ERRORS, reports_user_errors  # noqa: E402
+from utils.errors import disk_trouble, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; finished folds and epochs are saved. Continue with:\n{resume}", file=sys.stderr)
         return 130
     except OSError as error:
-        if error.errno not in DISK_ERRORS:
+        trouble = disk_trouble(error)
+        if trouble is None:
             raise
-        print(f"error: {DISK_ERRORS[error.errno]} (writing {error.filename}); finished folds and epochs are "
-              f"saved. Make room, then continue with:\n{resume}", file=sys.stderr)
+        print(f"error: {trouble}; finished folds and epochs are saved. Make room, then continue with:\n{resume}",
+              file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

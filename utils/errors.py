@@ -3,11 +3,18 @@ no traceback, and exit with status 2."""
 import errno
 import functools
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 # Failures of the machine, not of the code, that the user can fix: said in one line.
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                errno.EROFS: "the file system is read-only"}
+
+
+def disk_trouble(error: OSError) -> Optional[str]:
+    """What the user can fix about a failed write, in words; None for any other OSError."""
+    if error.errno not in DISK_ERRORS:
+        return None
+    return f"{DISK_ERRORS[error.errno]} (writing {error.filename})"
 
 
 class UserError(Exception):
@@ -34,10 +41,10 @@ def reports_user_errors(main: Callable[..., int]) -> Callable[..., int]:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except OSError as error:
-            if error.errno not in DISK_ERRORS:
+            trouble = disk_trouble(error)
+            if trouble is None:
                 raise
-            print(f"error: {DISK_ERRORS[error.errno]} (writing {error.filename}); make room and try again",
-                  file=sys.stderr)
+            print(f"error: {trouble}; make room and try again", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -64,6 +64,7 @@ class Config:
     color_jitter: float
     erasing: float
     device: str
+    fast_depthwise: bool
     amp: bool
     output_dir: str
     log_dir: str
@@ -209,7 +210,7 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) 
 
 
 # Settings that change how a run is carried out, not what it computes: a run may continue with other values.
-RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device")
+RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise")
 
 
 def resumed_config(args: argparse.Namespace) -> Config:

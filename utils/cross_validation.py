@@ -19,6 +19,7 @@ from sklearn.model_selection import StratifiedKFold
 from visualdl import LogWriter
 
 from models.attention import check_attention
+from models.fast_depthwise import fast_depthwise_operator, use_fast_depthwise
 from models.student import STUDENTS, build_student
 from models.weights import check_weights_arg
 from utils.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
@@ -112,6 +113,8 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn, teacher: Op
     with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
         student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
                                 cfg.attention, cfg.attention_blocks, cfg.student_width)
+        if cfg.fast_depthwise:
+            use_fast_depthwise(student)
         settings = TrainingSettings(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.mixup_alpha,
                                     cfg.amp, cfg.patience)
         return train_model(student, teacher, loss_fn, train_loader, val_loader, settings,
@@ -388,6 +391,9 @@ def run_cross_validation(cfg: Config) -> dict:
     device = select_device(cfg.device)
     if cfg.amp and device != "gpu":
         print("note: --amp (mixed precision) works on a GPU only; training in float32 on the CPU")
+    if cfg.fast_depthwise and device == "cpu" and fast_depthwise_operator() is None:
+        # Built (or found unbuildable) here once, so that fold workers neither build nor fail again.
+        cfg = dataclasses.replace(cfg, fast_depthwise=False)
     index = scan_dataset(Path(cfg.data_dir))
     run_dir = prepare_run_dir(cfg)
     check_same_run(cfg, run_dir)

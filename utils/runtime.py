@@ -43,6 +43,28 @@ def prepare_process() -> None:
     # Refuse to decode images over 2**27 pixels (decompression bombs); OpenCV's own limit is 2**30.
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     tune_cpu_environment()
+    keep_freed_memory()
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse rather than hand it back to the system.
+
+    A training step allocates and frees activations of tens of MB. By default glibc
+    serves blocks over 32 MB with mmap and unmaps them on free, so every step pays
+    the page faults of touching fresh memory again. Measured (benchmarks/train_speed.py,
+    MobileNetV2 at 112 px, batch 32): 53 -> 65 img/s with the fast depthwise kernel,
+    23.5 -> 24.9 with Paddle's. A process's memory then stays at its peak. Elsewhere
+    than glibc, a no-op.
+    """
+    import ctypes
+
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameters
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 2**30)
+    except (OSError, AttributeError):
+        pass
 
 
 def tune_cpu_environment() -> None:

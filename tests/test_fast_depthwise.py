@@ -1,0 +1,140 @@
+"""The compiled depthwise convolution: the same outputs and gradients as Paddle's
+kernel for every depthwise layer of the students, the same training, standard
+operators in exported models, and Paddle's kernel when it cannot be built."""
+from __future__ import annotations
+
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+import pytest
+
+import models.fast_depthwise as fast_depthwise
+from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
+from models.student import build_student
+from utils.export import exported_model_file, save_inference_model
+from utils.inference import InferencePredictor
+
+STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+
+
+def depthwise_shapes(name: str, img_size: int) -> set[tuple[int, int, int, int, int]]:
+    """(channels, height, width, kernel, stride) of every depthwise layer of `name` at `img_size`."""
+    model = build_student(name, 6)
+    shapes = set()
+
+    def record(layer, inputs, output):
+        _, c, h, w = inputs[0].shape
+        shapes.add((c, h, w, layer._kernel_size[0], layer._stride[0]))
+
+    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if is_supported(layer)]
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([1, 3, img_size, img_size]))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def relative_error(actual: paddle.Tensor, expected: paddle.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max().clip(min=1e-12))
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_outputs_and_gradients_match_paddles_depthwise_convolution(name):
+    operator = fast_depthwise_operator()
+    assert operator is not None, "the fast depthwise convolution did not build on this machine"
+    shapes = depthwise_shapes(name, 32) | depthwise_shapes(name, 64) | depthwise_shapes(name, 45)
+    assert {kernel for *_, kernel, _ in shapes} >= ({3, 5} if name != "mobilenet_v2" else {3})
+    assert {stride for *_, stride in shapes} == {1, 2}
+    assert any(h % 2 for _, h, *_ in shapes), "odd sizes are covered"
+    rng = np.random.default_rng(0)
+    for channels, height, width, kernel, stride in sorted(shapes):
+        x = paddle.to_tensor(rng.standard_normal((2, channels, height, width)).astype("float32"), stop_gradient=False)
+        weight = paddle.to_tensor(rng.standard_normal((channels, 1, kernel, kernel)).astype("float32"),
+                                  stop_gradient=False)
+        expected = F.conv2d(x, weight, stride=stride, padding=kernel // 2, groups=channels)
+        grad_out = paddle.to_tensor(rng.standard_normal(expected.shape).astype("float32"))
+        expected_dx, expected_dw = paddle.grad(expected, [x, weight], grad_out)
+        actual = operator(x, weight, stride)
+        actual_dx, actual_dw = paddle.grad(actual, [x, weight], grad_out)
+        shape = (channels, height, width, kernel, stride)
+        assert relative_error(actual, expected) < 1e-4, shape
+        assert relative_error(actual_dx, expected_dx) < 1e-4, shape
+        assert relative_error(actual_dw, expected_dw) < 1e-4, shape
+
+
+def train_losses(fast: bool, steps: int = 4) -> list[float]:
+    paddle.seed(0)
+    with paddle.utils.unique_name.guard():
+        model = build_student("mobilenet_v3_small", 4, width=0.5)
+    if fast:
+        assert use_fast_depthwise(model) > 0
+    optimizer = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
+    rng = np.random.default_rng(1)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        images = paddle.to_tensor(rng.standard_normal((8, 3, 33, 33)).astype("float32"))
+        labels = paddle.to_tensor(rng.integers(0, 4, 8))
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        losses.append(float(loss))
+    return losses
+
+
+def test_training_follows_the_same_loss_curve_as_with_paddles_kernel():
+    fast, reference = train_losses(fast=True), train_losses(fast=False)
+    assert len(set(np.round(reference, 3))) > 1, "the loss moves, so the comparison means something"
+    np.testing.assert_allclose(fast, reference, rtol=1e-4)
+
+
+def test_the_switch_keeps_parameters_and_exported_models_hold_standard_operators(tmp_path):
+    model = build_student("mobilenet_v3_small", 5, width=0.5)
+    names_before = [p.name for p in model.parameters()]
+    switched = use_fast_depthwise(model)
+    assert switched == sum(isinstance(layer, FastDepthwiseConv2D) for layer in model.sublayers()) > 0
+    assert [p.name for p in model.parameters()] == names_before
+    model.eval()
+    images = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype("float32")
+    with paddle.no_grad():
+        dynamic = model(paddle.to_tensor(images)).numpy()
+    save_inference_model(model, 32, tmp_path)
+    program = exported_model_file(tmp_path).read_text(encoding="utf-8")
+    assert "fast_depthwise" not in program
+    assert "depthwise_conv2d" in program
+    predictor = InferencePredictor(exported_model_file(tmp_path), tmp_path / "model.pdiparams", False, 1)
+    np.testing.assert_allclose(predictor.logits(images), dynamic, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failed_build_falls_back_to_paddles_kernel_with_a_note(tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken.cc"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(fast_depthwise, "SOURCE", broken)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fast_depthwise_operator.cache_clear()
+    try:
+        model = build_student("mobilenet_v3_small", 3, width=0.5)
+        assert use_fast_depthwise(model) == 0
+        note = capsys.readouterr().out
+        assert "note: the fast depthwise convolution could not be built" in note
+        assert "--fast_depthwise off" in note
+        assert not any(isinstance(layer, FastDepthwiseConv2D) for layer in model.sublayers())
+        loss = model(paddle.randn([2, 3, 32, 32])).mean()
+        loss.backward()  # Paddle's own kernel trains
+    finally:
+        fast_depthwise_operator.cache_clear()
+
+
+def test_only_depthwise_layers_it_computes_are_switched():
+    assert is_supported(nn.Conv2D(8, 8, 3, padding=1, groups=8, bias_attr=False))
+    assert is_supported(nn.Conv2D(8, 8, 5, stride=2, padding=2, groups=8, bias_attr=False))
+    assert not is_supported(nn.Conv2D(8, 8, 3, padding=1, bias_attr=False))  # not depthwise
+    assert not is_supported(nn.Conv2D(8, 16, 3, padding=1, groups=8, bias_attr=False))  # channel multiplier
+    assert not is_supported(nn.Conv2D(8, 8, 3, padding=0, groups=8, bias_attr=False))
+    assert not is_supported(nn.Conv2D(8, 8, 3, padding=1, groups=8))  # with a bias
+    assert not is_supported(nn.Conv2D(8, 8, 3, padding=2, dilation=2, groups=8, bias_attr=False))
+    assert not is_supported(nn.Conv2D(8, 8, 4, padding=2, groups=8, bias_attr=False))

@@ -1,13 +1,22 @@
 """Training speed, measured side by side in one run, in images per second, with
-their ratios: the data loader alone; a CE-only student epoch; distillation with
-the frozen teacher in the loop; distillation replayed from the teacher view
-cache (and the time to label the views); in a child process with Paddle's
-default CPU settings (no MKL_DEBUG_CPU_TYPE, two OpenMP threads), the CE-only
-epoch again, to show what the tuned settings gain; and two tuned CE-only child
-processes at once, one per core, as main.py trains folds, for the machine's
-total throughput.
+their ratios.
 
-    python benchmarks/train_speed.py --data_dir ../shared/datasets/trashnet-112 --img_size 112 [--json]
+Part `kernels`: CE-only student training with Paddle's depthwise convolution
+and with the compiled fast one (models/fast_depthwise.py), for MobileNetV3-Small
+and MobileNetV2 at 64 and 112 px, alternated and each the best of two rounds;
+and the ResNet50 teacher's training at the same sizes, which the students'
+speed-up leaves as the larger cost of a distillation run.
+
+Part `distillation` (--student at --img_size, as main.py trains it): the data
+loader alone; a CE-only student epoch; distillation with the frozen teacher in
+the loop; distillation replayed from the teacher view cache (and the time to
+label the views); in a child process with Paddle's defaults (its depthwise
+kernel, no MKL_DEBUG_CPU_TYPE, two OpenMP threads, glibc's memory settings),
+the CE-only epoch again, to show what the tool's settings gain; and one tuned
+CE-only child process per core at once, as main.py trains folds, for the
+machine's total throughput.
+
+    python benchmarks/train_speed.py --data_dir ../shared/datasets/trashnet-112 [--parts kernels,distillation] [--json]
 """
 from __future__ import annotations
 
@@ -19,9 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# A child process measures one CE-only epoch in the CPU settings its environment gives it.
-CE_ONLY_CHILD = "--ce_only_child"
-if CE_ONLY_CHILD not in sys.argv:
+# A child process measures one CE-only epoch with the tool's settings, or with Paddle's
+# defaults, for which the tool's process set-up must not run.
+CHILD, DEFAULTS = "--child", "paddle_defaults"
+if f"{CHILD}={DEFAULTS}" not in sys.argv:
     from utils.runtime import prepare_process
 
     prepare_process()  # must run before anything imports Paddle
@@ -31,30 +41,98 @@ import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from models.fast_depthwise import use_fast_depthwise  # noqa: E402
 from models.student import build_student  # noqa: E402
 from models.teacher import build_teacher, freeze_teacher  # noqa: E402
 from utils.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
-from utils.errors import reports_user_errors  # noqa: E402
 from utils.data import ImageDataset, load_images, make_loader, scan_dataset  # noqa: E402
+from utils.errors import UserError, reports_user_errors  # noqa: E402
 from utils.losses import CrossEntropyLoss, KLDistillationLoss  # noqa: E402
 from utils.optimization import build_optimizer, warmup_cosine  # noqa: E402
 from utils.runtime import cpu_count  # noqa: E402
 from utils.train import LiveTeacher, grad_scaler, train_one_epoch  # noqa: E402
-from utils.view_cache import CachedTeacher, label_views  # noqa: E402
 from utils.transforms import build_train_transform, resize_size  # noqa: E402
+from utils.view_cache import CachedTeacher, label_views  # noqa: E402
+
+KERNEL_SETTINGS = [("mobilenet_v3_small", 64), ("mobilenet_v2", 112), ("mobilenet_v3_small", 112),
+                   ("mobilenet_v2", 64)]
+PARTS = ("kernels", "distillation")
 
 
-def images_per_second(run, images: int) -> float:
+def seconds(run) -> float:
     start = time.perf_counter()
     run()
-    return images / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def ce_only_children(count: int, env: dict[str, str]) -> list[float]:
+class Bench:
+    """Decoded images and the loaders and models a measurement needs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        index = scan_dataset(Path(args.data_dir))
+        self.num_classes = len(index.classes)
+        rng = np.random.default_rng(0)
+        picked = [index.samples[i] for i in rng.permutation(len(index.samples))[:args.images]]
+        largest = max([args.img_size] + [size for _, size in KERNEL_SETTINGS])
+        self.images, kept, _ = load_images(picked, resize_size(largest))
+        self.labels = [s.label for s in kept]
+
+    def config(self, img_size: int, student: str):
+        return build_config({**_read_yaml(DEFAULT_CONFIG), "data_dir": self.args.data_dir, "img_size": img_size,
+                             "batch_size": self.args.batch_size, "student": student})
+
+    def loader(self, cfg, count: int | None = None, views: int | None = None):
+        dataset = ImageDataset(self.images[:count], self.labels[:count], build_train_transform(cfg),
+                               (cfg.seed, 0, 1), views)
+        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+
+    def epoch(self, model, cfg, loader, loss_fn=None, teacher=None):
+        """One training epoch of `model` over `loader`, as a function to time."""
+        schedule = warmup_cosine(cfg.lr, 1, 0, len(loader))
+        optimizer = build_optimizer(model, schedule, cfg.weight_decay)
+        return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule, loss_fn or CrossEntropyLoss(),
+                                       cfg.mixup_alpha, np.random.default_rng(0), grad_scaler(False), 1,
+                                       desc="benchmark")
+
+    def rate(self, model, cfg, loss_fn=None, teacher=None, loader=None) -> float:
+        """img/s of one epoch, after a few untimed steps (a model's first steps pay one-off costs)."""
+        loader = loader or self.loader(cfg)
+        self.epoch(model, cfg, self.loader(cfg, count=3 * cfg.batch_size), loss_fn, teacher)()
+        return len(loader) * cfg.batch_size / seconds(self.epoch(model, cfg, loader, loss_fn, teacher))
+
+    def student(self, cfg, fast: bool):
+        model = build_student(cfg.student, self.num_classes, "none")
+        if fast and use_fast_depthwise(model) == 0:
+            raise UserError("the fast depthwise convolution is not available on this machine")
+        return model
+
+
+def measure_kernels(bench: Bench) -> dict:
+    rows = []
+    for student, size in KERNEL_SETTINGS:
+        cfg = bench.config(size, student)
+        rates = {"paddle": 0.0, "fast": 0.0}
+        for _ in range(2):
+            for kernel in rates:
+                rates[kernel] = max(rates[kernel], bench.rate(bench.student(cfg, kernel == "fast"), cfg))
+        rows.append({"model": student, "img_size": size, "paddle_img_per_s": rates["paddle"],
+                     "fast_img_per_s": rates["fast"], "speedup": rates["fast"] / rates["paddle"]})
+        print(f"{student:<20} {size:>4} px  Paddle's kernel {rates['paddle']:>7.1f} img/s  fast "
+              f"{rates['fast']:>7.1f} img/s  {rates['fast'] / rates['paddle']:.2f}x", file=sys.stderr, flush=True)
+    for size in sorted({size for _, size in KERNEL_SETTINGS}):
+        cfg = bench.config(size, "mobilenet_v2")
+        teacher, _ = build_teacher(bench.num_classes, "none")
+        rows.append({"model": "resnet50 (teacher)", "img_size": size, "paddle_img_per_s": bench.rate(teacher, cfg),
+                     "fast_img_per_s": None, "speedup": None})
+    return {"rows": rows}
+
+
+def ce_only_children(count: int, settings: str, env: dict[str, str]) -> list[float]:
     """img/s of `count` CE-only epochs run at once, one child process each. The children
     set up and warm up first, then start measuring together, at a time given to them."""
     start_at = time.time() + 120
-    command = [sys.executable, __file__, *sys.argv[1:], CE_ONLY_CHILD, "--start_at", str(start_at)]
+    command = [sys.executable, __file__, *sys.argv[1:], f"{CHILD}={settings}", "--start_at", str(start_at)]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                 for _ in range(count)]
     outputs = [child.communicate() for child in children]
@@ -64,89 +142,112 @@ def ce_only_children(count: int, env: dict[str, str]) -> list[float]:
     return [float(out.strip().splitlines()[-1]) for out, _ in outputs]
 
 
-@reports_user_errors
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--img_size", type=int, default=112)
-    parser.add_argument("--student", default="mobilenet_v2")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--images", type=int, default=640, help="images per measurement")
-    parser.add_argument("--views", type=int, default=2, help="teacher views labelled for the cache")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument(CE_ONLY_CHILD, action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--start_at", type=float, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    cfg = build_config({**_read_yaml(DEFAULT_CONFIG), "data_dir": args.data_dir, "img_size": args.img_size,
-                        "batch_size": args.batch_size, "student": args.student})
-    index = scan_dataset(Path(args.data_dir))
-    rng = np.random.default_rng(0)
-    picked = [index.samples[i] for i in rng.permutation(len(index.samples))[:args.images]]
-    images, kept, _ = load_images(picked, resize_size(cfg.img_size))
-    dataset = ImageDataset(images, [s.label for s in kept], build_train_transform(cfg), (cfg.seed, 0, 1), args.views)
-    loader = make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+def measure_distillation(bench: Bench) -> dict:
+    args = bench.args
+    cfg = bench.config(args.img_size, args.student)
+    loader = bench.loader(cfg, views=args.views)
     seen = len(loader) * cfg.batch_size
-    num_classes = len(index.classes)
-
-    def student_epoch(loss_fn, teacher):
-        model = build_student(cfg.student, num_classes, "none")
-        schedule = warmup_cosine(cfg.lr, 1, 0, len(loader))
-        optimizer = build_optimizer(model, schedule, cfg.weight_decay)
-        return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule, loss_fn, cfg.mixup_alpha,
-                                       np.random.default_rng(0), grad_scaler(False), 1, desc="benchmark")
-
-    # Every measurement follows an untimed epoch: a process's first epoch pays one-off costs.
-    student_epoch(CrossEntropyLoss(), None)()
-    if args.ce_only_child:
-        epoch = student_epoch(CrossEntropyLoss(), None)
-        time.sleep(max(0.0, args.start_at - time.time()))
-        print(json.dumps(images_per_second(epoch, seen)))
-        return 0
     default_env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
-    [default_rate] = ce_only_children(1, {**default_env, "OMP_NUM_THREADS": "2"})
-    side_by_side = ce_only_children(cpu_count(), dict(os.environ))
-    teacher, _ = build_teacher(num_classes, "none")
+    [default_rate] = ce_only_children(1, DEFAULTS, {**default_env, "OMP_NUM_THREADS": "2"})
+    side_by_side = ce_only_children(cpu_count(), "tuned", dict(os.environ))
+    teacher, _ = build_teacher(bench.num_classes, "none")
     freeze_teacher(teacher)
     kd_loss = KLDistillationLoss(cfg.alpha, cfg.temperature)
     start = time.perf_counter()
-    stored = label_views(teacher, dataset, args.views, cfg.img_size, "cpu")
+    stored = label_views(teacher, loader.dataset, args.views, cfg.img_size, "cpu")
     labelling_seconds = time.perf_counter() - start
     rates = {
-        "loader_only": images_per_second(lambda: [None for _ in loader], seen),
-        "ce_only_student": images_per_second(student_epoch(CrossEntropyLoss(), None), seen),
-        "distillation_teacher_in_loop": images_per_second(student_epoch(kd_loss, LiveTeacher(teacher)), seen),
-        "distillation_view_cache": images_per_second(
-            student_epoch(kd_loss, CachedTeacher(stored, cfg.temperature)), seen),
-        "ce_only_student_paddle_default_settings": default_rate,
+        "loader_only": seen / seconds(lambda: [None for _ in loader]),
+        "ce_only_student": bench.rate(bench.student(cfg, True), cfg, loader=loader),
+        "distillation_teacher_in_loop": bench.rate(bench.student(cfg, True), cfg, kd_loss, LiveTeacher(teacher),
+                                                   loader),
+        "distillation_view_cache": bench.rate(bench.student(cfg, True), cfg, kd_loss,
+                                              CachedTeacher(stored, cfg.temperature), loader),
+        "ce_only_student_paddle_defaults": default_rate,
         f"ce_only_students_{len(side_by_side)}_processes_at_once_total": sum(side_by_side),
     }
-    result = {
+    return {
         "setting": f"{cfg.student}, {cfg.img_size} px, batch {cfg.batch_size}, {seen} images per measurement",
         "img_per_s": rates,
-        "view_cache_labelling": {"views": args.views, "images": len(dataset), "seconds": round(labelling_seconds, 1),
-                                 "img_per_s": args.views * len(dataset) / labelling_seconds},
+        "view_cache_labelling": {"views": args.views, "images": len(loader.dataset),
+                                 "seconds": round(labelling_seconds, 1),
+                                 "img_per_s": args.views * len(loader.dataset) / labelling_seconds},
         "time_ratio_teacher_in_loop_vs_ce": rates["ce_only_student"] / rates["distillation_teacher_in_loop"],
         "time_ratio_view_cache_vs_ce": rates["ce_only_student"] / rates["distillation_view_cache"],
-        "ce_speedup_vs_paddle_defaults": rates["ce_only_student"] / rates["ce_only_student_paddle_default_settings"],
+        "ce_speedup_vs_paddle_defaults": rates["ce_only_student"] / default_rate,
         "ce_machine_throughput_vs_paddle_defaults": sum(side_by_side) / default_rate,
         "loader_vs_ce_speed": rates["loader_only"] / rates["ce_only_student"],
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
+
+
+def print_kernels(result: dict) -> None:
+    print("| model | px | Paddle's depthwise kernel | fast kernel | speed-up |")
+    print("|---|---|---|---|---|")
+    for row in result["rows"]:
+        fast = f"{row['fast_img_per_s']:.1f} img/s" if row["fast_img_per_s"] else "-"
+        speedup = f"**{row['speedup']:.2f}x**" if row["speedup"] else "-"
+        print(f"| {row['model']} | {row['img_size']} | {row['paddle_img_per_s']:.1f} img/s | {fast} | {speedup} |")
+
+
+def print_distillation(result: dict) -> None:
     print(result["setting"])
-    for name, rate in rates.items():
+    for name, rate in result["img_per_s"].items():
         print(f"{name:<40} {rate:>8.1f} img/s")
     labelling = result["view_cache_labelling"]
     print(f"labelling {labelling['views']} views of {labelling['images']} images: {labelling['seconds']}s "
           f"({labelling['img_per_s']:.1f} img/s)")
     print("per epoch, distillation with the teacher in the loop costs "
-          f"{result['time_ratio_teacher_in_loop_vs_ce']:.2f}x "
-          f"CE-only training, from the view cache {result['time_ratio_view_cache_vs_ce']:.2f}x; CE-only training runs "
-          f"{result['ce_speedup_vs_paddle_defaults']:.2f}x Paddle's default settings in one process, and "
+          f"{result['time_ratio_teacher_in_loop_vs_ce']:.2f}x CE-only training, from the view cache "
+          f"{result['time_ratio_view_cache_vs_ce']:.2f}x; CE-only training runs "
+          f"{result['ce_speedup_vs_paddle_defaults']:.2f}x Paddle's defaults in one process, and "
           f"{result['ce_machine_throughput_vs_paddle_defaults']:.2f}x in total with one process per core; the "
           f"loader alone {result['loader_vs_ce_speed']:.1f}x CE-only training")
+
+
+def child_rate(bench: Bench, settings: str, start_at: float) -> float:
+    cfg = bench.config(bench.args.img_size, bench.args.student)
+    model = bench.student(cfg, fast=settings != DEFAULTS)
+    loader = bench.loader(cfg)
+    bench.epoch(model, cfg, bench.loader(cfg, count=3 * cfg.batch_size))()
+    run = bench.epoch(model, cfg, loader)
+    time.sleep(max(0.0, start_at - time.time()))
+    return len(loader) * cfg.batch_size / seconds(run)
+
+
+@reports_user_errors
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--parts", default=",".join(PARTS), help="kernels, distillation or both")
+    parser.add_argument("--img_size", type=int, default=112, help="for the distillation part")
+    parser.add_argument("--student", default="mobilenet_v2", help="for the distillation part")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=640, help="images per measurement")
+    parser.add_argument("--views", type=int, default=2, help="teacher views labelled for the cache")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument(CHILD, choices=(DEFAULTS, "tuned"), help=argparse.SUPPRESS)
+    parser.add_argument("--start_at", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    if not parts or set(parts) - set(PARTS):
+        raise UserError(f"--parts takes {' and/or '.join(PARTS)}, comma-separated")
+
+    bench = Bench(args)
+    if args.child:
+        print(json.dumps(child_rate(bench, args.child, args.start_at)))
+        return 0
+    results = {}
+    if "kernels" in parts:
+        results["kernels"] = measure_kernels(bench)
+    if "distillation" in parts:
+        results["distillation"] = measure_distillation(bench)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    if "kernels" in results:
+        print_kernels(results["kernels"])
+    if "distillation" in results:
+        print_distillation(results["distillation"])
     return 0
 
 

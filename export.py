@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.runtime import prepare_process
+from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
-from utils.errors import reports_user_errors  # noqa: E402
+from utils.runtime.errors import reports_user_errors  # noqa: E402
 
 
 @reports_user_errors
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("paddle", "onnx"), default="paddle",
                         help="onnx: the Paddle inference model and, beside it, model.onnx (needs paddle2onnx)")
     args = parser.parse_args(argv)
-    from utils.export import export_student
-    from utils.inference import find_weights
+    from utils.deploy.export import export_student
+    from utils.deploy.inference import find_weights
 
     for weights in find_weights(args.model_path, args.runs_dir, args.fold):
         name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem

@@ -16,13 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from utils.runtime import prepare_process
+from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
 from tqdm import tqdm  # noqa: E402
 
-from utils.errors import UserError, reports_user_errors  # noqa: E402
+from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 
 PROGRESS_BAR_FROM = 100  # images
 
@@ -63,8 +63,8 @@ def write_predictions(path: Path, predictions: list) -> None:
 @reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from utils.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
-    from utils.runtime import select_device
+    from utils.deploy.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
+    from utils.runtime.process import select_device
 
     if args.batch_size < 1 or args.topk < 1:
         raise UserError("--batch_size and --topk must be at least 1")

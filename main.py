@@ -11,12 +11,12 @@ import signal
 import sys
 from pathlib import Path
 
-from utils.runtime import prepare_process
+from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
-from utils.config import add_config_flags  # noqa: E402
-from utils.errors import disk_trouble, reports_user_errors  # noqa: E402
+from utils.runtime.config import add_config_flags  # noqa: E402
+from utils.runtime.errors import disk_trouble, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,12 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        from utils.report import write_report
+        from utils.reporting.report import write_report
 
         print(f"wrote {write_report(Path(args.report))}")
         return 0
-    from utils.cross_validation import run_cross_validation
-    from utils.demo import resolve_run_config
+    from utils.pipeline.cross_validation import run_cross_validation
+    from utils.pipeline.demo import resolve_run_config
 
     cfg = resolve_run_config(args)
     resume = f"  python main.py --resume {cfg.run_name} --output_dir {cfg.output_dir}"

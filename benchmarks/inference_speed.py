@@ -20,17 +20,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.runtime import prepare_process  # noqa: E402
+from utils.runtime.process import prepare_process  # noqa: E402
 
 prepare_process()  # must run before anything imports Paddle
 
 import numpy as np  # noqa: E402
 
 from models.student import build_student  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
-from utils.errors import reports_user_errors  # noqa: E402
-from utils.export import export_student  # noqa: E402
-from utils.inference import DynamicModel, ExportedModel, OnnxModel, find_weights  # noqa: E402
+from utils.deploy.checkpoint import save_checkpoint  # noqa: E402
+from utils.deploy.export import export_student  # noqa: E402
+from utils.deploy.inference import DynamicModel, ExportedModel, OnnxModel, find_weights  # noqa: E402
+from utils.runtime.errors import reports_user_errors  # noqa: E402
 
 
 def measure(model, img_size: int, repeats: int, batch: int) -> dict:

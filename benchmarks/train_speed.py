@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # defaults, for which the tool's process set-up must not run.
 CHILD, DEFAULTS = "--child", "paddle_defaults"
 if f"{CHILD}={DEFAULTS}" not in sys.argv:
-    from utils.runtime import prepare_process
+    from utils.runtime.process import prepare_process
 
     prepare_process()  # must run before anything imports Paddle
 
@@ -44,15 +44,17 @@ import numpy as np  # noqa: E402
 from models.fast_depthwise import use_fast_depthwise  # noqa: E402
 from models.student import build_student  # noqa: E402
 from models.teacher import build_teacher, freeze_teacher  # noqa: E402
-from utils.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
-from utils.data import ImageDataset, load_images, make_loader, scan_dataset  # noqa: E402
-from utils.errors import UserError, reports_user_errors  # noqa: E402
-from utils.losses import CrossEntropyLoss, KLDistillationLoss  # noqa: E402
-from utils.optimization import build_optimizer, warmup_cosine  # noqa: E402
-from utils.runtime import cpu_count  # noqa: E402
-from utils.train import LiveTeacher, grad_scaler, train_one_epoch  # noqa: E402
-from utils.transforms import build_train_transform, resize_size  # noqa: E402
-from utils.view_cache import CachedTeacher, label_views  # noqa: E402
+from utils.data.dataset import ImageDataset, make_loader  # noqa: E402
+from utils.data.folders import scan_dataset  # noqa: E402
+from utils.data.images import load_images  # noqa: E402
+from utils.data.transforms import build_train_transform, resize_size  # noqa: E402
+from utils.distill.methods import CrossEntropyLoss, KLDistillationLoss  # noqa: E402
+from utils.distill.view_cache import CachedTeacher, label_views  # noqa: E402
+from utils.engine.loops import LiveTeacher, grad_scaler, train_one_epoch  # noqa: E402
+from utils.engine.optimization import build_optimizer, warmup_cosine  # noqa: E402
+from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
+from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
+from utils.runtime.process import cpu_count  # noqa: E402
 
 KERNEL_SETTINGS = [("mobilenet_v3_small", 64), ("mobilenet_v2", 112), ("mobilenet_v3_small", 112),
                    ("mobilenet_v2", 64)]

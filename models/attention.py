@@ -12,7 +12,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from utils.registry import lookup
+from utils.runtime.registry import lookup
 
 # Gates that end in a bias start at sigmoid(GATE_BIAS) ~ 0.95, so that a
 # pretrained block with new attention starts close to what it was.

@@ -9,8 +9,8 @@ from paddle.vision.models import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_
 from models.attention import attach_attention
 from models.freeze import freeze
 from models.weights import build_classifier
-from utils.errors import ConfigError
-from utils.registry import lookup
+from utils.runtime.errors import ConfigError
+from utils.runtime.registry import lookup
 
 # name -> (constructor, path of the final linear layer)
 STUDENTS: dict[str, tuple[Callable[..., nn.Layer], str]] = {

@@ -8,7 +8,7 @@ from typing import Callable
 import paddle
 import paddle.nn as nn
 
-from utils.errors import ConfigError
+from utils.runtime.errors import ConfigError
 
 IMAGENET_CLASSES = 1000
 # factory(pretrained, num_classes) -> model

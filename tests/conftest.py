@@ -9,14 +9,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.runtime import prepare_process  # noqa: E402
+from utils.runtime.process import prepare_process  # noqa: E402
 
 prepare_process()
 
 import cv2  # noqa: E402
 
 import main  # noqa: E402
-import utils.cross_validation as cross_validation  # noqa: E402
+import utils.pipeline.cross_validation as cross_validation  # noqa: E402
 
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 

@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-import utils.cross_validation as cross_validation
-from utils import ablation
+import utils.pipeline.cross_validation as cross_validation
+from utils.pipeline import ablation
 
 
 def test_ablation_runs_each_combination_once_and_writes_tables(tmp_path, tiny_data, monkeypatch, capsys):

@@ -5,9 +5,9 @@ import numpy as np
 import paddle
 import pytest
 
-from models.attention import ATTENTIONS, ECA, SE, CBAM, CoordAttention, SimAM, eca_kernel_size
+from models.attention import ATTENTIONS, CBAM, ECA, SE, CoordAttention, SimAM, eca_kernel_size
 from models.student import build_student
-from utils.checkpoint import load_student, save_checkpoint
+from utils.deploy.checkpoint import load_student, save_checkpoint
 
 
 def _trainable(layer) -> int:

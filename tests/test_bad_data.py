@@ -11,8 +11,9 @@ from PIL import Image
 import inference
 import main
 from tests.conftest import make_class_folders, tiny_run_args
-from utils.data import read_image, scan_dataset
-from utils.runtime import MAX_IMAGE_PIXELS
+from utils.data.folders import scan_dataset
+from utils.data.images import read_image
+from utils.runtime.process import MAX_IMAGE_PIXELS
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 
 from models.student import build_student
 from models.teacher import build_teacher
-from utils import complexity
+from utils.reporting import complexity
 
 
 @pytest.mark.parametrize("name, params_m", [

@@ -5,11 +5,11 @@ import paddle.nn as nn
 import pytest
 
 from models.teacher import build_teacher, freeze_teacher
-from utils.losses import KLDistillationLoss
-from utils.mixup import mixup
-from utils.optimization import build_optimizer, warmup_cosine
-from utils.data import ImageDataset, make_loader
-from utils.train import LiveTeacher, TrainingDiverged, train_one_epoch
+from utils.data.dataset import ImageDataset, make_loader
+from utils.data.mixing import mixup
+from utils.distill.methods import KLDistillationLoss
+from utils.engine.loops import LiveTeacher, TrainingDiverged, train_one_epoch
+from utils.engine.optimization import build_optimizer, warmup_cosine
 
 
 class Recorder(nn.Layer):

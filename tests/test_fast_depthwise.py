@@ -3,7 +3,6 @@ kernel for every depthwise layer of the students, the same training, standard
 operators in exported models, and Paddle's kernel when it cannot be built."""
 from __future__ import annotations
 
-
 import numpy as np
 import paddle
 import paddle.nn as nn
@@ -13,8 +12,8 @@ import pytest
 import models.fast_depthwise as fast_depthwise
 from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
 from models.student import build_student
-from utils.export import exported_model_file, save_inference_model
-from utils.inference import InferencePredictor
+from utils.deploy.export import exported_model_file, save_inference_model
+from utils.deploy.inference import InferencePredictor
 
 STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 

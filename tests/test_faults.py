@@ -3,7 +3,7 @@ import errno
 import shutil
 
 import main
-import utils.cross_validation as cross_validation
+import utils.pipeline.cross_validation as cross_validation
 from tests.conftest import tiny_run_args
 
 

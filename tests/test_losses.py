@@ -2,8 +2,8 @@ import numpy as np
 import paddle
 import pytest
 
-from utils.losses import CrossEntropyLoss, KLDistillationLoss, kd_kl_divergence
-from utils.mixup import MixedTargets
+from utils.data.mixing import MixedTargets
+from utils.distill.methods import CrossEntropyLoss, KLDistillationLoss, kd_kl_divergence
 
 
 def _softmax(z):

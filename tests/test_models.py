@@ -7,7 +7,7 @@ import pytest
 from models.freeze import set_train_mode
 from models.student import build_student, feature_stages
 from models.teacher import build_teacher
-from utils.errors import ConfigError
+from utils.runtime.errors import ConfigError
 
 
 def test_teacher_from_a_local_file_keeps_a_matching_head_and_replaces_an_imagenet_one(tmp_path):

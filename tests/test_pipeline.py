@@ -171,7 +171,7 @@ def test_missing_data_dir_and_bad_config_file(tmp_path, capsys):
 
 
 def test_reads_grey_rgba_and_non_ascii_paths(tmp_path):
-    from utils.data import read_image
+    from utils.data.images import read_image
 
     grey = tmp_path / "灰度" / "grey.png"
     grey.parent.mkdir()
@@ -287,7 +287,7 @@ def test_image_store_serves_images_of_any_size_and_pickles_small(tmp_path):
 
     import numpy as np
 
-    from utils.data import ImageStore
+    from utils.data.images import ImageStore
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in [(5, 7, 3), (9, 4, 3), (1, 1, 3)]]

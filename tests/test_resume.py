@@ -14,9 +14,9 @@ import pytest
 
 from models.student import build_student
 from tests.conftest import tiny_run_args
-from utils.data import ImageDataset, make_loader
-from utils.losses import CrossEntropyLoss
-from utils.train import TrainingSettings, train_model
+from utils.data.dataset import ImageDataset, make_loader
+from utils.distill.methods import CrossEntropyLoss
+from utils.engine.loops import TrainingSettings, train_model
 
 PROJECT = Path(__file__).resolve().parent.parent
 SETTINGS = TrainingSettings(lr=0.01, epochs=3, warmup_epochs=1, weight_decay=0.01, mixup_alpha=0.4, amp=False,

@@ -9,16 +9,17 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from tests.conftest import tiny_run_args
-from models.teacher import freeze_teacher
-from utils.config import DEFAULT_CONFIG, _read_yaml, build_config
-from utils.data import ImageDataset, Sample, make_loader
-from utils.errors import ConfigError
-from utils.mixup import MixedTargets, mixup
-from utils.teacher_prep import teacher_cache_key
-from utils.transforms import build_train_transform
-from utils.view_cache import CachedTeacher, label_views, prepare_views, view_cache_path
 import main
+from models.teacher import freeze_teacher
+from tests.conftest import tiny_run_args
+from utils.data.dataset import ImageDataset, make_loader
+from utils.data.folders import Sample
+from utils.data.mixing import MixedTargets, mixup
+from utils.data.transforms import build_train_transform
+from utils.distill.teachers import teacher_cache_key
+from utils.distill.view_cache import CachedTeacher, label_views, prepare_views, view_cache_path
+from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+from utils.runtime.errors import ConfigError
 
 
 def _config(**overrides):

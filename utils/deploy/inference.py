@@ -14,12 +14,13 @@ import paddle
 import paddle.inference as paddle_infer
 from scipy.special import softmax
 
-from utils.checkpoint import META_NAME, WEIGHTS_NAME, load_student
-from utils.data import is_image_name, read_image
-from utils.errors import UserError
-from utils.export import EXPORTED_PREFIX, ONNX_NAME, exported_model_file, is_exported
-from utils.runtime import cpu_count
-from utils.transforms import build_eval_transform, resize_size
+from utils.data.folders import is_image_name
+from utils.data.images import read_image
+from utils.data.transforms import build_eval_transform, resize_size
+from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student
+from utils.deploy.export import EXPORTED_PREFIX, ONNX_NAME, exported_model_file, is_exported
+from utils.runtime.errors import UserError
+from utils.runtime.process import cpu_count
 
 
 @dataclasses.dataclass

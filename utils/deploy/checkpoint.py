@@ -12,8 +12,8 @@ import paddle
 import paddle.nn as nn
 
 from models.student import build_student
-from utils.errors import UserError
-from utils.files import partial_path
+from utils.runtime.errors import UserError
+from utils.runtime.files import partial_path
 
 WEIGHTS_NAME = "best.pdparams"
 META_NAME = "best.json"

@@ -9,8 +9,8 @@ from typing import Any, Optional
 import paddle
 import paddle.nn as nn
 
-from utils.errors import UserError
-from utils.files import partial_path
+from utils.runtime.errors import UserError
+from utils.runtime.files import partial_path
 
 
 class EpochCheckpoint:

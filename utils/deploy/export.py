@@ -9,8 +9,8 @@ from pathlib import Path
 import paddle
 from paddle.static import InputSpec
 
-from utils.checkpoint import META_NAME, load_student
-from utils.errors import UserError
+from utils.deploy.checkpoint import META_NAME, load_student
+from utils.runtime.errors import UserError
 
 EXPORTED_PREFIX = "model"  # files model.json (or model.pdmodel) and model.pdiparams
 ONNX_NAME = "model.onnx"

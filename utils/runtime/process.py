@@ -116,7 +116,7 @@ def select_device(requested: str) -> str:
     """'gpu' when Paddle has CUDA and the user allows it, else 'cpu'."""
     import paddle
 
-    from utils.errors import ConfigError
+    from utils.runtime.errors import ConfigError
 
     has_cuda = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     if requested == "gpu" and not has_cuda:

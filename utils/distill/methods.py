@@ -8,9 +8,9 @@ from typing import Callable, Optional
 import paddle
 import paddle.nn.functional as F
 
-from utils.config import Config
-from utils.registry import lookup
-from utils.mixup import MixedTargets
+from utils.data.mixing import MixedTargets
+from utils.runtime.config import Config
+from utils.runtime.registry import lookup
 
 
 @dataclasses.dataclass

@@ -12,9 +12,9 @@ import numpy as np
 import paddle
 from visualdl import LogWriter
 
-from utils.data import ImageDataset
-from utils.mixup import mixup
-from utils.train import EpochRecord, Evaluation
+from utils.data.dataset import ImageDataset
+from utils.data.mixing import mixup
+from utils.engine.loops import EpochRecord, Evaluation
 
 GRID_COLUMNS = 8
 

@@ -22,22 +22,23 @@ from models.attention import check_attention
 from models.fast_depthwise import fast_depthwise_operator, use_fast_depthwise
 from models.student import STUDENTS, build_student
 from models.weights import check_weights_arg
-from utils.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
-from utils.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
-from utils.data import (DatasetIndex, ImageDataset, Sample, SkippedFile, check_class_counts, load_images,
-                        make_loader, scan_dataset)
-from utils.errors import UserError
-from utils.files import partial_path
-from utils.losses import CrossEntropyLoss, create_loss
-from utils.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
-from utils.registry import lookup
-from utils.report import write_report
-from utils.runtime import cpu_count, die_with_parent, seed_everything, select_device
-from utils.teacher_prep import prepare_teacher, teacher_cache_key
-from utils.train import FitResult, LiveTeacher, Teacher, TrainingSettings, predict, train_model
-from utils.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
-from utils.view_cache import prepare_views, view_count
-from utils.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch, log_run
+from utils.data.dataset import ImageDataset, make_loader
+from utils.data.folders import DatasetIndex, Sample, SkippedFile, check_class_counts, scan_dataset
+from utils.data.images import load_images
+from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resize_size
+from utils.deploy.checkpoint import WEIGHTS_NAME, load_student, save_checkpoint
+from utils.distill.methods import CrossEntropyLoss, create_loss
+from utils.distill.teachers import prepare_teacher, teacher_cache_key
+from utils.distill.view_cache import prepare_views, view_count
+from utils.engine.loops import FitResult, LiveTeacher, Teacher, TrainingSettings, predict, train_model
+from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
+from utils.reporting.report import write_report
+from utils.reporting.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch, log_run
+from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
+from utils.runtime.errors import UserError
+from utils.runtime.files import partial_path
+from utils.runtime.process import cpu_count, die_with_parent, seed_everything, select_device
+from utils.runtime.registry import lookup
 
 
 @dataclasses.dataclass

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 import time
 
-from utils.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config, resumed_config
-from utils.data import has_class_folders, write_digits_demo
+from utils.data.folders import has_class_folders, write_digits_demo
+from utils.runtime.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config, resumed_config
 
 DATA_ROOT = PROJECT_ROOT / "data"
 DIGITS_DIR = DATA_ROOT / "digits"

@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from utils.data import read_image
-from utils.errors import UserError
+from utils.data.images import read_image
+from utils.runtime.errors import UserError
 
 GALLERY_SIZE = 16
 

@@ -24,14 +24,14 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from utils.config import Config
-from utils.data import ImageDataset, make_loader
-from utils.errors import ConfigError
-from utils.files import partial_path
-from utils.export import EXPORTED_PREFIX, exported_model_file, save_inference_model
-from utils.inference import InferencePredictor
-from utils.mixup import MixedTargets
-from utils.runtime import cpu_count
+from utils.data.dataset import ImageDataset, make_loader
+from utils.data.mixing import MixedTargets
+from utils.deploy.export import EXPORTED_PREFIX, exported_model_file, save_inference_model
+from utils.deploy.inference import InferencePredictor
+from utils.runtime.config import Config
+from utils.runtime.errors import ConfigError
+from utils.runtime.files import partial_path
+from utils.runtime.process import cpu_count
 
 # Bump when the way views are drawn changes, so that no older cache is replayed against other views.
 VIEW_SCHEME = 1

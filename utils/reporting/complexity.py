@@ -1,7 +1,7 @@
 """Parameters, FLOPs, size and CPU speed of students and the teacher.
 
-    python -m utils.complexity --student mobilenet_v3_large --attention eca --img_size 224 --num_classes 101
-    python -m utils.complexity --all [--json]
+    python -m utils.reporting.complexity --student mobilenet_v3_large --attention eca --img_size 224 --num_classes 101
+    python -m utils.reporting.complexity --all [--json]
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-from utils.runtime import prepare_process
+from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
@@ -23,7 +23,7 @@ import paddle.nn as nn  # noqa: E402
 from models.attention import ATTENTIONS  # noqa: E402
 from models.student import STUDENTS, build_student  # noqa: E402
 from models.teacher import build_teacher  # noqa: E402
-from utils.errors import UserError, reports_user_errors  # noqa: E402
+from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Run the pipeline once per attention x KD combination and tabulate the results.
 
-    python -m utils.ablation --data_dir DIR --attentions none,eca,simam,cbam,se,coord --kd on,off \\
+    python -m utils.pipeline.ablation --data_dir DIR --attentions none,eca,simam,cbam,se,coord --kd on,off \\
         [any main.py option]
 
 Each combination is an ordinary run named <ablation_name>-<attention>-kd<on|off>; they share the
@@ -17,12 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-from utils.runtime import prepare_process
+from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
-from utils.config import Config, add_config_flags  # noqa: E402
-from utils.errors import UserError, reports_user_errors  # noqa: E402
+from utils.runtime.config import Config, add_config_flags  # noqa: E402
+from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 
 KD_CHOICES = {"on": "kl", "off": "none"}
 COLUMNS = ["student", "attention", "kd", "acc_mean", "acc_std", "macro_f1", "params_m", "flops_g", "latency_ms"]
@@ -36,8 +36,8 @@ def combination_config(base: Config, ablation_name: str, attention: str, kd: str
 def run_ablation(base: Config, ablation_name: str, attentions: list[str], kds: list[str]) -> list[dict]:
     from models.student import build_student
     from models.teacher import build_teacher
-    from utils.complexity import count_flops, count_parameters, measure_speed
-    from utils.cross_validation import run_cross_validation
+    from utils.pipeline.cross_validation import run_cross_validation
+    from utils.reporting.complexity import count_flops, count_parameters, measure_speed
 
     rows, teacher_accs = [], []
     for attention in attentions:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kd_list, args.kd = args.kd or "on,off", None
     from models.attention import check_attention
-    from utils.demo import resolve_run_config
+    from utils.pipeline.demo import resolve_run_config
 
     attentions = [a.strip() for a in args.attentions.split(",") if a.strip()]
     kds = [k.strip() for k in kd_list.split(",") if k.strip()]

@@ -16,12 +16,12 @@ import paddle
 import paddle.nn as nn
 
 from models.teacher import build_teacher, freeze_backbone, freeze_teacher
-from utils.config import Config
-from utils.data import Sample
-from utils.errors import ConfigError
-from utils.files import partial_path
-from utils.losses import CrossEntropyLoss
-from utils.train import EpochRecord, TrainingSettings, evaluate, train_model
+from utils.data.folders import Sample
+from utils.distill.methods import CrossEntropyLoss
+from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_model
+from utils.runtime.config import Config
+from utils.runtime.errors import ConfigError
+from utils.runtime.files import partial_path
 
 # The settings that change what a teacher learns; anything else (the student,
 # the distillation loss) may differ between runs that share teachers.

@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 import paddle.vision.transforms as T
 
-from utils.config import Config
+from utils.runtime.config import Config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

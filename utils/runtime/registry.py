@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from utils.errors import ConfigError
+from utils.runtime.errors import ConfigError
 
 
 def lookup(registry: Mapping[str, Any], name: str, kind: str, also: tuple[str, ...] = ()) -> Any:

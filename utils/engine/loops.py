@@ -17,11 +17,11 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from models.freeze import set_train_mode
-from utils.errors import UserError
-from utils.mixup import MixedTargets, mixup
-from utils.optimization import build_optimizer, warmup_cosine
-from utils.resume import EpochCheckpoint
-from utils.runtime import seed_everything
+from utils.data.mixing import MixedTargets, mixup
+from utils.engine.optimization import build_optimizer, warmup_cosine
+from utils.engine.training_state import EpochCheckpoint
+from utils.runtime.errors import UserError
+from utils.runtime.process import seed_everything
 
 # What the distillation loss learns from: teacher logits for a batch, given the
 # (mixed) images, their dataset indices and views, and the mixing.

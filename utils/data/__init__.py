@@ -1,0 +1,1 @@
+"""Image folders, decoding, the dataset and its loader, augmentation and mixing."""

@@ -1,0 +1,1 @@
+"""Trained students on disk and in use: checkpoints, export for deployment, prediction."""

@@ -1,0 +1,1 @@
+"""A run end to end: the K-fold cross-validation, the ablation runner and the offline demo."""

@@ -1,0 +1,1 @@
+"""What a run shows: metrics, plots, VisualDL records, report.md, model complexity."""

@@ -1,0 +1,1 @@
+"""Configuration, errors, process set-up, atomic files and name registries: what every other layer uses."""

@@ -48,9 +48,10 @@ from utils.data.dataset import ImageDataset, make_loader  # noqa: E402
 from utils.data.folders import scan_dataset  # noqa: E402
 from utils.data.images import load_images  # noqa: E402
 from utils.data.transforms import build_train_transform, resize_size  # noqa: E402
-from utils.distill.methods import CrossEntropyLoss, KLDistillationLoss  # noqa: E402
+from utils.distill.methods import KL  # noqa: E402
 from utils.distill.view_cache import CachedTeacher, label_views  # noqa: E402
-from utils.engine.loops import LiveTeacher, grad_scaler, train_one_epoch  # noqa: E402
+from utils.engine.loops import LiveTeacher, TrainingSettings, grad_scaler, train_one_epoch  # noqa: E402
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss  # noqa: E402
 from utils.engine.optimization import build_optimizer, warmup_cosine  # noqa: E402
 from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
@@ -93,9 +94,10 @@ class Bench:
         """One training epoch of `model` over `loader`, as a function to time."""
         schedule = warmup_cosine(cfg.lr, 1, 0, len(loader))
         optimizer = build_optimizer(model, schedule, cfg.weight_decay)
-        return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule, loss_fn or CrossEntropyLoss(),
-                                       cfg.mixup_alpha, np.random.default_rng(0), grad_scaler(False), 1,
-                                       desc="benchmark")
+        settings = TrainingSettings(cfg.lr, 1, 0, cfg.weight_decay, cfg.mixup_alpha, False, None)
+        return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule,
+                                       loss_fn or CrossEntropyOnly(HardLabelLoss()), settings,
+                                       np.random.default_rng(0), grad_scaler(False), 1, desc="benchmark")
 
     def rate(self, model, cfg, loss_fn=None, teacher=None, loader=None) -> float:
         """img/s of one epoch, after a few untimed steps (a model's first steps pay one-off costs)."""
@@ -154,7 +156,7 @@ def measure_distillation(bench: Bench) -> dict:
     side_by_side = ce_only_children(cpu_count(), "tuned", dict(os.environ))
     teacher, _ = build_teacher(bench.num_classes, "none")
     freeze_teacher(teacher)
-    kd_loss = KLDistillationLoss(cfg.alpha, cfg.temperature)
+    kd_loss = KL(HardLabelLoss(), cfg.alpha, cfg.temperature)
     start = time.perf_counter()
     stored = label_views(teacher, loader.dataset, args.views, cfg.img_size, "cpu")
     labelling_seconds = time.perf_counter() - start

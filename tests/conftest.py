@@ -16,7 +16,7 @@ prepare_process()
 import cv2  # noqa: E402
 
 import main  # noqa: E402
-import utils.pipeline.cross_validation as cross_validation  # noqa: E402
+import utils.pipeline.folds as folds  # noqa: E402
 
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
@@ -66,19 +66,19 @@ def tiny_run(tiny_data, tmp_path_factory):
     (data / "green" / "notes.txt").write_text("not an image")
 
     teacher_calls = []
-    real_prepare = cross_validation.prepare_teacher
+    real_prepare = folds.prepare_teacher
 
-    def spy(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs):
+    def spy(cfg, num_classes, hard_loss, cache_path, train_loader, val_loader, *args, **kwargs):
         teacher_calls.append((
             {id(image) for image in train_loader.dataset.images},
             {id(image) for image in val_loader.dataset.images},
         ))
-        return real_prepare(cfg, num_classes, cache_path, train_loader, val_loader, *args, **kwargs)
+        return real_prepare(cfg, num_classes, hard_loss, cache_path, train_loader, val_loader, *args, **kwargs)
 
-    cross_validation.prepare_teacher = spy
+    folds.prepare_teacher = spy
     try:
         code = main.main(tiny_run_args(data, out, "tiny"))
     finally:
-        cross_validation.prepare_teacher = real_prepare
+        folds.prepare_teacher = real_prepare
     assert code == 0
     return out, out / "models_saved" / "tiny", data, teacher_calls

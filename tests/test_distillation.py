@@ -7,8 +7,9 @@ import pytest
 from models.teacher import build_teacher, freeze_teacher
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.mixing import mixup
-from utils.distill.methods import KLDistillationLoss
-from utils.engine.loops import LiveTeacher, TrainingDiverged, train_one_epoch
+from utils.distill.methods import KL
+from utils.engine.losses import HardLabelLoss
+from utils.engine.loops import LiveTeacher, TrainingDiverged, TrainingSettings, train_one_epoch
 from utils.engine.optimization import build_optimizer, warmup_cosine
 
 
@@ -33,18 +34,24 @@ def _loader(n=12, batch=4, size=16, seed=0):
     return make_loader(ImageDataset(images, labels, transform=lambda image: image), batch, train=True, num_workers=0)
 
 
-def _one_epoch(student, teacher, loader, mixup_alpha=0.4):
+def _settings(mixup_alpha=0.4, cutmix_alpha=0.0):
+    return TrainingSettings(0.01, 1, 0, 0.01, mixup_alpha, False, None, cutmix_alpha)
+
+
+def _one_epoch(student, teacher, loader, mixup_alpha=0.4, cutmix_alpha=0.0):
     schedule = warmup_cosine(0.01, 1, 0, len(loader))
     optimizer = build_optimizer(student, schedule, 0.01)
-    return train_one_epoch(student, LiveTeacher(teacher), loader, optimizer, schedule, KLDistillationLoss(0.5, 4.0),
-                           mixup_alpha, np.random.default_rng(0), paddle.amp.GradScaler(enable=False), epoch=1)
+    return train_one_epoch(student, LiveTeacher(teacher), loader, optimizer, schedule, KL(HardLabelLoss(), 0.5, 4.0),
+                           _settings(mixup_alpha, cutmix_alpha), np.random.default_rng(0),
+                           paddle.amp.GradScaler(enable=False), epoch=1)
 
 
-def test_teacher_sees_the_same_mixed_batch_as_the_student():
+@pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.4, 0.0), (0.0, 1.0)])
+def test_teacher_sees_the_same_mixed_batch_as_the_student(mixup_alpha, cutmix_alpha):
     student, teacher = Recorder(), Recorder()
     freeze_teacher(teacher)
     loader = _loader()
-    _one_epoch(student, teacher, loader)
+    _one_epoch(student, teacher, loader, mixup_alpha, cutmix_alpha)
     assert len(teacher.inputs) == len(student.inputs) == len(loader)
     for seen_by_teacher, seen_by_student in zip(teacher.inputs, student.inputs):
         np.testing.assert_array_equal(seen_by_teacher, seen_by_student)
@@ -65,19 +72,19 @@ def test_mixup_uses_one_lambda_and_pairing_for_images_and_labels():
 
 
 def test_a_loss_that_is_not_finite_stops_training_with_advice():
-    class NanLoss(KLDistillationLoss):
-        def __call__(self, student_logits, teacher_logits, targets):
-            parts = super().__call__(student_logits, teacher_logits, targets)
-            parts.total = parts.total * float("nan")
-            return parts
+    class NanLoss(KL):
+        def __call__(self, student_logits, teacher_logits, targets, epoch):
+            loss = super().__call__(student_logits, teacher_logits, targets, epoch)
+            loss.total = loss.total * float("nan")
+            return loss
 
     student, teacher = Recorder(), Recorder()
     loader = _loader()
     schedule = warmup_cosine(0.01, 1, 0, len(loader))
     optimizer = build_optimizer(student, schedule, 0.01)
     with pytest.raises(TrainingDiverged, match="the loss became nan at step 1.*try a lower --lr"):
-        train_one_epoch(student, LiveTeacher(teacher), loader, optimizer, schedule, NanLoss(0.5, 4.0), 0.0,
-                        np.random.default_rng(0), paddle.amp.GradScaler(enable=False), epoch=1)
+        train_one_epoch(student, LiveTeacher(teacher), loader, optimizer, schedule, NanLoss(HardLabelLoss(), 0.5, 4.0),
+                        _settings(0.0), np.random.default_rng(0), paddle.amp.GradScaler(enable=False), epoch=1)
 
 
 def test_frozen_teacher_does_not_change_during_distillation():
@@ -86,9 +93,35 @@ def test_frozen_teacher_does_not_change_during_distillation():
     before = {k: v.numpy().copy() for k, v in teacher.state_dict().items()}
     student = Recorder()
     stats = _one_epoch(student, teacher, _loader(size=32))
-    assert stats.kd > 0
+    assert stats.parts["kl"] > 0
     after = teacher.state_dict()
     # Parameters and BatchNorm running statistics alike.
     for name, value in before.items():
         np.testing.assert_array_equal(value, after[name].numpy(), err_msg=name)
     assert not teacher.training
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("dkd", ["--teacher_cache", "views", "--teacher_views", "2"]),
+    ("dist", ["--cutmix_alpha", "1.0", "--ema_decay", "0.9", "--auto_augment", "trivialaugment",
+              "--label_smoothing", "0.1", "--class_weights", "balanced", "--clip_grad_norm", "1.0"]),
+])
+def test_a_tiny_run_with_each_method_logs_its_parts_and_gives_a_verdict(method, extra, tiny_data, tmp_path, capsys):
+    import json
+
+    import main
+    from tests.conftest import tiny_run_args
+
+    args = tiny_run_args(tiny_data, tmp_path, method, "--kd", method, "--baseline", "--epochs", "2", *extra)
+    assert main.main(args) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "models_saved" / method
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["verdict"]["outcome"] in ("helped", "did not help", "cannot tell")
+    assert summary["verdict"]["sentence"] in out
+    assert len(summary["verdict"]["differences"]) == 2
+    parts = {"dkd": {"ce", "tckd", "nckd"}, "dist": {"ce", "inter", "intra"}}[method]
+    history = json.loads((run_dir / "fold0" / "history.json").read_text())
+    assert set(history["student"][-1]["train_parts"]) == parts
+    assert set(history["baseline"][-1]["train_parts"]) == {"ce"}
+    assert "Did distillation help?" in (run_dir / "report.md").read_text()

@@ -3,7 +3,7 @@ import errno
 import shutil
 
 import main
-import utils.pipeline.cross_validation as cross_validation
+import utils.pipeline.folds as folds
 from tests.conftest import tiny_run_args
 
 
@@ -30,7 +30,7 @@ def test_a_disk_that_fills_up_mid_run_says_how_to_continue(tiny_data, tmp_path, 
     def full(fold_dir, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(fold_dir / "best.pdparams"))
 
-    monkeypatch.setattr(cross_validation, "save_checkpoint", full)
+    monkeypatch.setattr(folds, "save_checkpoint", full)
     err = _one_line_error(capsys, main.main(tiny_run_args(tiny_data, tmp_path, "r", "--kd", "none")),
                           "the disk is full (writing")
     assert f"python main.py --resume r --output_dir {tmp_path / 'models_saved'}" in err

@@ -15,7 +15,7 @@ import pytest
 from models.student import build_student
 from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
-from utils.distill.methods import CrossEntropyLoss
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.engine.loops import TrainingSettings, train_model
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,8 @@ def _train(checkpoint: Path, on_epoch=lambda record, replayed: None):
     paddle.seed(0)
     with paddle.utils.unique_name.guard():
         model = build_student("mobilenet_v3_small", 3, "none")
-        result = train_model(model, None, CrossEntropyLoss(), *_loaders(), SETTINGS, (1, 2, 3), on_epoch, checkpoint)
+        result = train_model(model, None, CrossEntropyOnly(HardLabelLoss()), *_loaders(), SETTINGS, (1, 2, 3),
+                             on_epoch, checkpoint)
     return model, result
 
 

@@ -117,14 +117,14 @@ def test_views_are_reused_only_for_the_same_teacher_and_shape(tmp_path):
     cfg = _config(epochs=2, teacher_views=2)
     teacher, dataset = _teacher(), _dataset()
     teacher_path = tmp_path / "abc.pdparams"
-    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
+    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu", 4.0)
     assert not first.from_cache and first.path.is_file()
-    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
+    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu", 4.0)
     assert again.from_cache
     np.testing.assert_array_equal(np.asarray(again.teacher.logits), first.teacher.logits)
     # A retrained teacher labels again; so does a dataset of another size.
-    assert not prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu").from_cache
-    assert not prepare_views(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu").from_cache
+    assert not prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu", 4.0).from_cache
+    assert not prepare_views(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu", 4.0).from_cache
 
 
 def test_stored_views_stay_within_their_disk_bound(tmp_path):
@@ -133,13 +133,13 @@ def test_stored_views_stay_within_their_disk_bound(tmp_path):
     for i, path in enumerate(old):
         np.save(path, np.zeros(2**20 // 4, np.float16))  # 0.5 MB each
         os.utime(path, (1000 + i, 1000 + i))
-    made = prepare_views(cfg, _teacher(), True, _dataset(), tmp_path / "new.pdparams", 3, "cpu")
+    made = prepare_views(cfg, _teacher(), True, _dataset(), tmp_path / "new.pdparams", 3, "cpu", 4.0)
     kept = sorted(p.name for p in tmp_path.glob("*.views-*.npy"))
     assert made.path.name in kept and "old2.views-x.npy" in kept  # the newest old one survives
     assert "old0.views-x.npy" not in kept and "old1.views-x.npy" not in kept
     with pytest.raises(ConfigError, match="lower --teacher_views"):
         prepare_views(dataclasses.replace(cfg, teacher_cache_max_mb=1), _teacher(), True, _dataset(n=10),
-                      tmp_path / "big.pdparams", 2**17, "cpu")
+                      tmp_path / "big.pdparams", 2**17, "cpu", 4.0)
 
 
 def test_a_run_distils_from_stored_views_and_a_later_run_reuses_them(tiny_data, tmp_path, capsys):

@@ -10,6 +10,7 @@ from typing import Iterator
 import numpy as np
 import paddle.vision.transforms as T
 
+from utils.data.augment import AUTO_AUGMENTS
 from utils.runtime.config import Config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +38,8 @@ def build_train_transform(cfg: Config) -> T.Compose:
         steps = [T.Resize((size, size)), T.Pad(size // 8), T.RandomCrop(size)]
     if cfg.hflip > 0:
         steps.append(T.RandomHorizontalFlip(cfg.hflip))
+    if cfg.auto_augment != "none":
+        steps.append(AUTO_AUGMENTS[cfg.auto_augment]())
     if cfg.rotation > 0:
         steps.append(T.RandomRotation(cfg.rotation))
     if cfg.color_jitter > 0:

@@ -17,18 +17,19 @@ import paddle.nn as nn
 
 from models.teacher import build_teacher, freeze_backbone, freeze_teacher
 from utils.data.folders import Sample
-from utils.distill.methods import CrossEntropyLoss
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_model
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
-from utils.runtime.files import partial_path
+from utils.runtime.files import write_atomically, write_json_atomic
 
 # The settings that change what a teacher learns; anything else (the student,
 # the distillation loss) may differ between runs that share teachers.
 TEACHER_SETTINGS = (
-    "teacher_weights", "teacher_train", "teacher_epochs", "teacher_lr", "img_size", "batch_size",
-    "weight_decay", "warmup_epochs", "mixup_alpha", "crop", "crop_scale_min", "hflip", "rotation",
-    "color_jitter", "erasing", "num_folds", "seed",
+    "teacher", "teacher_weights", "teacher_train", "teacher_epochs", "teacher_lr", "img_size", "batch_size",
+    "weight_decay", "warmup_epochs", "mixup_alpha", "cutmix_alpha", "crop", "crop_scale_min", "hflip", "rotation",
+    "color_jitter", "erasing", "auto_augment", "label_smoothing", "class_weights", "focal_gamma", "ema_decay",
+    "clip_grad_norm", "num_folds", "seed",
 )
 
 
@@ -52,9 +53,17 @@ def teacher_cache_key(cfg: Config, samples: Sequence[Sample], train_indices: np.
     return digest.hexdigest()[:20]
 
 
+def teacher_training_settings(cfg: Config) -> TrainingSettings:
+    """The teacher trains to its last epoch (no early stopping: it is never selected on validation images)."""
+    return TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,
+                            cfg.mixup_alpha, cfg.amp, patience=None, cutmix_alpha=cfg.cutmix_alpha,
+                            clip_grad_norm=cfg.clip_grad_norm, ema_decay=cfg.ema_decay)
+
+
 def prepare_teacher(
     cfg: Config,
     num_classes: int,
+    hard_loss: HardLabelLoss,
     cache_path: Path,
     train_loader: paddle.io.DataLoader,
     val_loader: paddle.io.DataLoader,
@@ -65,7 +74,7 @@ def prepare_teacher(
     are kept beside it and go to `on_epoch` (as replayed) when it comes from the cache."""
     meta_path = cache_path.with_suffix(".json")
     with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
-        teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights)
+        teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights, cfg.teacher)
         if cfg.teacher_epochs == 0 and not head_trained:
             raise ConfigError(
                 "teacher_epochs is 0, but the teacher weights carry no head trained for these "
@@ -86,10 +95,10 @@ def prepare_teacher(
             checkpoint_path = cache_path.with_suffix(".training.pdparams")
             if cfg.retrain_teacher:
                 checkpoint_path.unlink(missing_ok=True)
-            settings = TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,
-                                        cfg.mixup_alpha, cfg.amp, patience=None)
-            result = train_model(teacher, None, CrossEntropyLoss(), train_loader, val_loader, settings, seed_key,
-                                 on_epoch, checkpoint_path, desc="teacher epoch")
+            result = train_model(teacher, None, CrossEntropyOnly(hard_loss), train_loader, val_loader,
+                                 teacher_training_settings(cfg), seed_key, on_epoch, checkpoint_path,
+                                 desc="teacher epoch")
+            teacher.set_state_dict(result.best_state)  # the last epoch's weights, or their average
             val_acc, history = result.best.acc, result.history
         else:
             checkpoint_path = None
@@ -97,12 +106,10 @@ def prepare_teacher(
     freeze_teacher(teacher)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
-    partial = partial_path(cache_path)
-    paddle.save(teacher.state_dict(), str(partial))
-    os.replace(partial, cache_path)
+    write_atomically(cache_path, lambda partial: paddle.save(teacher.state_dict(), str(partial)))
     meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},
             "history": [dataclasses.asdict(record) for record in history]}
-    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")  # last: the cached teacher is complete
+    write_json_atomic(meta_path, meta)  # last: the cached teacher is complete
     if checkpoint_path:
         checkpoint_path.unlink(missing_ok=True)
     return PreparedTeacher(teacher, val_acc, False)

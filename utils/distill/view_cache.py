@@ -30,7 +30,7 @@ from utils.deploy.export import EXPORTED_PREFIX, exported_model_file, save_infer
 from utils.deploy.inference import InferencePredictor
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
-from utils.runtime.files import partial_path
+from utils.runtime.files import write_array_atomic
 from utils.runtime.process import cpu_count
 
 # Bump when the way views are drawn changes, so that no older cache is replayed against other views.
@@ -129,9 +129,11 @@ def _evict_least_recently_used(directory: Path, keep: Path, max_bytes: int) -> N
 
 
 def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset: ImageDataset, teacher_path: Path,
-                  num_classes: int, device: str) -> PreparedViews:
+                  num_classes: int, device: str, temperature: float) -> PreparedViews:
     """The fold's stored views: reused when this very teacher labelled them before,
-    otherwise labelled now, written atomically and kept within teacher_cache_max_mb."""
+    otherwise labelled now, written atomically and kept within teacher_cache_max_mb.
+    Mixed images get their stored distributions mixed at `temperature`, the
+    distillation method's."""
     start = time.perf_counter()
     views = view_count(cfg)
     path = view_cache_path(teacher_path, views)
@@ -139,15 +141,12 @@ def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset:
         logits = np.load(path, mmap_mode="r")
         if logits.shape == (views, len(dataset), num_classes):
             os.utime(path)  # recently used: the last to be evicted
-            return PreparedViews(CachedTeacher(logits, cfg.temperature), path, True, time.perf_counter() - start)
+            return PreparedViews(CachedTeacher(logits, temperature), path, True, time.perf_counter() - start)
     needed_mb = views * len(dataset) * num_classes * 2 / 2**20
     if needed_mb > cfg.teacher_cache_max_mb:
         raise ConfigError(f"{views} teacher views of {len(dataset)} images need {needed_mb:.0f} MB, more than "
                           f"teacher_cache_max_mb={cfg.teacher_cache_max_mb}; lower --teacher_views or raise the bound")
     logits = label_views(teacher, dataset, views, cfg.img_size, device)
-    tmp = partial_path(path)
-    with open(tmp, "wb") as handle:
-        np.save(handle, logits)
-    os.replace(tmp, path)
+    write_array_atomic(path, logits)
     _evict_least_recently_used(path.parent, path, cfg.teacher_cache_max_mb * 2**20)
-    return PreparedViews(CachedTeacher(logits, cfg.temperature), path, False, time.perf_counter() - start)
+    return PreparedViews(CachedTeacher(logits, temperature), path, False, time.perf_counter() - start)

@@ -4,6 +4,7 @@ references/classification/train.py: one epoch of training, one evaluation,
 `train_model`, which sets up the optimizer and schedule and resumes a run."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -17,7 +18,9 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from models.freeze import set_train_mode
-from utils.data.mixing import MixedTargets, mixup
+from utils.data.mixing import MixedTargets, mix_batch
+from utils.engine.ema import WeightAverage
+from utils.engine.losses import TrainingLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 from utils.engine.training_state import EpochCheckpoint
 from utils.runtime.errors import UserError
@@ -35,10 +38,9 @@ class TrainingDiverged(UserError):
 @dataclasses.dataclass
 class EpochStats:
     loss: float
-    ce: float
-    kd: float
+    parts: dict[str, float]  # the loss's named parts, averaged over the epoch
     acc: float
-    lr: float  # at the epoch's last step
+    lr: float  # averaged over the epoch's steps
     seconds: float
 
 
@@ -56,16 +58,22 @@ class Evaluation:
 
 @dataclasses.dataclass
 class EpochRecord:
-    """One epoch as logged and kept in history.json."""
+    """One epoch as logged and kept in history.json. With a weight average (EMA), its
+    validation scores too; the epoch counts with the better of the two."""
     epoch: int
     train_loss: float
     train_acc: float
-    train_ce: float
-    train_kd: float
+    train_parts: dict[str, float]
     val_loss: float
     val_acc: float
     lr: float
     seconds: float
+    ema_val_loss: Optional[float] = None
+    ema_val_acc: Optional[float] = None
+
+    @property
+    def score(self) -> float:
+        return max(self.val_acc, self.ema_val_acc if self.ema_val_acc is not None else -1.0)
 
 
 @dataclasses.dataclass
@@ -75,6 +83,7 @@ class Progress:
     best_epoch: int = 0
     best: Optional[Evaluation] = None
     best_state: dict = dataclasses.field(default_factory=dict)
+    best_is_average: bool = False
     stale: int = 0  # epochs since the best one
     history: list[EpochRecord] = dataclasses.field(default_factory=list)
 
@@ -92,6 +101,7 @@ class FitResult:
     best_epoch: int
     best: Evaluation
     best_state: dict
+    best_is_average: bool  # the best state is the weight average's
     epochs_run: int
     history: list[EpochRecord]
 
@@ -106,6 +116,9 @@ class TrainingSettings:
     mixup_alpha: float
     amp: bool
     patience: Optional[int]  # None: no early stopping, keep the last epoch
+    cutmix_alpha: float = 0.0
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    ema_decay: float = 0.0  # 0: no weight average
 
 
 class LiveTeacher:
@@ -131,48 +144,57 @@ def train_one_epoch(
     loader: paddle.io.DataLoader,
     optimizer: paddle.optimizer.Optimizer,
     schedule: paddle.optimizer.lr.LRScheduler,
-    loss_fn: Callable,
-    mixup_alpha: float,
+    loss_fn: TrainingLoss,
+    hyper: TrainingSettings,
     rng: np.random.Generator,
     scaler: paddle.amp.GradScaler,
     epoch: int,
+    average: Optional[WeightAverage] = None,
     desc: str = "train",
 ) -> EpochStats:
     """One pass over `loader`, whose ImageDataset serves view `epoch` (from 1) of its images."""
     loader.dataset.set_epoch(epoch - 1)
     set_train_mode(model)
     start = time.perf_counter()
-    totals = np.zeros(4)  # loss, ce, kd, correct (all weighted by batch size)
-    seen = 0
+    totals: dict[str, float] = collections.defaultdict(float)  # weighted by batch size
+    seen = steps = 0
     progress = tqdm(loader, desc=desc, leave=False, disable=None)
     for images, labels, indices, views in progress:
-        images, targets = mixup(images, labels, mixup_alpha, rng)
+        images, targets = mix_batch(images, labels, hyper.mixup_alpha, hyper.cutmix_alpha, rng)
         with paddle.amp.auto_cast(enable=scaler.is_enable()):
             teacher_logits = None if teacher is None else teacher(images, indices, views, targets)
             logits = model(images)
-            parts = loss_fn(logits, teacher_logits, targets)
-        loss_value = float(parts.total)
+            loss = loss_fn(logits, teacher_logits, targets, epoch)
+        loss_value = float(loss.total)
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
-                f"{desc}: the loss became {loss_value} at step {seen // labels.shape[0] + 1} "
+                f"{desc}: the loss became {loss_value} at step {steps + 1} "
                 f"(learning rate {optimizer.get_lr():.2e}); try a lower --lr (--teacher_lr for the teacher)"
             )
-        scaler.scale(parts.total).backward()
+        totals["lr"] += optimizer.get_lr()
+        scaler.scale(loss.total).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.clear_grad()
         schedule.step()
+        if average is not None:
+            average.update(model)
 
         batch = labels.shape[0]
         preds = logits.argmax(axis=1)
         correct = targets.lam * (preds == targets.labels_a).astype("float32").sum() + \
             (1 - targets.lam) * (preds == targets.labels_b).astype("float32").sum()
-        totals += batch * np.array([loss_value, float(parts.ce), float(parts.kd), 0.0])
-        totals[3] += float(correct)
+        totals["loss"] += batch * loss_value
+        totals["correct"] += float(correct)
+        for name, part in loss.parts.items():
+            totals[f"part/{name}"] += batch * float(part)
         seen += batch
-        progress.set_postfix(loss=f"{totals[0] / seen:.3f}", acc=f"{totals[3] / seen:.3f}")
-    loss, ce, kd, correct = totals / max(seen, 1)
-    return EpochStats(loss, ce, kd, correct, optimizer.get_lr(), time.perf_counter() - start)
+        steps += 1
+        progress.set_postfix(loss=f"{totals['loss'] / seen:.3f}", acc=f"{totals['correct'] / seen:.3f}")
+    seen = max(seen, 1)
+    parts = {name[len("part/"):]: value / seen for name, value in totals.items() if name.startswith("part/")}
+    return EpochStats(totals["loss"] / seen, parts, totals["correct"] / seen, totals["lr"] / max(steps, 1),
+                      time.perf_counter() - start)
 
 
 @paddle.no_grad()
@@ -193,6 +215,10 @@ def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> Evaluation:
     return Evaluation(loss, float((probs.argmax(axis=1) == labels).mean()), probs, labels)
 
 
+def model_state(model: nn.Layer) -> dict[str, np.ndarray]:
+    return {name: value.numpy().copy() for name, value in model.state_dict().items()}
+
+
 def fit(
     model: nn.Layer,
     train_epoch: Callable[[int], EpochStats],
@@ -201,15 +227,18 @@ def fit(
     patience: Optional[int],
     on_epoch: Callable[[EpochRecord, bool], None],
     checkpoint: Optional[EpochCheckpoint] = None,
+    average: Optional[WeightAverage] = None,
 ) -> FitResult:
-    """Run `epochs` epochs, evaluating after each.
+    """Run `epochs` epochs, evaluating after each (the model, and its weight average
+    when there is one).
 
-    With `patience`, keep the state of the epoch with the best validation
-    accuracy and stop after `patience` epochs without improvement. Without it
-    (the teacher, which must not be selected on validation images), keep the
-    last epoch's state. With a `checkpoint`, save everything after every epoch
-    and start from what it holds; its earlier epochs go to `on_epoch` again,
-    marked as replayed, so that logs are complete.
+    With `patience`, keep the state of the epoch with the best validation accuracy
+    (the average's when it is better) and stop after `patience` epochs without
+    improvement. Without it (the teacher, which must not be selected on validation
+    images), keep the last epoch's state (the average's, when there is one). With a
+    `checkpoint`, save everything after every epoch and start from what it holds;
+    its earlier epochs go to `on_epoch` again, marked as replayed, so that logs are
+    complete.
     """
     saved = checkpoint.load() if checkpoint else None
     progress = Progress.from_state(saved) if saved else Progress()
@@ -218,26 +247,33 @@ def fit(
     while progress.epoch < epochs and (patience is None or progress.stale < patience):
         epoch = progress.epoch + 1
         stats = train_epoch(epoch)
-        evaluation = evaluate(model, val_loader)
-        if progress.best is None or evaluation.acc > progress.best.acc or patience is None:
-            progress.best, progress.best_epoch, progress.stale = evaluation, epoch, 0
-            progress.best_state = {name: value.numpy().copy() for name, value in model.state_dict().items()}
+        evaluation, averaged, averaged_state = evaluate(model, val_loader), None, None
+        if average is not None:
+            with average.applied(model):
+                averaged, averaged_state = evaluate(model, val_loader), model_state(model)
+        record = EpochRecord(epoch, stats.loss, stats.acc, stats.parts, evaluation.loss, evaluation.acc, stats.lr,
+                             stats.seconds, averaged.loss if averaged else None, averaged.acc if averaged else None)
+        use_average = averaged is not None and (patience is None or averaged.acc > evaluation.acc)
+        candidate = averaged if use_average else evaluation
+        if progress.best is None or candidate.acc > progress.best.acc or patience is None:
+            progress.best, progress.best_epoch, progress.stale = candidate, epoch, 0
+            progress.best_state = averaged_state if use_average else model_state(model)
+            progress.best_is_average = use_average
         else:
             progress.stale += 1
-        record = EpochRecord(epoch, stats.loss, stats.acc, stats.ce, stats.kd, evaluation.loss, evaluation.acc,
-                             stats.lr, stats.seconds)
         progress.epoch = epoch
         progress.history.append(record)
         if checkpoint:
             checkpoint.save(progress.to_state())
         on_epoch(record, False)
-    return FitResult(progress.best_epoch, progress.best, progress.best_state, progress.epoch, progress.history)
+    return FitResult(progress.best_epoch, progress.best, progress.best_state, progress.best_is_average,
+                     progress.epoch, progress.history)
 
 
 def train_model(
     model: nn.Layer,
     teacher: Optional[Teacher],
-    loss_fn: Callable,
+    loss_fn: TrainingLoss,
     train_loader: paddle.io.DataLoader,
     val_loader: paddle.io.DataLoader,
     hyper: TrainingSettings,
@@ -251,13 +287,14 @@ def train_model(
     resumed from `checkpoint_path` draws exactly what the uninterrupted run would have.
     Build `model` and call this inside `paddle.utils.unique_name.guard()` (see EpochCheckpoint)."""
     schedule = warmup_cosine(hyper.lr, hyper.epochs, hyper.warmup_epochs, len(train_loader))
-    optimizer = build_optimizer(model, schedule, hyper.weight_decay)
+    optimizer = build_optimizer(model, schedule, hyper.weight_decay, hyper.clip_grad_norm)
     scaler = grad_scaler(hyper.amp)
+    average = WeightAverage(model, hyper.ema_decay) if hyper.ema_decay > 0 else None
 
     def train_epoch(epoch: int) -> EpochStats:
         seed_everything(*seed_key, epoch)
-        return train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper.mixup_alpha,
-                               np.random.default_rng([*seed_key, epoch]), scaler, epoch, f"{desc} {epoch}")
+        return train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper,
+                               np.random.default_rng([*seed_key, epoch]), scaler, epoch, average, f"{desc} {epoch}")
 
-    checkpoint = EpochCheckpoint(checkpoint_path, model, optimizer) if checkpoint_path else None
-    return fit(model, train_epoch, val_loader, hyper.epochs, hyper.patience, on_epoch, checkpoint)
+    checkpoint = EpochCheckpoint(checkpoint_path, model, optimizer, average) if checkpoint_path else None
+    return fit(model, train_epoch, val_loader, hyper.epochs, hyper.patience, on_epoch, checkpoint, average)

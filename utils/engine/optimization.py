@@ -19,8 +19,10 @@ def warmup_cosine(base_lr: float, epochs: int, warmup_epochs: int, steps_per_epo
     return paddle.optimizer.lr.LinearWarmup(cosine, warmup_steps=warmup, start_lr=0.0, end_lr=base_lr)
 
 
-def build_optimizer(model: nn.Layer, schedule: paddle.optimizer.lr.LRScheduler, weight_decay: float
-                    ) -> paddle.optimizer.AdamW:
+def build_optimizer(model: nn.Layer, schedule: paddle.optimizer.lr.LRScheduler, weight_decay: float,
+                    clip_grad_norm: float = 0.0) -> paddle.optimizer.AdamW:
+    """AdamW; with clip_grad_norm > 0, gradients are scaled down so that their global
+    L2 norm is at most that (paddle.nn.ClipGradByGlobalNorm)."""
     params = trainable_parameters(model)
     # Weight decay on norm scales and biases (1-D parameters) only shrinks them towards zero for nothing.
     decayed = {p.name for p in params if len(p.shape) > 1}
@@ -29,4 +31,5 @@ def build_optimizer(model: nn.Layer, schedule: paddle.optimizer.lr.LRScheduler, 
         parameters=params,
         weight_decay=weight_decay,
         apply_decay_param_fun=lambda name: name in decayed,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(clip_grad_norm) if clip_grad_norm > 0 else None,
     )

@@ -9,27 +9,32 @@ from typing import Any, Optional
 import paddle
 import paddle.nn as nn
 
+from utils.engine.ema import WeightAverage
 from utils.runtime.errors import UserError
 from utils.runtime.files import partial_path
 
 
 class EpochCheckpoint:
     """One file, replaced atomically at the end of every epoch: the model's weights,
-    the optimizer's moments and learning-rate schedule position, and the training
-    loop's own progress (a plain dict).
+    the optimizer's moments and learning-rate schedule position, the weight average
+    (when there is one), and the training loop's own progress (a plain dict).
 
     Paddle keys the optimizer's state by parameter names it generates per process.
     Build the model and the optimizer inside `paddle.utils.unique_name.guard()`, so
     that a resumed process generates the same names.
     """
 
-    def __init__(self, path: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> None:
+    def __init__(self, path: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+                 average: Optional[WeightAverage] = None) -> None:
         self.path = path
         self.model = model
         self.optimizer = optimizer
+        self.average = average
 
     def save(self, progress: dict[str, Any]) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "progress": progress}
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
         partial = partial_path(self.path)
         paddle.save(state, str(partial))
         os.replace(partial, self.path)  # a process killed while saving leaves the previous epoch's state
@@ -42,6 +47,8 @@ class EpochCheckpoint:
             state = paddle.load(str(self.path))
             self.model.set_state_dict(state["model"])
             self.optimizer.set_state_dict(state["optimizer"])
+            if self.average is not None:
+                self.average.set_state_dict(state["average"])
         except Exception as error:  # any unreadable file means the same to the user
             raise UserError(f"the saved training state {self.path} cannot be read ({type(error).__name__}); "
                             "delete it to train this model again from the start") from None

@@ -70,21 +70,47 @@ def plot_misclassified(oof_rows: list[dict], out: Path) -> int:
     return len(wrong)
 
 
-def _fold_table(summary: dict) -> list[str]:
-    def acc(value) -> str:
-        return f"{value:.4f}" if value is not None else "-"
+def _cell(value) -> str:
+    return f"{value:.4f}" if value is not None else "-"
 
+
+def _mean_std(summary: dict, name: str) -> str:
+    mean = summary.get(f"{name}_mean")
+    return "-" if mean is None else f"{mean:.4f} ± {summary.get(f'{name}_std') or 0:.4f}"
+
+
+def _fold_table(summary: dict) -> list[str]:
     lines = ["| fold | train | val | teacher acc | CE-only acc | student acc | macro-F1 | best epoch |",
              "|---|---|---|---|---|---|---|---|"]
     for f in summary["folds"]:
-        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {acc(f['teacher_val_acc'])} "
-                     f"| {acc(f.get('baseline_val_acc'))} | {f['student_val_acc']:.4f} "
+        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {_cell(f['teacher_val_acc'])} "
+                     f"| {_cell(f.get('baseline_val_acc'))} | {f['student_val_acc']:.4f} "
                      f"| {f['student_val_macro_f1']:.4f} | {f['best_epoch']} |")
-    lines.append(f"| mean ± std | | | {acc(summary['teacher_val_acc_mean'])} "
-                 f"| {acc(summary.get('baseline_val_acc_mean'))} "
-                 f"| {summary['student_val_acc_mean']:.4f} ± {summary['student_val_acc_std']:.4f} "
-                 f"| {summary['student_val_macro_f1_mean']:.4f} | |")
+    lines.append(f"| mean ± std | | | {_mean_std(summary, 'teacher_val_acc')} "
+                 f"| {_mean_std(summary, 'baseline_val_acc')} | {_mean_std(summary, 'student_val_acc')} "
+                 f"| {_mean_std(summary, 'student_val_macro_f1')} | |")
     return lines
+
+
+def _verdict_section(summary: dict) -> list[str]:
+    verdict = summary.get("verdict")
+    if not verdict:
+        return ["## Did distillation help?", "",
+                "Not measured: run with `--baseline` to train a CE-only student beside each distilled one.", ""]
+    lines = ["## Did distillation help?", "", f"**{verdict['sentence'][0].upper()}{verdict['sentence'][1:]}.**", "",
+             "| fold | teacher | CE-only student | distilled student | distilled - CE-only |", "|---|---|---|---|---|"]
+    for f, difference in zip(summary["folds"], verdict["differences"]):
+        lines.append(f"| {f['fold']} | {_cell(f['teacher_val_acc'])} | {f['baseline_val_acc']:.4f} "
+                     f"| {f['student_val_acc']:.4f} | {100 * difference:+.1f} points |")
+    lines.append(f"| mean | {_cell(summary['teacher_val_acc_mean'])} | {summary['baseline_val_acc_mean']:.4f} "
+                 f"| {summary['student_val_acc_mean']:.4f} | {100 * verdict['mean']:+.1f} points "
+                 f"(95% interval {100 * verdict['low']:+.1f} to {100 * verdict['high']:+.1f}) |")
+    weaker = [f["fold"] for f in summary["folds"] if f["teacher_val_acc"] is not None
+              and f["teacher_val_acc"] < f["baseline_val_acc"]]
+    if weaker:
+        lines += ["", f"The teacher of fold(s) {', '.join(map(str, weaker))} is less accurate than the CE-only "
+                      "student: a teacher has to be better than the student alone to help it."]
+    return lines + [""]
 
 
 def write_report(run_dir: Path) -> Path:
@@ -113,6 +139,7 @@ def write_report(run_dir: Path) -> Path:
         "",
         *_fold_table(summary),
         "",
+        *_verdict_section(summary),
         f"Out-of-fold accuracy (every image predicted by the fold that did not train on it): "
         f"{summary['oof_acc']:.4f}.",
     ]

@@ -13,10 +13,23 @@ import paddle
 from visualdl import LogWriter
 
 from utils.data.dataset import ImageDataset
-from utils.data.mixing import mixup
+from utils.data.mixing import mix_batch
 from utils.engine.loops import EpochRecord, Evaluation
 
 GRID_COLUMNS = 8
+
+
+def epoch_scalars(record: EpochRecord) -> dict[str, float]:
+    """The epoch's curves by VisualDL tag: train/val loss and accuracy, the loss's parts
+    (not when the loss has just one part, which would repeat the loss), the weight
+    average's validation scores, and the learning rate (the epoch's mean)."""
+    scalars = {"train/loss": record.train_loss, "train/acc": record.train_acc,
+               "val/loss": record.val_loss, "val/acc": record.val_acc, "lr": record.lr}
+    if len(record.train_parts) > 1:
+        scalars.update({f"train/{name}": value for name, value in record.train_parts.items()})
+    if record.ema_val_acc is not None:
+        scalars.update({"val_ema/loss": record.ema_val_loss, "val_ema/acc": record.ema_val_acc})
+    return scalars
 
 
 def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: int, history: list, quiet: bool
@@ -27,24 +40,24 @@ def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: in
     name = prefix.rstrip("/") or "student"
 
     def on_epoch(record: EpochRecord, replayed: bool) -> None:
-        fields = dataclasses.asdict(record)
-        history.append(fields)
-        for key, value in fields.items():
-            if writer and key not in ("epoch", "seconds"):
-                writer.add_scalar(f"{prefix}{key.replace('_', '/', 1)}", value, record.epoch)
-        if record.val_acc > best["acc"]:
-            best.update(acc=record.val_acc, epoch=record.epoch)
+        history.append(dataclasses.asdict(record))
+        if writer:
+            for tag, value in epoch_scalars(record).items():
+                writer.add_scalar(f"{prefix}{tag}", value, record.epoch)
+        if record.score > best["acc"]:
+            best.update(acc=record.score, epoch=record.epoch)
         if quiet or replayed:
             return
+        average = f" (average {record.ema_val_acc:.4f})" if record.ema_val_acc is not None else ""
         print(f"fold {fold} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "
-              f"acc {record.train_acc:.4f}  | val loss {record.val_loss:.4f} acc {record.val_acc:.4f}"
+              f"acc {record.train_acc:.4f}  | val loss {record.val_loss:.4f} acc {record.val_acc:.4f}{average}"
               f"  | lr {record.lr:.2e}  | {record.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})",
               flush=True)
 
     return on_epoch
 
 
-def log_augmented_batch(writer: LogWriter, dataset: ImageDataset, mixup_alpha: float,
+def log_augmented_batch(writer: LogWriter, dataset: ImageDataset, mixup_alpha: float, cutmix_alpha: float,
                         rng: np.random.Generator, mean: Sequence[float], std: Sequence[float]) -> None:
     """Training images as the networks see them (augmented, then mixed), as a grid image:
     a wrong augmentation shows at a glance. Read from the dataset directly, not through a
@@ -52,7 +65,7 @@ def log_augmented_batch(writer: LogWriter, dataset: ImageDataset, mixup_alpha: f
     samples = [dataset[i] for i in range(min(2 * GRID_COLUMNS, len(dataset)))]
     images = paddle.to_tensor(np.stack([image for image, *_ in samples]))
     labels = paddle.to_tensor(np.array([label for _, label, *_ in samples]))
-    mixed, _ = mixup(images, labels, mixup_alpha, rng)
+    mixed, _ = mix_batch(images, labels, mixup_alpha, cutmix_alpha, rng)
     pixels = mixed.numpy().transpose(0, 2, 3, 1) * np.array(std) + np.array(mean)
     pixels = np.clip(pixels * 255, 0, 255).astype(np.uint8)
     rows = -(-len(pixels) // GRID_COLUMNS)

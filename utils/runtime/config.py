@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -15,11 +16,14 @@ from typing import Any, Optional
 import yaml
 
 from utils.runtime.errors import ConfigError
+from utils.runtime.files import write_text_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+RECIPE_DIR = CONFIG_DIR / "recipes"
+RECIPES = ("auto", "finetune", "scratch")
 
 
 @dataclasses.dataclass
@@ -40,6 +44,7 @@ class Config:
     freeze_student_blocks: int
     attention: str
     attention_blocks: str
+    teacher: str
     teacher_weights: str
     teacher_train: str
     teacher_epochs: int
@@ -51,18 +56,33 @@ class Config:
     kd: str
     alpha: float
     temperature: float
+    dkd_alpha: float
+    dkd_beta: float
+    dkd_temperature: float
+    dkd_warmup: int
+    dist_beta: float
+    dist_gamma: float
+    dist_temperature: float
+    recipe: str
+    label_smoothing: float
+    class_weights: str
+    focal_gamma: float
+    ema_decay: float
+    clip_grad_norm: float
     epochs: int
     lr: float
     weight_decay: float
     warmup_epochs: int
     patience: int
     mixup_alpha: float
+    cutmix_alpha: float
     crop: str
     crop_scale_min: float
     hflip: float
     rotation: float
     color_jitter: float
     erasing: float
+    auto_augment: str
     device: str
     fast_depthwise: bool
     amp: bool
@@ -106,9 +126,12 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
             raise ConfigError(f"{key} must be a whole number, not {value!r}") from None
     if base is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} must be a number, not {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, not {value!r}")
+        return number
     if isinstance(value, bool):
         # YAML 1.1 reads a bare off/on (and no/yes) as a boolean: `teacher_cache: off` means "off".
         return "on" if value else "off"
@@ -137,6 +160,7 @@ def _check_ranges(cfg: Config) -> None:
     rules = [
         (cfg.img_size >= 32, "img_size must be at least 32"),
         (cfg.num_folds >= 2, "num_folds must be at least 2"),
+        (0 <= cfg.seed < 2**32, "seed must be between 0 and 2**32 - 1"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),
         (cfg.image_memory_mb >= 0, "image_memory_mb must be 0 or more"),
@@ -147,12 +171,26 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.teacher_lr > 0, "teacher_lr must be positive"),
         (0.0 <= cfg.alpha <= 1.0, "alpha must be between 0 and 1"),
         (cfg.temperature > 0, "temperature must be positive"),
+        (cfg.dkd_alpha >= 0 and cfg.dkd_beta >= 0, "dkd_alpha and dkd_beta must be 0 or more"),
+        (cfg.dkd_temperature > 0, "dkd_temperature must be positive"),
+        (cfg.dkd_warmup >= 0, "dkd_warmup must be 0 or more"),
+        (cfg.dist_beta >= 0 and cfg.dist_gamma >= 0, "dist_beta and dist_gamma must be 0 or more"),
+        (cfg.dist_temperature > 0, "dist_temperature must be positive"),
+        (cfg.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
+        (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (cfg.class_weights in ("none", "balanced"), "class_weights must be none or balanced"),
+        (0 <= cfg.focal_gamma <= 10, "focal_gamma must be between 0 and 10"),
+        (0 <= cfg.ema_decay < 1, "ema_decay must be in [0, 1)"),
+        (cfg.clip_grad_norm >= 0, "clip_grad_norm must be 0 or more"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (cfg.lr > 0, "lr must be positive"),
         (cfg.weight_decay >= 0, "weight_decay must be 0 or more"),
         (cfg.warmup_epochs >= 0, "warmup_epochs must be 0 or more"),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.mixup_alpha >= 0, "mixup_alpha must be 0 or more"),
+        (cfg.cutmix_alpha >= 0, "cutmix_alpha must be 0 or more"),
+        (cfg.auto_augment in ("none", "randaugment", "trivialaugment"),
+         "auto_augment must be none, randaugment or trivialaugment"),
         (0 < cfg.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
         (0 <= cfg.hflip <= 1, "hflip must be a probability between 0 and 1"),
         (0 <= cfg.rotation <= 180, "rotation must be between 0 and 180 degrees"),
@@ -196,16 +234,43 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(f"--{key}", default=None, metavar=key.split("_")[-1].upper())
 
 
+def recipe_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's settings that apply, given the other settings.
+
+    default.yaml holds the values for fine-tuning ImageNet weights; recipes/scratch.yaml
+    those for training from scratch. `recipe: auto` takes from scratch.yaml the keys of
+    a model whose weights are `none`: keys that start with `teacher` follow
+    teacher_weights, all others student_weights.
+    """
+    recipe = str(values["recipe"])
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+    if recipe == "finetune":
+        return {}
+    scratch = _read_yaml(RECIPE_DIR / "scratch.yaml")
+    if recipe == "scratch":
+        return scratch
+
+    def from_scratch(key: str) -> bool:
+        return str(values["teacher_weights" if key.startswith("teacher") else "student_weights"]) == "none"
+
+    return {key: value for key, value in scratch.items() if from_scratch(key)}
+
+
 def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) -> Config:
-    """default.yaml, then `extra_file` (the demo preset), then `--config`, then the flags."""
-    values = _read_yaml(DEFAULT_CONFIG)
+    """default.yaml, then the recipe's values, then `extra_file` (the demo preset), then
+    `--config`, then the flags: what the user chose always wins over the recipe."""
+    chosen: dict[str, Any] = {}
     for path in (extra_file, Path(args.config) if args.config else None):
         if path is not None:
-            values.update(_read_yaml(path))
+            chosen.update(_read_yaml(path))
     for key in _field_types():
         flag = getattr(args, key, None)
         if flag is not None:
-            values[key] = flag
+            chosen[key] = flag
+    values = _read_yaml(DEFAULT_CONFIG)
+    values.update(recipe_values({**values, **chosen}))
+    values.update(chosen)
     return build_config(values)
 
 
@@ -232,7 +297,7 @@ def resumed_config(args: argparse.Namespace) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def load_saved_config(path: Path) -> Config:

@@ -1,0 +1,268 @@
+"""One fold of a run: its split, its loaders, its teacher, its distilled student
+(and, with `baseline`, a CE-only student), and the files it leaves in fold{k}/."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import paddle
+from sklearn.model_selection import StratifiedKFold
+from visualdl import LogWriter
+
+from models.fast_depthwise import use_fast_depthwise
+from models.student import build_student
+from utils.data.dataset import ImageDataset, make_loader
+from utils.data.folders import DatasetIndex, Sample
+from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+from utils.deploy.checkpoint import save_checkpoint
+from utils.distill.methods import create_method
+from utils.distill.teachers import prepare_teacher, teacher_cache_key
+from utils.distill.view_cache import prepare_views, view_count
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
+from utils.engine.loops import FitResult, LiveTeacher, Teacher, TrainingSettings, train_model
+from utils.reporting.metrics import macro_f1, save_confusion_matrix, write_classification_report
+from utils.reporting.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch
+from utils.runtime.config import Config
+from utils.runtime.files import write_array_atomic, write_json_atomic, write_text_atomic
+from utils.runtime.process import seed_everything
+
+# Separate augmentation streams, so that the teacher never labels the very views it trained on.
+TEACHER_AUGMENTATION, STUDENT_AUGMENTATION = 0, 1
+# The training state after each epoch (utils/engine/training_state.py), kept until the fold is finished.
+STUDENT_STATE, BASELINE_STATE = "training_student.pdparams", "training_baseline.pdparams"
+
+
+@dataclasses.dataclass
+class FoldData:
+    fold: int
+    train_indices: np.ndarray
+    val_indices: np.ndarray
+
+
+@dataclasses.dataclass
+class FoldResult:
+    fold: int
+    n_train: int
+    n_val: int
+    teacher_val_acc: Optional[float]
+    baseline_val_acc: Optional[float]  # the CE-only student, when `baseline` is on
+    student_val_acc: float
+    student_val_macro_f1: float
+    best_epoch: int
+    val_probs: np.ndarray
+
+
+def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[FoldData]:
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    return [FoldData(k, train, val) for k, (train, val) in enumerate(splitter.split(np.zeros(len(labels)), labels))]
+
+
+def save_fold_result(fold_dir: Path, result: FoldResult) -> None:
+    write_array_atomic(fold_dir / "val_probs.npy", result.val_probs)
+    # Last: its presence means the fold is complete.
+    write_json_atomic(fold_dir / "result.json", {k: v for k, v in dataclasses.asdict(result).items()
+                                                 if k != "val_probs"})
+
+
+def load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
+    if not (fold_dir / "result.json").is_file():
+        return None
+    fields = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
+    return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
+
+
+def hard_label_loss(cfg: Config, train_labels: np.ndarray, num_classes: int) -> HardLabelLoss:
+    """The fold's hard-label loss; balanced class weights come from its training split."""
+    weights = balanced_class_weights(train_labels, num_classes) if cfg.class_weights == "balanced" else None
+    return HardLabelLoss(cfg.label_smoothing, weights, cfg.focal_gamma)
+
+
+@dataclasses.dataclass
+class FoldLoaders:
+    """A fold's images as each model sees them."""
+    student: paddle.io.DataLoader  # the student's augmentation stream, with the teacher's views when cached
+    fresh: paddle.io.DataLoader  # the same stream, new views every epoch (the CE baseline)
+    teacher: paddle.io.DataLoader  # the teacher's own stream
+    val: paddle.io.DataLoader
+
+
+def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labels: np.ndarray,
+                 replays_views: bool) -> FoldLoaders:
+    """`replays_views`: the student replays the teacher's stored views (the view cache)."""
+    train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
+
+    def train_loader(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
+        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg), (cfg.seed, fold.fold, stream),
+                               views)
+        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+
+    val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
+                           build_eval_transform(cfg.img_size, cfg.crop))
+    return FoldLoaders(
+        student=train_loader(STUDENT_AUGMENTATION, view_count(cfg) if replays_views else None),
+        fresh=train_loader(STUDENT_AUGMENTATION),
+        teacher=train_loader(TEACHER_AUGMENTATION),
+        val=make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers),
+    )
+
+
+def student_settings(cfg: Config) -> TrainingSettings:
+    return TrainingSettings(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.mixup_alpha, cfg.amp,
+                            cfg.patience, cfg.cutmix_alpha, cfg.clip_grad_norm, cfg.ema_decay)
+
+
+def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLoss, teacher: Optional[Teacher],
+                  train_loader: paddle.io.DataLoader, val_loader: paddle.io.DataLoader,
+                  on_epoch: Callable, checkpoint_path: Path) -> FitResult:
+    """A freshly built student, trained with `loss_fn` (and `teacher`), with early stopping,
+    continuing from `checkpoint_path` when an interrupted run left its state there.
+    Seeded by the fold alone, so that the same fold always starts from the same state."""
+    if checkpoint_path.is_file():
+        print(f"fold {fold}: continuing from the training state an interrupted run saved ({checkpoint_path})",
+              flush=True)
+    seed_everything(cfg.seed + fold)
+    with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
+        student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
+                                cfg.attention, cfg.attention_blocks, cfg.student_width)
+        if cfg.fast_depthwise:
+            use_fast_depthwise(student)
+        return train_model(student, teacher, loss_fn, train_loader, val_loader, student_settings(cfg),
+                           (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch")
+
+
+def prepare_fold_teacher(cfg: Config, fold: FoldData, samples: Sequence[Sample], num_classes: int,
+                         loaders: FoldLoaders, hard_loss: HardLabelLoss, temperature: float,
+                         on_epoch: Callable) -> tuple[Teacher, float]:
+    """The fold's frozen teacher (cached or trained now) as the student's source of
+    teacher logits: run on every batch, or replayed from its stored views, mixed at
+    the distillation method's `temperature`."""
+    seed_everything(cfg.seed + fold.fold)
+    key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
+    cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
+    prepared = prepare_teacher(cfg, num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
+                               (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
+    source = "cached" if prepared.from_cache else "trained"
+    print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {prepared.val_acc:.4f}", flush=True)
+    if cfg.teacher_cache == "off":
+        return LiveTeacher(prepared.model), prepared.val_acc
+    device = "gpu" if paddle.get_device().startswith("gpu") else "cpu"
+    train_set = loaders.student.dataset
+    views = prepare_views(cfg, prepared.model, not prepared.from_cache, train_set, cache_path, num_classes, device,
+                          temperature)
+    count = views.teacher.logits.shape[0]
+    what = "reused" if views.from_cache else f"labelled {count} views of {len(train_set)} images"
+    print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
+    return views.teacher, prepared.val_acc
+
+
+@dataclasses.dataclass
+class FoldInputs:
+    """What every fold of a run shares: the data, decoded once."""
+    index: DatasetIndex
+    samples: list[Sample]
+    images: Sequence[np.ndarray]
+    labels: np.ndarray
+    run_dir: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+
+def fold_method(cfg: Config, fold: FoldData, inputs: FoldInputs) -> tuple[HardLabelLoss, TrainingLoss]:
+    hard_loss = hard_label_loss(cfg, inputs.labels[fold.train_indices], inputs.num_classes)
+    return hard_loss, create_method(cfg, hard_loss)
+
+
+def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
+    """Train and cache the fold's teacher (and label its views) ahead of the fold, where
+    run_fold then finds it: a separate task, so that the workers keep every core busy."""
+    if load_fold_result(inputs.run_dir / f"fold{fold.fold}") is not None:
+        return
+    hard_loss, method = fold_method(cfg, fold, inputs)
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, cfg.teacher_cache == "views")
+    prepare_fold_teacher(cfg, fold, inputs.samples, inputs.num_classes, loaders, hard_loss, method.temperature,
+                         epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet))
+
+
+def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
+    return (f"fold {fold}: the teacher ({teacher_acc:.4f}) is less accurate than the CE-only student "
+            f"({baseline_acc:.4f}), so it can only pull the student towards its own mistakes. A better teacher: "
+            "ImageNet weights (--teacher_weights imagenet or a .pdparams file), more --teacher_epochs, or a recipe "
+            "that suits it (--recipe scratch from scratch); or distil with --kd dist, which copes better with a gap.")
+
+
+def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
+    """Train and evaluate one fold, or return its saved result when an earlier run of the same name finished it."""
+    classes = inputs.index.classes
+    fold_dir = inputs.run_dir / f"fold{fold.fold}"
+    finished = load_fold_result(fold_dir)
+    if finished is not None:
+        print(f"fold {fold.fold} was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
+        return finished
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    hard_loss, method = fold_method(cfg, fold, inputs)
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels,
+                           method.needs_teacher and cfg.teacher_cache == "views")
+    train_set, val_set = loaders.student.dataset, loaders.val.dataset
+
+    log_dir = Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}"
+    # VisualDL reads only a directory's newest log file, and a resumed fold replays its earlier epochs.
+    for interrupted_log in log_dir.glob("vdlrecords.*"):
+        interrupted_log.unlink()
+    with LogWriter(logdir=str(log_dir)) as writer:
+        log_augmented_batch(writer, train_set, cfg.mixup_alpha, cfg.cutmix_alpha,
+                            np.random.default_rng([cfg.seed, fold.fold, 2]), IMAGENET_MEAN, IMAGENET_STD)
+        teacher, teacher_acc = None, None
+        history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
+        if method.needs_teacher:
+            teacher, teacher_acc = prepare_fold_teacher(
+                cfg, fold, inputs.samples, len(classes), loaders, hard_loss, method.temperature,
+                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet))
+
+        result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
+                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet),
+                               fold_dir / STUDENT_STATE)
+        baseline_acc = None
+        if cfg.baseline and method.needs_teacher:
+            # A plain CE student draws fresh views every epoch, as it would on its own.
+            baseline_acc = train_student(
+                cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
+                epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet),
+                fold_dir / BASELINE_STATE,
+            ).best.acc
+            if teacher_acc < baseline_acc:
+                print(f"warning: {teacher_warning(fold.fold, teacher_acc, baseline_acc)}", flush=True)
+        best = result.best
+        save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,
+                              f"fold {fold.fold}, best epoch {result.best_epoch}")
+        log_best_epoch(writer, best, classes, result.best_epoch, fold_dir / "confusion_matrix.png")
+
+    save_checkpoint(fold_dir, result.best_state, {
+        "classes": classes,
+        "student": cfg.student,
+        "student_width": cfg.student_width,
+        "attention": cfg.attention,
+        "attention_blocks": cfg.attention_blocks,
+        "img_size": cfg.img_size,
+        "crop": cfg.crop,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "kd": cfg.kd,
+        "fold": fold.fold,
+        "best_epoch": result.best_epoch,
+        "weights": "average" if result.best_is_average else "model",
+        "val_acc": best.acc,
+        "teacher_val_acc": teacher_acc,
+    })
+    write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
+    write_text_atomic(fold_dir / "history.json", json.dumps(history, indent=1))
+    fold_result = FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
+                             macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
+    save_fold_result(fold_dir, fold_result)
+    for state in (STUDENT_STATE, BASELINE_STATE):
+        (fold_dir / state).unlink(missing_ok=True)
+    return fold_result

@@ -1,0 +1,63 @@
+"""Training the folds of a run: one after another, or several at once in worker
+processes, one per CPU core, with the teachers queued first."""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import multiprocessing.pool
+import os
+
+import paddle
+
+from utils.distill.methods import create_method
+from utils.pipeline.folds import FoldData, FoldInputs, FoldResult, run_fold, train_fold_teacher
+from utils.runtime.config import Config
+from utils.runtime.process import cpu_count, die_with_parent
+
+
+def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
+    """How many folds train at once. On CPU, one single-threaded process per core
+    beats one process with more threads (README, "Speed"); a GPU trains one fold."""
+    requested = cfg.parallel_folds or (1 if device == "gpu" else cpu_count())
+    return max(1, min(requested, num_folds))
+
+
+def _init_fold_worker(device: str) -> None:
+    # Progress bars of folds running side by side would overwrite each other.
+    os.environ["TQDM_DISABLE"] = "1"
+    die_with_parent()
+    paddle.set_device(device)
+
+
+def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, inputs: FoldInputs) -> list[FoldResult]:
+    """run_fold for every fold, in order; several at once in worker processes when workers > 1.
+    A fold that fails stops the run: its exception is raised here, never swallowed."""
+    if workers == 1:
+        return [run_fold(cfg, fold, inputs) for fold in folds]
+    # multiprocessing.Pool, not ProcessPoolExecutor: leaving its block on an interrupt terminates the
+    # workers at once, where the executor would wait for the folds they are training to finish.
+    with multiprocessing.get_context("spawn").Pool(workers, _init_fold_worker, (device,)) as pool:
+        students: dict[int, multiprocessing.pool.AsyncResult] = {}
+
+        def start_student(fold: FoldData, student_cfg: Config) -> None:
+            students[fold.fold] = pool.apply_async(run_fold, (student_cfg, fold, inputs))
+
+        if create_method(cfg).needs_teacher:
+            # Teachers are separate tasks, queued first, and each fold's student follows as soon as its
+            # teacher is cached: 5 whole folds on 2 cores would leave one core idle for the last fold.
+            # The student must not train the teacher it finds cached once more.
+            student_cfg = dataclasses.replace(cfg, retrain_teacher=False)
+            teachers = [pool.apply_async(train_fold_teacher, (cfg, fold, inputs),
+                                         callback=lambda _, fold=fold: start_student(fold, student_cfg))
+                        for fold in folds]
+            for teacher in teachers:
+                teacher.get()  # the callbacks have run once every get() returned
+        else:
+            for fold in folds:
+                start_student(fold, cfg)
+        results = [students[fold.fold].get() for fold in folds]
+        # Let the workers exit on their own: Paddle's signal handlers can keep a worker alive
+        # through the SIGTERM with which leaving the block would otherwise end it.
+        pool.close()
+        pool.join()
+        return results

@@ -15,8 +15,8 @@ import pytest
 from models.student import build_student
 from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
-from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.engine.loops import TrainingSettings, train_model
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 
 PROJECT = Path(__file__).resolve().parent.parent
 SETTINGS = TrainingSettings(lr=0.01, epochs=3, warmup_epochs=1, weight_decay=0.01, mixup_alpha=0.4, amp=False,

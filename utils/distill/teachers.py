@@ -17,8 +17,8 @@ import paddle.nn as nn
 
 from models.teacher import build_teacher, freeze_backbone, freeze_teacher
 from utils.data.folders import Sample
-from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_model
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import write_atomically, write_json_atomic

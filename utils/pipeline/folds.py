@@ -21,8 +21,8 @@ from utils.deploy.checkpoint import save_checkpoint
 from utils.distill.methods import create_method
 from utils.distill.teachers import prepare_teacher, teacher_cache_key
 from utils.distill.view_cache import prepare_views, view_count
-from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
 from utils.engine.loops import FitResult, LiveTeacher, Teacher, TrainingSettings, train_model
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
 from utils.reporting.metrics import macro_f1, save_confusion_matrix, write_classification_report
 from utils.reporting.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch
 from utils.runtime.config import Config

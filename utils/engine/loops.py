@@ -250,15 +250,17 @@ def fit(
         evaluation, averaged, averaged_state = evaluate(model, val_loader), None, None
         if average is not None:
             with average.applied(model):
-                averaged, averaged_state = evaluate(model, val_loader), model_state(model)
+                averaged = evaluate(model, val_loader)
+                averaged_state = model_state(model) if patience is not None else None
         record = EpochRecord(epoch, stats.loss, stats.acc, stats.parts, evaluation.loss, evaluation.acc, stats.lr,
                              stats.seconds, averaged.loss if averaged else None, averaged.acc if averaged else None)
         use_average = averaged is not None and (patience is None or averaged.acc > evaluation.acc)
         candidate = averaged if use_average else evaluation
         if progress.best is None or candidate.acc > progress.best.acc or patience is None:
             progress.best, progress.best_epoch, progress.stale = candidate, epoch, 0
-            progress.best_state = averaged_state if use_average else model_state(model)
             progress.best_is_average = use_average
+            # Without early stopping the last state is kept: taken once, after the loop.
+            progress.best_state = {} if patience is None else averaged_state if use_average else model_state(model)
         else:
             progress.stale += 1
         progress.epoch = epoch
@@ -266,6 +268,12 @@ def fit(
         if checkpoint:
             checkpoint.save(progress.to_state())
         on_epoch(record, False)
+    if patience is None:
+        if average is not None:
+            with average.applied(model):
+                progress.best_state = model_state(model)
+        else:
+            progress.best_state = model_state(model)
     return FitResult(progress.best_epoch, progress.best, progress.best_state, progress.best_is_average,
                      progress.epoch, progress.history)
 

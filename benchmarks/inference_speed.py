@@ -30,6 +30,7 @@ from models.student import build_student  # noqa: E402
 from utils.deploy.checkpoint import save_checkpoint  # noqa: E402
 from utils.deploy.export import export_student  # noqa: E402
 from utils.deploy.inference import DynamicModel, ExportedModel, OnnxModel, find_weights  # noqa: E402
+from utils.deploy.spec import ModelSpec  # noqa: E402
 from utils.runtime.errors import reports_user_errors  # noqa: E402
 
 
@@ -67,17 +68,17 @@ def main() -> int:
         else:
             model = build_student(args.student, 1000)
             weights = Path(tmp) / "fold0" / "best.pdparams"
-            save_checkpoint(weights.parent, model.state_dict(), {
-                "classes": [str(i) for i in range(1000)], "student": args.student, "attention": "none",
-                "attention_blocks": "all", "img_size": args.img_size, "mean": [0.5] * 3, "std": [0.5] * 3})
+            spec = ModelSpec(tuple(str(i) for i in range(1000)), args.student, 1.0, "none", "all", args.img_size,
+                             "random_resized", (0.5,) * 3, (0.5,) * 3)
+            save_checkpoint(weights.parent, model.state_dict(), spec, {})
         dynamic = DynamicModel(weights)
         with_onnx = all(importlib.util.find_spec(name) for name in ("paddle2onnx", "onnxruntime"))
         exported_dir = export_student(weights, Path(tmp) / "exported", onnx=with_onnx)
-        img_size = dynamic.meta["img_size"]
+        img_size = dynamic.spec.img_size
         backends = {"dynamic_graph": dynamic, "paddle_inference_onednn": ExportedModel(exported_dir, use_gpu=False)}
         if with_onnx:
             backends["onnxruntime"] = OnnxModel(exported_dir)
-        results = {"model": f"{dynamic.meta['student']} ({dynamic.meta.get('attention', 'none')}), {img_size} px"}
+        results = {"model": f"{dynamic.spec.student} ({dynamic.spec.attention}), {img_size} px"}
         results.update({name: measure(model, img_size, args.repeats, args.batch) for name, model in backends.items()})
     slow = results["dynamic_graph"]
     results["speed_up_over_dynamic_graph"] = {

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import paddle
 import paddle.nn as nn
 
 from utils.runtime.errors import ConfigError
+from utils.runtime.weights_file import UnreadableWeights, load_weights_file
 
 IMAGENET_CLASSES = 1000
 # factory(pretrained, num_classes) -> model
@@ -61,9 +61,9 @@ def build_classifier(
     check_weights_arg(weights, flag)
     path = Path(weights)
     try:
-        state = paddle.load(str(path))
-    except Exception as error:  # paddle.load raises several types for a non-weights file
-        raise ConfigError(f"--{flag}: {path} is not a Paddle weights file ({type(error).__name__})") from None
+        state = load_weights_file(path)
+    except UnreadableWeights as error:
+        raise ConfigError(f"--{flag}: {error}") from None
     head_key = f"{head_path}.weight"
     if not isinstance(state, dict) or head_key not in state:
         raise ConfigError(f"--{flag}: {path} does not hold weights for this architecture (no {head_key})")

@@ -8,6 +8,7 @@ import pytest
 from models.attention import ATTENTIONS, CBAM, ECA, SE, CoordAttention, SimAM, eca_kernel_size
 from models.student import build_student
 from utils.deploy.checkpoint import load_student, save_checkpoint
+from utils.deploy.spec import ModelSpec
 
 
 def _trainable(layer) -> int:
@@ -96,9 +97,9 @@ def test_checkpoint_with_attention_round_trips(tmp_path):
     model = build_student("mobilenet_v3_small", 4, attention="eca")
     model.eval()
     x = paddle.randn([2, 3, 32, 32])
-    meta = {"classes": list("abcd"), "student": "mobilenet_v3_small", "attention": "eca",
-            "attention_blocks": "all", "img_size": 32}
-    save_checkpoint(tmp_path, model.state_dict(), meta)
-    loaded, loaded_meta = load_student(tmp_path / "best.pdparams")
-    assert loaded_meta["attention"] == "eca"
+    spec = ModelSpec(tuple("abcd"), "mobilenet_v3_small", 1.0, "eca", "all", 32, "random_resized",
+                     (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    save_checkpoint(tmp_path, model.state_dict(), spec, {"fold": 0})
+    loaded, loaded_spec, meta = load_student(tmp_path / "best.pdparams")
+    assert loaded_spec == spec and meta["fold"] == 0
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)

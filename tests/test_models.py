@@ -37,7 +37,7 @@ def test_imagenet_download_failure_says_what_to_do(monkeypatch):
 def test_a_file_that_is_not_weights_is_refused(tmp_path):
     junk = tmp_path / "junk.pdparams"
     junk.write_text("hello")
-    with pytest.raises(ConfigError, match="not a Paddle weights file"):
+    with pytest.raises(ConfigError, match="not a weights file this tool can read"):
         build_student("mobilenet_v2", 3, str(junk))
 
 

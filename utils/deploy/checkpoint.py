@@ -1,52 +1,61 @@
-"""A fold's best student on disk: best.pdparams beside best.json, which holds
-everything needed to rebuild and use it (classes, architecture, input size,
-normalisation), so that nobody passes class names by hand."""
+"""A trained student on disk: best.pdparams (its weights) beside best.json (its
+ModelSpec, and how it was trained), so that nobody passes class names by hand."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import paddle
+import numpy as np
 import paddle.nn as nn
 
-from models.student import build_student
+from utils.deploy.spec import ModelSpec
 from utils.runtime.errors import UserError
-from utils.runtime.files import partial_path
+from utils.runtime.files import write_json_atomic
+from utils.runtime.weights_file import load_weights_file, save_weights_file
 
 WEIGHTS_NAME = "best.pdparams"
 META_NAME = "best.json"
 
 
-def save_checkpoint(fold_dir: Path, state: dict, meta: dict[str, Any]) -> None:
-    """Written to temporary files, then renamed: a killed process never leaves half a checkpoint."""
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    weights_tmp, meta_tmp = partial_path(fold_dir / WEIGHTS_NAME), partial_path(fold_dir / META_NAME)
-    paddle.save(state, str(weights_tmp))
-    meta_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(weights_tmp, fold_dir / WEIGHTS_NAME)
-    os.replace(meta_tmp, fold_dir / META_NAME)
+def save_checkpoint(model_dir: Path, state: dict, spec: ModelSpec, training: dict[str, Any]) -> None:
+    """The weights, then best.json: the spec and `training` (how the model came about)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_weights_file(model_dir / WEIGHTS_NAME, state)
+    write_json_atomic(model_dir / META_NAME, {**spec.to_json(), **training})
 
 
-def read_meta(weights_path: Path) -> dict[str, Any]:
-    meta_path = weights_path.with_name(META_NAME)
+def read_meta(meta_path: Path) -> tuple[ModelSpec, dict[str, Any]]:
+    """The spec in a best.json, and all of its content."""
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{meta_path} is missing or unreadable: it must sit beside {weights_path.name}") from None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserError(f"cannot read {meta_path} ({error.strerror}): it must sit beside the model's weights") \
+            from None
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{meta_path} is not valid JSON") from None
+    return ModelSpec.from_json(meta, meta_path), meta
 
 
-def load_student(weights_path: Path) -> tuple[nn.Layer, dict[str, Any]]:
-    """The student saved at `weights_path`, in eval mode, and its metadata."""
-    meta = read_meta(weights_path)
-    model = build_student(
-        meta["student"], len(meta["classes"]), "none",
-        attention=meta.get("attention", "none"), attention_blocks=str(meta.get("attention_blocks", "all")),
-        width=meta.get("student_width", 1.0),
-    )
-    missing, unexpected = model.set_state_dict(paddle.load(str(weights_path)))
-    if missing or unexpected:
-        raise UserError(f"{weights_path} does not match the architecture in {META_NAME}")
+def check_weights_fit(model: nn.Layer, state: Any, source: Path) -> None:
+    """The same parameter names and shapes, checked before Paddle's set_state_dict would print a
+    warning per mismatched tensor."""
+    if not isinstance(state, dict):
+        raise UserError(f"{source} does not hold a model's weights")
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    found = {name: tuple(np.shape(value)) for name, value in state.items() if name in expected}
+    wrong = [name for name in expected if found.get(name) != expected[name]]
+    if wrong:
+        raise UserError(f"{source} does not match the model its best.json describes: {len(wrong)} of "
+                        f"{len(expected)} weight tensors are missing or of another shape (first: {wrong[0]})")
+
+
+def load_student(weights_path: Path) -> tuple[nn.Layer, ModelSpec, dict[str, Any]]:
+    """The student saved at `weights_path`, in eval mode, its spec and its best.json."""
+    spec, meta = read_meta(weights_path.with_name(META_NAME))
+    state = load_weights_file(weights_path)
+    model = spec.build()
+    check_weights_fit(model, state, weights_path)
+    model.set_state_dict(state)
     model.eval()
-    return model, meta
+    return model, spec, meta

@@ -41,8 +41,8 @@ def save_onnx(out_dir: Path) -> Path:
 
 def export_student(weights: Path, out_dir: Path, onnx: bool = False) -> Path:
     """Write the student at `weights` to `out_dir` as a static inference model (and as ONNX)."""
-    model, meta = load_student(weights)
-    save_inference_model(model, meta["img_size"], out_dir)
+    model, spec, _ = load_student(weights)
+    save_inference_model(model, spec.img_size, out_dir)
     shutil.copyfile(weights.with_name(META_NAME), out_dir / META_NAME)
     if onnx:
         save_onnx(out_dir)

@@ -3,7 +3,6 @@ the fold ensemble, and batched prediction over files and folders."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -16,8 +15,8 @@ from scipy.special import softmax
 
 from utils.data.folders import is_image_name
 from utils.data.images import read_image
-from utils.data.transforms import build_eval_transform, resize_size
-from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student
+from utils.data.transforms import resize_size
+from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
 from utils.deploy.export import EXPORTED_PREFIX, ONNX_NAME, exported_model_file, is_exported
 from utils.runtime.errors import UserError
 from utils.runtime.process import cpu_count
@@ -66,7 +65,7 @@ class DynamicModel:
     """A saved student run by the dynamic graph."""
 
     def __init__(self, weights: Path) -> None:
-        self.model, self.meta = load_student(weights)
+        self.model, self.spec, _ = load_student(weights)
 
     @paddle.no_grad()
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -99,7 +98,7 @@ class ExportedModel(InferencePredictor):
     """An export.py model directory: the predictor and its best.json."""
 
     def __init__(self, directory: Path, use_gpu: bool) -> None:
-        self.meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+        self.spec = read_meta(directory / META_NAME)[0]
         super().__init__(exported_model_file(directory), directory / f"{EXPORTED_PREFIX}.pdiparams", use_gpu,
                          cpu_count())
 
@@ -114,7 +113,7 @@ class OnnxModel:
             raise UserError("--backend onnxruntime needs ONNX Runtime: pip install onnxruntime") from None
         if not (directory / ONNX_NAME).is_file():
             raise UserError(f"{directory} has no {ONNX_NAME}: export it with python export.py --format onnx")
-        self.meta = json.loads((directory / META_NAME).read_text(encoding="utf-8"))
+        self.spec = read_meta(directory / META_NAME)[0]
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_count()
         options.log_severity_level = 3  # errors only, not notes on initializers it drops while optimizing
@@ -141,13 +140,13 @@ class EnsembleClassifier:
 
     def __init__(self, sources: Sequence[Path], use_gpu: bool = False, backend: str = "paddle") -> None:
         self.models = [load_model(p, use_gpu, backend) for p in sources]
-        self.meta = self.models[0].meta
+        self.spec = self.models[0].spec
         for path, model in zip(sources, self.models):
-            if model.meta["classes"] != self.meta["classes"] or model.meta["img_size"] != self.meta["img_size"]:
-                raise UserError(f"{path}: its {META_NAME} differs from the other folds in classes or img_size")
-        self.classes: list[str] = self.meta["classes"]
-        self.transform = build_eval_transform(self.meta["img_size"], self.meta.get("crop", "random_resized"),
-                                              tuple(self.meta["mean"]), tuple(self.meta["std"]))
+            if (model.spec.classes, model.spec.img_size, model.spec.crop, model.spec.mean, model.spec.std) != \
+                    (self.spec.classes, self.spec.img_size, self.spec.crop, self.spec.mean, self.spec.std):
+                raise UserError(f"{path}: its {META_NAME} differs from the other models in classes or preprocessing")
+        self.classes: list[str] = list(self.spec.classes)
+        self.transform = self.spec.eval_transform()
 
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         batch = np.stack([self.transform(image) for image in images])
@@ -186,7 +185,7 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 def classify(classifier: EnsembleClassifier, paths: Sequence[Path], batch_size: int, topk: int
              ) -> Iterator[tuple[Path, Optional[Prediction]]]:
     """(path, prediction) for every path, in order; None for a file that cannot be decoded."""
-    max_side = resize_size(classifier.meta["img_size"])
+    max_side = resize_size(classifier.spec.img_size)
     for batch in _batches(list(paths), batch_size):
         images = [read_image(os.fspath(p), max_side) for p in batch]
         good = [(p, image) for p, image in zip(batch, images) if image is not None]

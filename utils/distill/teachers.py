@@ -21,7 +21,8 @@ from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_mo
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
-from utils.runtime.files import write_atomically, write_json_atomic
+from utils.runtime.files import write_json_atomic
+from utils.runtime.weights_file import load_weights_file, save_weights_file
 
 # The settings that change what a teacher learns; anything else (the student,
 # the distillation loss) may differ between runs that share teachers.
@@ -81,7 +82,7 @@ def prepare_teacher(
                 f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
             )
         if cache_path.is_file() and meta_path.is_file() and not cfg.retrain_teacher:
-            teacher.set_state_dict(paddle.load(str(cache_path)))
+            teacher.set_state_dict(load_weights_file(cache_path))
             freeze_teacher(teacher)
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             for record in meta.get("history", []):
@@ -106,7 +107,7 @@ def prepare_teacher(
     freeze_teacher(teacher)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
-    write_atomically(cache_path, lambda partial: paddle.save(teacher.state_dict(), str(partial)))
+    save_weights_file(cache_path, teacher.state_dict())
     meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},
             "history": [dataclasses.asdict(record) for record in history]}
     write_json_atomic(meta_path, meta)  # last: the cached teacher is complete

@@ -2,7 +2,6 @@
 continues from its last finished epoch instead of starting the fold again."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,7 +10,7 @@ import paddle.nn as nn
 
 from utils.engine.ema import WeightAverage
 from utils.runtime.errors import UserError
-from utils.runtime.files import partial_path
+from utils.runtime.weights_file import load_weights_file, save_weights_file
 
 
 class EpochCheckpoint:
@@ -35,16 +34,14 @@ class EpochCheckpoint:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "progress": progress}
         if self.average is not None:
             state["average"] = self.average.state_dict()
-        partial = partial_path(self.path)
-        paddle.save(state, str(partial))
-        os.replace(partial, self.path)  # a process killed while saving leaves the previous epoch's state
+        save_weights_file(self.path, state)  # a process killed while saving leaves the previous epoch's state
 
     def load(self) -> Optional[dict[str, Any]]:
         """The saved progress, with the model and optimizer restored; None when nothing is saved."""
         if not self.path.is_file():
             return None
         try:
-            state = paddle.load(str(self.path))
+            state = load_weights_file(self.path)
             self.model.set_state_dict(state["model"])
             self.optimizer.set_state_dict(state["optimizer"])
             if self.average is not None:
@@ -53,6 +50,3 @@ class EpochCheckpoint:
             raise UserError(f"the saved training state {self.path} cannot be read ({type(error).__name__}); "
                             "delete it to train this model again from the start") from None
         return state["progress"]
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -18,10 +19,11 @@ from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, Sample
 from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 from utils.deploy.checkpoint import save_checkpoint
+from utils.deploy.spec import ModelSpec
 from utils.distill.methods import create_method
 from utils.distill.teachers import prepare_teacher, teacher_cache_key
 from utils.distill.view_cache import prepare_views, view_count
-from utils.engine.loops import FitResult, LiveTeacher, Teacher, TrainingSettings, train_model
+from utils.engine.loops import FitResult, LiveTeacher, Teacher, TrainingDiverged, TrainingSettings, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
 from utils.reporting.metrics import macro_f1, save_confusion_matrix, write_classification_report
 from utils.reporting.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch
@@ -195,6 +197,15 @@ def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
             "that suits it (--recipe scratch from scratch); or distil with --kd dist, which copes better with a gap.")
 
 
+def check_finite(result: FitResult, fold: int, cfg: Config) -> None:
+    """A model whose weights or validation loss are not finite numbers is never saved."""
+    if math.isfinite(result.best.loss) and all(np.isfinite(v).all() for v in result.best_state.values()
+                                               if np.issubdtype(np.asarray(v).dtype, np.floating)):
+        return
+    raise TrainingDiverged(f"fold {fold}: the best model's weights or validation loss are not finite numbers, so it "
+                           f"is not saved; lower --lr (now {cfg.lr}) or clip gradients with --clip_grad_norm 5")
+
+
 def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
     """Train and evaluate one fold, or return its saved result when an earlier run of the same name finished it."""
     classes = inputs.index.classes
@@ -241,16 +252,8 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
                               f"fold {fold.fold}, best epoch {result.best_epoch}")
         log_best_epoch(writer, best, classes, result.best_epoch, fold_dir / "confusion_matrix.png")
 
-    save_checkpoint(fold_dir, result.best_state, {
-        "classes": classes,
-        "student": cfg.student,
-        "student_width": cfg.student_width,
-        "attention": cfg.attention,
-        "attention_blocks": cfg.attention_blocks,
-        "img_size": cfg.img_size,
-        "crop": cfg.crop,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+    check_finite(result, fold.fold, cfg)
+    save_checkpoint(fold_dir, result.best_state, ModelSpec.from_config(cfg, classes), {
         "kd": cfg.kd,
         "fold": fold.fold,
         "best_epoch": result.best_epoch,

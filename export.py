@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                                              "(default: the newest run in --runs_dir)")
     parser.add_argument("--runs_dir", default="models_saved")
     parser.add_argument("--fold", type=int, help="export only this fold")
+    parser.add_argument("--ensemble", action="store_true", help="export every fold rather than the final model")
+    parser.add_argument("--allow_partial", action="store_true", help="export the finished folds of an unfinished run")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--format", choices=("paddle", "onnx"), default="paddle",
                         help="onnx: the Paddle inference model and, beside it, model.onnx (needs paddle2onnx)")
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.deploy.export import export_student
     from utils.deploy.inference import find_weights
 
-    for weights in find_weights(args.model_path, args.runs_dir, args.fold):
+    for weights in find_weights(args.model_path, args.runs_dir, args.fold, args.ensemble, args.allow_partial):
         name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem
         out = export_student(weights, Path(args.output_dir) / name, onnx=args.format == "onnx")
         print(f"exported {weights} -> {out}")

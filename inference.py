@@ -34,6 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              "default: the newest run in --output_dir")
     parser.add_argument("--output_dir", default="models_saved", help="where runs are saved (default: models_saved)")
     parser.add_argument("--fold", type=int, help="use only this fold of a run")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="use the ensemble of a run's folds rather than its final model")
+    parser.add_argument("--allow_partial", action="store_true",
+                        help="use the finished folds of a run that is not finished")
     parser.add_argument("--recursive", action="store_true", help="also classify images in sub-folders")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--topk", type=int, default=1, help="also show the next K-1 labels")
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device("auto" if args.use_gpu else "cpu")
     if args.use_gpu and device != "gpu":
         print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
-    classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold), device == "gpu",
+    classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold, args.ensemble,
+                                                 args.allow_partial), device == "gpu",
                                     args.backend)
     if args.categories:
         names = [c.strip() for c in args.categories.split(",")]
@@ -90,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     results = tqdm(classify(classifier, paths, args.batch_size, topk), total=len(paths), unit="img",
                    leave=False, disable=None if len(paths) > PROGRESS_BAR_FROM else True)
     for path, prediction in results:
-        if prediction is None:
+        if isinstance(prediction, str):
             failed.append(path)
-            tqdm.write(f"{path}  cannot be read as an image", file=sys.stderr)
+            tqdm.write(f"{path}  cannot be read: {prediction}", file=sys.stderr)
             continue
         predictions.append(prediction)
         if args.show:

@@ -66,16 +66,17 @@ def test_decompression_bomb_is_refused_and_large_images_are_shrunk(tmp_path):
     assert read_image(str(tmp_path / "big.jpg"), max_short_side=256).shape == (256, 341, 3)
 
 
-def test_dataset_scan_lists_clutter_drops_empty_classes_and_follows_symlinks(tmp_path, capsys):
+def test_dataset_scan_lists_clutter_drops_empty_classes_and_reads_sub_folders(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=3)
     (data / "red" / ".DS_Store").write_bytes(b"\x00\x01")
     (data / "red" / "Thumbs.db").write_bytes(b"\x00")
     (data / "green" / "notes.txt").write_text("hello")
     (data / "empty_class").mkdir()
-    (data / "linked").symlink_to(data / "blue", target_is_directory=True)
+    (data / "blue" / "more").mkdir()
+    (data / "blue" / "more" / "blue_3.png").write_bytes((data / "blue" / "blue_0.png").read_bytes())
     index = scan_dataset(data)
-    assert index.classes == ["blue", "green", "linked", "red"]
-    assert sum(s.label == index.classes.index("linked") for s in index.samples) == 3
+    assert index.classes == ["blue", "green", "red"]
+    assert sum(s.label == index.classes.index("blue") for s in index.samples) == 4  # sub-folders count
     reasons = {p.split("/")[-1]: r for p, r in ((s.path, s.reason) for s in index.skipped)}
     assert reasons == {".DS_Store": "hidden or system file", "Thumbs.db": "hidden or system file",
                        "notes.txt": "not an image file"}
@@ -108,6 +109,6 @@ def test_fuzz_random_files_never_crash_the_loader_or_inference(tmp_path, tiny_ru
     output = tmp_path / "fuzz.json"
     code = inference.main(["--image_path", str(folder), "--model_path", str(run_dir), "--output", str(output)])
     captured = capsys.readouterr()
-    failed = captured.err.count("cannot be read as an image")
+    failed = captured.err.count("cannot be read: ")
     assert code == 1 and failed + len(json.loads(output.read_text())) == 300
     assert "Traceback" not in captured.err

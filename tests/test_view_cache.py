@@ -13,7 +13,6 @@ import main
 from models.teacher import freeze_teacher
 from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
-from utils.data.folders import Sample
 from utils.data.mixing import MixedTargets, mixup
 from utils.data.transforms import build_train_transform
 from utils.distill.teachers import teacher_cache_key
@@ -97,17 +96,18 @@ def test_mixed_teacher_targets_use_the_images_lambda_and_pairs():
     np.testing.assert_allclose(image_partner, images.numpy()[partner], rtol=1e-4, atol=1e-4)
 
 
-def test_cache_keys_separate_folds_settings_and_view_counts(tmp_path):
-    samples = [Sample(str(tmp_path / f"{i}.png"), i % 2) for i in range(6)]
-    for s in samples:
-        open(s.path, "wb").write(b"x")
+def test_cache_keys_separate_contents_labels_folds_settings_and_view_counts(tmp_path):
+    digests, labels = [f"{i:064x}" for i in range(6)], [i % 2 for i in range(6)]
     train = np.arange(4)
     cfg = _config()
-    base = teacher_cache_key(cfg, samples, train, 0)
-    assert teacher_cache_key(cfg, samples, train, 1) != base
-    assert teacher_cache_key(cfg, samples, np.arange(1, 5), 0) != base
-    for change in ({"crop": "pad"}, {"rotation": 5.0}, {"seed": 1}, {"img_size": 48}):
-        assert teacher_cache_key(dataclasses.replace(cfg, **change), samples, train, 0) != base, change
+    base = teacher_cache_key(cfg, digests, labels, train, 0)
+    assert teacher_cache_key(cfg, digests, labels, train, 1) != base
+    assert teacher_cache_key(cfg, digests, labels, np.arange(1, 5), 0) != base
+    assert teacher_cache_key(cfg, digests[::-1], labels, train, 0) != base
+    assert teacher_cache_key(cfg, digests, labels[::-1], train, 0) != base
+    for change in ({"crop": "pad"}, {"rotation": 5.0}, {"seed": 1}, {"img_size": 48}, {"teacher": "resnet18"},
+                   {"label_smoothing": 0.1}, {"auto_augment": "randaugment"}):
+        assert teacher_cache_key(dataclasses.replace(cfg, **change), digests, labels, train, 0) != base, change
     path = tmp_path / f"{base}.pdparams"
     assert view_cache_path(path, 4) != view_cache_path(path, 5)
     assert view_cache_path(path, 4).name.startswith(base)

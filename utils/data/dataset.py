@@ -2,7 +2,7 @@
 replayable augmentation, and its loader."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -47,12 +47,33 @@ class ImageDataset(paddle.io.Dataset):
         return image, self.labels[index], np.int64(index), np.int64(self.view)
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int) -> paddle.io.DataLoader:
+class BatchLoader:
+    """The batches paddle.io.DataLoader gives with num_workers=0 (the same BatchSampler,
+    so the same order), read in the calling thread. Paddle's single-process loader
+    reads in a thread of its own, and an exception there (an image that cannot be
+    transformed, memory running out) leaves the training loop waiting for ever;
+    here it reaches the caller."""
+
+    def __init__(self, dataset: ImageDataset, batch_sampler: paddle.io.BatchSampler) -> None:
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[paddle.Tensor]]:
+        for indices in self.batch_sampler:
+            items = [self.dataset[i] for i in indices]
+            yield [paddle.to_tensor(np.stack(field)) for field in zip(*items)]
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int
+                ) -> BatchLoader | paddle.io.DataLoader:
+    """Batches of (images, labels, indices, views); with num_workers > 0, read by that many processes."""
     # Dropping the last partial training batch keeps BatchNorm away from a batch of one.
-    return paddle.io.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train and len(dataset) > batch_size,
-        num_workers=num_workers,
-    )
+    drop_last = train and len(dataset) > batch_size
+    if num_workers == 0:
+        return BatchLoader(dataset, paddle.io.BatchSampler(dataset, shuffle=train, batch_size=batch_size,
+                                                           drop_last=drop_last))
+    return paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+                                num_workers=num_workers)

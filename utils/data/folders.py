@@ -59,13 +59,30 @@ def has_class_folders(root: Path) -> bool:
     )
 
 
-def _files_by_class(root: Path) -> tuple[dict[str, list[str]], list[SkippedFile]]:
+def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[str]], list[SkippedFile]]:
+    """Image files per class folder of `root`; files in sub-folders belong to the class too.
+
+    Links are followed, but every real folder is read once: a link to a folder read
+    already, to a class folder or back up to the data (a loop) is reported, not
+    followed. `read_already` holds the real folders read so far, and the data root's.
+    """
     by_class: dict[str, list[str]] = {}
     skipped: list[SkippedFile] = []
-    for folder in _class_folders(root):
-        files = []
+    folders = _class_folders(root)
+    off_limits = read_already | {os.path.realpath(folder) for folder in folders}
+    for folder in folders:
+        files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            read_already.add(os.path.realpath(dirpath))
+            followed = []
+            for name in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, name))
+                if real in off_limits or real in read_already or os.path.realpath(root).startswith(real + os.sep):
+                    skipped.append(SkippedFile(os.path.join(dirpath, name),
+                                               f"a link to {real}, a folder read elsewhere (a loop or another class)"))
+                else:
+                    followed.append(name)
+            dirnames[:] = followed
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 if name.startswith(".") or name.lower() in SYSTEM_NAMES:
@@ -78,24 +95,52 @@ def _files_by_class(root: Path) -> tuple[dict[str, list[str]], list[SkippedFile]
     return by_class, skipped
 
 
+def _drop_files_in_two_classes(by_class: dict[str, list[str]]) -> list[SkippedFile]:
+    """The same file (by its real path) under two classes has no one label: it is left out of both."""
+    classes_of: dict[str, set[str]] = {}
+    for name, files in by_class.items():
+        for path in files:
+            classes_of.setdefault(os.path.realpath(path), set()).add(name)
+    ambiguous = {real: names for real, names in classes_of.items() if len(names) > 1}
+    skipped = []
+    for name, files in by_class.items():
+        kept = []
+        for path in files:
+            names = ambiguous.get(os.path.realpath(path))
+            if names:
+                skipped.append(SkippedFile(path, f"the same file is in class folders {' and '.join(sorted(names))}"))
+            else:
+                kept.append(path)
+        files[:] = kept
+    return skipped
+
+
 def scan_dataset(data_dir: Path) -> DatasetIndex:
     """Index `data_dir`: class folders, or train/ and val/ (pooled) plus an optional test/."""
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist")
-    splits = {p.name: p for p in _class_folders(data_dir) if p.name in SPLIT_NAMES}
+    folders = _class_folders(data_dir)
+    splits = {p.name: p for p in folders if p.name in SPLIT_NAMES}
     if "train" in splits and "val" in splits:
+        others = [p.name for p in folders if p.name not in SPLIT_NAMES and has_class_folders(data_dir)
+                  and any(is_image_name(f.name) for f in p.iterdir() if f.is_file())]
+        if others:
+            raise DataError(f"{data_dir} holds train/ and val/ and also class folders ({', '.join(others)}): "
+                            "use one layout, class folders or train/val(/test) splits")
         pooled_roots = [splits["train"], splits["val"]]
         test_root = splits.get("test")
     else:
         pooled_roots, test_root = [data_dir], None
 
+    read_already = {os.path.realpath(data_dir)}
     pooled: dict[str, list[str]] = {}
     skipped: list[SkippedFile] = []
     for root in pooled_roots:
-        by_class, root_skipped = _files_by_class(root)
+        by_class, root_skipped = _files_by_class(root, read_already)
         skipped += root_skipped
         for name, files in by_class.items():
             pooled.setdefault(name, []).extend(files)
+    skipped += _drop_files_in_two_classes(pooled)
 
     empty = sorted(name for name, files in pooled.items() if not files)
     for name in empty:
@@ -111,12 +156,18 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
 
     test_samples: list[Sample] = []
     if test_root is not None:
-        by_class, test_skipped = _files_by_class(test_root)
+        by_class, test_skipped = _files_by_class(test_root, read_already)
         skipped += test_skipped
         unknown = sorted(set(by_class) - set(classes))
         if unknown:
             raise DataError(f"{test_root} has class folders not seen in train/val: {', '.join(unknown)}")
-        test_samples = [Sample(p, classes.index(name)) for name, files in by_class.items() for p in files]
+        trained_on = {os.path.realpath(sample.path) for sample in samples}
+        for name, files in by_class.items():
+            for path in files:
+                if os.path.realpath(path) in trained_on:
+                    skipped.append(SkippedFile(path, "also in train/ or val/: a test image must be new to the model"))
+                else:
+                    test_samples.append(Sample(path, classes.index(name)))
     return DatasetIndex(classes, samples, test_samples, skipped)
 
 

@@ -15,30 +15,49 @@ from tqdm import tqdm
 from utils.data.folders import Sample, SkippedFile
 from utils.runtime.process import cpu_count
 
+# The longest side may be at most this many times the shortest: a 1 x 1,000,000 strip would
+# otherwise be enlarged to hundreds of GB by the resize that brings its short side to img_size.
+MAX_ASPECT_RATIO = 20
 
-def read_image(path: str, max_short_side: Optional[int] = None) -> Optional[np.ndarray]:
-    """An RGB uint8 array (H, W, 3), or None when the file cannot be decoded.
+
+class UnreadableImage(ValueError):
+    """A file that is not an image the tool reads; the message says why."""
+
+
+def decode_image(path: str, max_short_side: Optional[int] = None) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3), or UnreadableImage.
 
     np.fromfile + cv2.imdecode reads non-ASCII paths that cv2.imread cannot.
     IMREAD_COLOR turns grey, palette, 16-bit and RGBA images into 8-bit
-    3-channel ones and applies the EXIF orientation. Images are shrunk (never
-    enlarged) so that their short side is at most `max_short_side`.
+    3-channel ones and applies the EXIF orientation. OpenCV refuses images of
+    more than OPENCV_IO_MAX_IMAGE_PIXELS (utils/runtime/process.py) before
+    allocating them, and images more elongated than MAX_ASPECT_RATIO are refused
+    here. Images are shrunk (never enlarged) so that their short side is at most
+    `max_short_side`.
     """
     try:
         buffer = np.fromfile(path, dtype=np.uint8)
-        if buffer.size == 0:
-            return None
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     except (OSError, cv2.error):
-        return None
+        image = None
     if image is None:
-        return None
+        raise UnreadableImage("cannot be decoded as an image")
     height, width = image.shape[:2]
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise UnreadableImage(f"{width}x{height} pixels: more elongated than {MAX_ASPECT_RATIO}:1")
     if max_short_side and min(height, width) > max_short_side:
         scale = max_short_side / min(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str, max_short_side: Optional[int] = None) -> Optional[np.ndarray]:
+    """decode_image, or None for a file it refuses."""
+    try:
+        return decode_image(path, max_short_side)
+    except UnreadableImage:
+        return None
 
 
 class ImageStore(collections.abc.Sequence):
@@ -63,6 +82,14 @@ class ImageStore(collections.abc.Sequence):
         return ImageStore, (self.path, self.shapes)
 
 
+def decoded_or_reason(path: str, max_short_side: Optional[int] = None) -> np.ndarray | str:
+    """The decoded image, or why it cannot be read."""
+    try:
+        return decode_image(path, max_short_side)
+    except UnreadableImage as problem:
+        return str(problem)
+
+
 def load_images(
     samples: Sequence[Sample], max_short_side: int, desc: str = "decoding images", store: Optional[Path] = None
 ) -> tuple[Sequence[np.ndarray], list[Sample], list[SkippedFile]]:
@@ -71,11 +98,11 @@ def load_images(
     workers = min(8, cpu_count())
     images, shapes, kept, skipped = [], [], [], []
     with ThreadPoolExecutor(workers) as pool, open(store or os.devnull, "wb") as store_file:
-        decoded = pool.map(lambda s: read_image(s.path, max_short_side), samples)
+        decoded = pool.map(lambda s: decoded_or_reason(s.path, max_short_side), samples)
         for sample, image in zip(samples, tqdm(decoded, total=len(samples), desc=desc, leave=False, disable=None)):
-            if image is None:
-                print(f"warning: skipping {sample.path}: cannot be decoded as an image")
-                skipped.append(SkippedFile(sample.path, "cannot be decoded as an image"))
+            if isinstance(image, str):
+                print(f"warning: skipping {sample.path}: {image}")
+                skipped.append(SkippedFile(sample.path, image))
                 continue
             kept.append(sample)
             if store:

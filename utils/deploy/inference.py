@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import paddle
 import paddle.inference as paddle_infer
+import yaml
 from scipy.special import softmax
 
 from utils.data.folders import is_image_name
-from utils.data.images import read_image
+from utils.data.images import decoded_or_reason, read_image
 from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
 from utils.deploy.export import EXPORTED_PREFIX, ONNX_NAME, exported_model_file, is_exported
@@ -30,35 +31,76 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int]) -> list[Path]:
-    """The models to use: .pdparams files or exported model directories, from a run
-    directory (every fold), a fold directory, one file, or an export.py output directory.
-    With no model_path, the newest run in output_dir (its `latest` pointer)."""
-    if model_path is None:
-        latest = Path(output_dir) / "latest"
-        if not latest.is_file():
-            raise UserError(f"no trained run in {output_dir}/ (no 'latest'); train with python main.py "
-                            "or pass --model_path")
-        path = Path(output_dir) / latest.read_text(encoding="utf-8").strip()
-    else:
-        path = Path(model_path)
+FINAL_DIR = "final"  # a run's final student, trained on all its images
+
+
+def _run_dir(model_path: Optional[str], output_dir: str) -> Path:
+    if model_path is not None:
+        if "://" in model_path:
+            raise UserError(f"--model_path {model_path}: URLs are not supported; download the model and pass its path")
+        return Path(model_path)
+    latest = Path(output_dir) / "latest"
+    if not latest.is_file():
+        raise UserError(f"no trained run in {output_dir}/ (no 'latest'); train with python main.py "
+                        "or pass --model_path")
+    return Path(output_dir) / latest.read_text(encoding="utf-8").strip()
+
+
+def _model_in(directory: Path) -> Optional[Path]:
+    """The model a directory holds: its best.pdparams, or the directory itself when exported."""
+    if (directory / WEIGHTS_NAME).is_file():
+        return directory / WEIGHTS_NAME
+    return directory if is_exported(directory) else None
+
+
+def _expected_folds(run_dir: Path) -> Optional[int]:
+    """The run's fold count, from its config.yaml (None for an export.py directory, which has none)."""
+    try:
+        return int(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["num_folds"])
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return None
+
+
+def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int] = None, ensemble: bool = False,
+                 allow_partial: bool = False) -> list[Path]:
+    """The models to use: .pdparams files or exported model directories.
+
+    `model_path` is a .pdparams file, a model directory (a fold's, the final model's or
+    an exported one), or a run directory (main.py's or export.py's); None is the newest
+    run in output_dir. In a run directory: fold `fold`; the ensemble of its folds with
+    `ensemble`; otherwise its final model, or the fold ensemble when it has none. An
+    ensemble of an unfinished run is refused unless `allow_partial`.
+    """
+    path = _run_dir(model_path, output_dir)
     if path.is_file():
         if path.suffix != ".pdparams":
-            raise UserError(f"--model_path {path}: expected a .pdparams file, a fold directory or a run directory")
-        return [path]
-    if is_exported(path):
-        return [path]
-    if (path / WEIGHTS_NAME).is_file():
-        return [path / WEIGHTS_NAME]
-    folds = sorted(path.glob(f"fold*/{WEIGHTS_NAME}")) or \
-        sorted(p.parent for p in path.glob(f"fold*/{EXPORTED_PREFIX}.pdiparams"))
+            raise UserError(f"--model_path {path}: expected a .pdparams file, a model directory or a run directory")
+        single = [path]
+    elif not path.is_dir():
+        raise UserError(f"--model_path {path} does not exist")
+    else:
+        single = [model] if (model := _model_in(path)) else []
+    if single:
+        if fold is not None or ensemble:
+            raise UserError(f"{path} is one model; --fold and --ensemble choose among the models of a run directory")
+        return single
+    folds = {int(d.name[4:]): model for d in sorted(path.glob("fold*")) if d.name[4:].isdigit()
+             and (model := _model_in(d))}
     if fold is not None:
-        folds = [p for p in folds if f"fold{fold}" in (p.name, p.parent.name)]
-        if not folds:
-            raise UserError(f"{path} has no fold {fold}")
+        if fold not in folds:
+            raise UserError(f"{path} has no finished fold {fold} (finished: {', '.join(map(str, folds)) or 'none'})")
+        return [folds[fold]]
+    final = _model_in(path / FINAL_DIR)
+    if final and not ensemble:
+        return [final]
     if not folds:
-        raise UserError(f"no trained model in {path} (looked for {WEIGHTS_NAME} and fold*/{WEIGHTS_NAME})")
-    return folds
+        raise UserError(f"no trained model in {path} (looked for {FINAL_DIR}/ and fold*/ with {WEIGHTS_NAME} or an "
+                        "exported model)")
+    expected = _expected_folds(path)
+    if expected and len(folds) < expected and not allow_partial:
+        raise UserError(f"{path}: {len(folds)} of {expected} folds finished; finish the run with python main.py "
+                        f"--resume {path.name}, or use the finished folds with --allow_partial")
+    return [folds[k] for k in sorted(folds)]
 
 
 class DynamicModel:
@@ -183,17 +225,17 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def classify(classifier: EnsembleClassifier, paths: Sequence[Path], batch_size: int, topk: int
-             ) -> Iterator[tuple[Path, Optional[Prediction]]]:
-    """(path, prediction) for every path, in order; None for a file that cannot be decoded."""
+             ) -> Iterator[tuple[Path, Prediction | str]]:
+    """(path, prediction) for every path, in order; for a file that cannot be read, why."""
     max_side = resize_size(classifier.spec.img_size)
     for batch in _batches(list(paths), batch_size):
-        images = [read_image(os.fspath(p), max_side) for p in batch]
-        good = [(p, image) for p, image in zip(batch, images) if image is not None]
+        images = [decoded_or_reason(os.fspath(p), max_side) for p in batch]
+        good = [(p, image) for p, image in zip(batch, images) if not isinstance(image, str)]
         probs = classifier.probabilities([image for _, image in good]) if good else np.empty((0, 0))
-        by_path = {}
+        outcome: dict[Path, Prediction | str] = dict(zip(batch, images))
         for (path, _), row in zip(good, probs):
             order = np.argsort(-row)[:topk]
             top = [(classifier.classes[i], float(row[i])) for i in order]
-            by_path[path] = Prediction(os.fspath(path), top[0][0], top[0][1], top)
+            outcome[path] = Prediction(os.fspath(path), top[0][0], top[0][1], top)
         for path in batch:
-            yield path, by_path.get(path)
+            yield path, outcome[path]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,7 +15,7 @@ import paddle
 import paddle.nn as nn
 
 from models.teacher import build_teacher, freeze_backbone, freeze_teacher
-from utils.data.folders import Sample
+from utils.data.manifest import file_digest
 from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.runtime.config import Config
@@ -41,15 +40,17 @@ class PreparedTeacher:
     from_cache: bool
 
 
-def teacher_cache_key(cfg: Config, samples: Sequence[Sample], train_indices: np.ndarray, fold: int) -> str:
-    """A hash of the dataset's files and labels, this fold's training split and the teacher settings."""
+def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int], train_indices: np.ndarray,
+                      fold: int) -> str:
+    """A hash of the images' contents and labels (in order), this fold's training split and
+    the teacher settings: a photo replaced by another never finds the old photo's teacher."""
     digest = hashlib.sha256()
-    for sample in samples:
-        digest.update(f"{os.path.abspath(sample.path)}\t{sample.label}\t{os.path.getsize(sample.path)}\n".encode())
+    for content, label in zip(digests, labels):
+        digest.update(f"{content}\t{int(label)}\n".encode())
     digest.update(np.asarray(sorted(train_indices), dtype=np.int64).tobytes())
     settings = {key: getattr(cfg, key) for key in TEACHER_SETTINGS}
     if cfg.teacher_weights not in ("imagenet", "none"):
-        settings["teacher_weights_size"] = os.path.getsize(cfg.teacher_weights)
+        settings["teacher_weights"] = file_digest(cfg.teacher_weights)
     digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
     return digest.hexdigest()[:20]
 

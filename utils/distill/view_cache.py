@@ -13,7 +13,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,7 +29,7 @@ from utils.deploy.export import EXPORTED_PREFIX, exported_model_file, save_infer
 from utils.deploy.inference import InferencePredictor
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
-from utils.runtime.files import write_array_atomic
+from utils.runtime.files import scratch_dir, write_array_atomic
 from utils.runtime.process import cpu_count
 
 # Bump when the way views are drawn changes, so that no older cache is replayed against other views.
@@ -101,8 +100,8 @@ def label_views(teacher: nn.Layer, dataset: ImageDataset, views: int, img_size: 
     """(views, images, classes) float16 teacher logits for views 0..views-1 of every image."""
     loader = make_loader(dataset, LABELLING_BATCH, train=False, num_workers=0)
     logits = None
-    with tempfile.TemporaryDirectory() as workdir:
-        forward = _fastest_forward(teacher, img_size, device, Path(workdir))
+    with scratch_dir() as workdir:
+        forward = _fastest_forward(teacher, img_size, device, workdir)
         progress = tqdm(total=views * len(dataset), desc=desc, leave=False, disable=None)
         for view in range(views):
             dataset.set_epoch(view)

@@ -20,6 +20,7 @@ from models.weights import check_weights_arg
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, scan_dataset
 from utils.data.images import load_images
+from utils.data.manifest import DigestCache, build_manifest, check_same_data
 from utils.data.transforms import build_eval_transform, resize_size
 from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
 from utils.distill.methods import create_method
@@ -32,7 +33,7 @@ from utils.reporting.verdict import distillation_verdict
 from utils.reporting.visual_logging import log_run
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.runtime.errors import UserError
-from utils.runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from utils.runtime.files import exclusive_lock, write_csv_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import select_device
 from utils.runtime.registry import lookup
 
@@ -50,6 +51,23 @@ def check_components(cfg: Config) -> None:
 # Disk a fold needs at most: a cached ResNet50 teacher (94 MB) and its training state,
 # the student's training state and checkpoint; stored teacher views come on top.
 DISK_PER_FOLD_MB = 400
+
+
+LOCK_NAME = ".lock"  # held by the process that runs the run
+DIGEST_CACHE_NAME = "file_digests.json"  # in output_dir: content digests of data files, by size and time
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_outputs_outside_data(cfg: Config) -> None:
+    """Outputs inside the data directory would be read as a class by the next run."""
+    for flag, folder in (("output_dir", cfg.output_dir), ("log_dir", cfg.log_dir)):
+        if _inside(Path(folder), Path(cfg.data_dir)):
+            raise UserError(f"--{flag} {folder} is inside --data_dir {cfg.data_dir}: the next run would train on "
+                            f"its files; choose a --{flag} outside the data")
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -168,11 +186,23 @@ def run_cross_validation(cfg: Config) -> dict:
         # Built (or found unbuildable) here once, so that fold workers neither build nor fail again.
         cfg = dataclasses.replace(cfg, fast_depthwise=False)
     index = scan_dataset(Path(cfg.data_dir))
+    check_outputs_outside_data(cfg)
     run_dir = prepare_run_dir(cfg)
+    with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}"):
+        return train_and_report(cfg, index, run_dir, device, start)
+
+
+def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: str, start: float) -> dict:
+    """The run itself, with its directory locked: settings and data checked against an
+    earlier start of the run, then decoding, the folds, and every output."""
     check_same_run(cfg, run_dir)
+    manifest = build_manifest(index, Path(cfg.data_dir), DigestCache(Path(cfg.output_dir) / DIGEST_CACHE_NAME))
+    check_same_data(manifest, run_dir, cfg.run_name)
+    save_config(cfg, run_dir / "config.yaml")
     images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size),
                                            store=image_store_path(cfg, len(index.samples), run_dir))
     skipped = index.skipped + skipped
+    digest_of = manifest.digests_by_path(Path(cfg.data_dir))
     labels = np.array([s.label for s in samples], dtype=np.int64)
     check_class_counts(index.classes, labels, cfg.num_folds)
     counts = np.bincount(labels, minlength=len(index.classes))
@@ -180,7 +210,6 @@ def run_cross_validation(cfg: Config) -> dict:
           f"({', '.join(f'{c}: {n}' for c, n in zip(index.classes, counts))}); "
           f"{len(skipped)} file(s) skipped; device {device}; run {run_dir}", flush=True)
 
-    save_config(cfg, run_dir / "config.yaml")
     folds = make_folds(labels, cfg.num_folds, cfg.seed)
     fold_of = np.empty(len(samples), dtype=np.int64)
     for fold in folds:
@@ -191,7 +220,8 @@ def run_cross_validation(cfg: Config) -> dict:
     workers = parallel_fold_count(cfg, device, len(folds))
     if workers > 1:
         print(f"training {workers} folds at a time, one process each", flush=True)
-    results = run_folds(cfg, folds, workers, device, FoldInputs(index, samples, images, labels, run_dir))
+    inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir)
+    results = run_folds(cfg, folds, workers, device, inputs)
 
     oof_probs = np.zeros((len(samples), len(index.classes)), dtype=np.float32)
     for fold, result in zip(folds, results):

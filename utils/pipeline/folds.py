@@ -57,6 +57,21 @@ class FoldResult:
     val_probs: np.ndarray
 
 
+@dataclasses.dataclass
+class FoldInputs:
+    """What every fold of a run shares: the data, decoded once, and its content digests."""
+    index: DatasetIndex
+    samples: list[Sample]
+    images: Sequence[np.ndarray]
+    labels: np.ndarray
+    digests: list[str]  # of each sample's file (utils/data/manifest.py)
+    run_dir: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+
 def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[FoldData]:
     splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
     return [FoldData(k, train, val) for k, (train, val) in enumerate(splitter.split(np.zeros(len(labels)), labels))]
@@ -135,14 +150,14 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLos
                            (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch")
 
 
-def prepare_fold_teacher(cfg: Config, fold: FoldData, samples: Sequence[Sample], num_classes: int,
-                         loaders: FoldLoaders, hard_loss: HardLabelLoss, temperature: float,
-                         on_epoch: Callable) -> tuple[Teacher, float]:
+def prepare_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs, loaders: FoldLoaders,
+                         hard_loss: HardLabelLoss, temperature: float, on_epoch: Callable) -> tuple[Teacher, float]:
     """The fold's frozen teacher (cached or trained now) as the student's source of
     teacher logits: run on every batch, or replayed from its stored views, mixed at
     the distillation method's `temperature`."""
     seed_everything(cfg.seed + fold.fold)
-    key = teacher_cache_key(cfg, samples, fold.train_indices, fold.fold)
+    num_classes = inputs.num_classes
+    key = teacher_cache_key(cfg, inputs.digests, inputs.labels, fold.train_indices, fold.fold)
     cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
     prepared = prepare_teacher(cfg, num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
                                (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
@@ -160,20 +175,6 @@ def prepare_fold_teacher(cfg: Config, fold: FoldData, samples: Sequence[Sample],
     return views.teacher, prepared.val_acc
 
 
-@dataclasses.dataclass
-class FoldInputs:
-    """What every fold of a run shares: the data, decoded once."""
-    index: DatasetIndex
-    samples: list[Sample]
-    images: Sequence[np.ndarray]
-    labels: np.ndarray
-    run_dir: Path
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.index.classes)
-
-
 def fold_method(cfg: Config, fold: FoldData, inputs: FoldInputs) -> tuple[HardLabelLoss, TrainingLoss]:
     hard_loss = hard_label_loss(cfg, inputs.labels[fold.train_indices], inputs.num_classes)
     return hard_loss, create_method(cfg, hard_loss)
@@ -186,7 +187,7 @@ def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
         return
     hard_loss, method = fold_method(cfg, fold, inputs)
     loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, cfg.teacher_cache == "views")
-    prepare_fold_teacher(cfg, fold, inputs.samples, inputs.num_classes, loaders, hard_loss, method.temperature,
+    prepare_fold_teacher(cfg, fold, inputs, loaders, hard_loss, method.temperature,
                          epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet))
 
 
@@ -231,7 +232,7 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
         history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if method.needs_teacher:
             teacher, teacher_acc = prepare_fold_teacher(
-                cfg, fold, inputs.samples, len(classes), loaders, hard_loss, method.temperature,
+                cfg, fold, inputs, loaders, hard_loss, method.temperature,
                 epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet))
 
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,

@@ -18,16 +18,36 @@ from utils.runtime.errors import UserError
 GALLERY_SIZE = 16
 
 
-def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict]]:
+RUN_FILES = ("summary.json", "config.yaml", "oof_predictions.csv", "classification_report.txt")
+
+
+def _damaged(path: Path) -> UserError:
+    return UserError(f"{path} is damaged; run python main.py --resume {path.parent.name} to write the run's "
+                     "outputs again")
+
+
+def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict], list[dict]]:
+    """summary.json, config.yaml, every fold's history and the out-of-fold rows, checked."""
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a finished run ({', '.join(missing)} missing)")
     try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        config = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    except OSError:
-        raise UserError(f"{run_dir} is not a finished run (no summary.json or config.yaml)") from None
+        if not isinstance(summary, dict) or not isinstance(summary.get("folds"), list) or "classes" not in summary:
+            raise ValueError
+    except (UnicodeDecodeError, ValueError):
+        raise _damaged(run_dir / "summary.json") from None
     histories = {}
     for path in sorted(run_dir.glob("fold*/history.json")):
-        histories[int(path.parent.name[4:])] = json.loads(path.read_text(encoding="utf-8"))
-    return summary, config, histories
+        try:
+            histories[int(path.parent.name[4:])] = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise _damaged(path) from None
+    with open(run_dir / "oof_predictions.csv", newline="", encoding="utf-8") as handle:
+        oof_rows = list(csv.DictReader(handle))
+    if not oof_rows or not {"path", "label", "pred", "confidence"} <= set(oof_rows[0]):
+        raise _damaged(run_dir / "oof_predictions.csv")
+    return summary, (run_dir / "config.yaml").read_text(encoding="utf-8"), histories, oof_rows
 
 
 def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
@@ -114,11 +134,18 @@ def _verdict_section(summary: dict) -> list[str]:
 
 
 def write_report(run_dir: Path) -> Path:
-    summary, config, histories = _load(run_dir)
+    """report.md (and its figures) from the run's saved files."""
+    summary, config, histories, oof_rows = _load(run_dir)
+    try:
+        return _write_report(run_dir, summary, config, histories, oof_rows)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise _damaged(run_dir / "summary.json") from None
+
+
+def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int, dict], oof_rows: list[dict]
+                  ) -> Path:
     if histories:
         plot_training_curves(histories, run_dir / "training_curves.png")
-    with open(run_dir / "oof_predictions.csv", newline="", encoding="utf-8") as handle:
-        oof_rows = list(csv.DictReader(handle))
     mistakes = plot_misclassified(oof_rows, run_dir / "misclassified.png")
     counts = Counter(row["label"] for row in oof_rows)
     lines = [

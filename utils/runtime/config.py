@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +24,8 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 RECIPE_DIR = CONFIG_DIR / "recipes"
+# Names inside output_dir that are not runs: the newest run's pointer, the teacher cache.
+RESERVED_RUN_NAMES = ("latest", "teachers")
 RECIPES = ("auto", "finetune", "scratch")
 
 
@@ -155,6 +158,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return values
 
 
+def is_run_name(name: str) -> bool:
+    """One folder name of letters, digits, dots, dashes and underscores, not a reserved one."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) is not None and name not in RESERVED_RUN_NAMES
+
+
 def _check_ranges(cfg: Config) -> None:
     """Value checks that need no registry; names are checked where the registries live."""
     rules = [
@@ -168,14 +176,14 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.freeze_student_blocks >= 0, "freeze_student_blocks must be 0 or more"),
         (0.1 <= cfg.student_width <= 4.0, "student_width must be between 0.1 and 4"),
         (cfg.teacher_epochs >= 0, "teacher_epochs must be 0 or more"),
-        (cfg.teacher_lr > 0, "teacher_lr must be positive"),
+        (0 < cfg.teacher_lr <= 1, "teacher_lr must be in (0, 1]"),
         (0.0 <= cfg.alpha <= 1.0, "alpha must be between 0 and 1"),
-        (cfg.temperature > 0, "temperature must be positive"),
+        (0 < cfg.temperature <= 100, "temperature must be in (0, 100]"),
         (cfg.dkd_alpha >= 0 and cfg.dkd_beta >= 0, "dkd_alpha and dkd_beta must be 0 or more"),
-        (cfg.dkd_temperature > 0, "dkd_temperature must be positive"),
+        (0 < cfg.dkd_temperature <= 100, "dkd_temperature must be in (0, 100]"),
         (cfg.dkd_warmup >= 0, "dkd_warmup must be 0 or more"),
         (cfg.dist_beta >= 0 and cfg.dist_gamma >= 0, "dist_beta and dist_gamma must be 0 or more"),
-        (cfg.dist_temperature > 0, "dist_temperature must be positive"),
+        (0 < cfg.dist_temperature <= 100, "dist_temperature must be in (0, 100]"),
         (cfg.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
         (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (cfg.class_weights in ("none", "balanced"), "class_weights must be none or balanced"),
@@ -183,12 +191,12 @@ def _check_ranges(cfg: Config) -> None:
         (0 <= cfg.ema_decay < 1, "ema_decay must be in [0, 1)"),
         (cfg.clip_grad_norm >= 0, "clip_grad_norm must be 0 or more"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
-        (cfg.lr > 0, "lr must be positive"),
-        (cfg.weight_decay >= 0, "weight_decay must be 0 or more"),
+        (0 < cfg.lr <= 1, "lr must be in (0, 1]"),
+        (0 <= cfg.weight_decay <= 1, "weight_decay must be between 0 and 1"),
         (cfg.warmup_epochs >= 0, "warmup_epochs must be 0 or more"),
         (cfg.patience >= 1, "patience must be at least 1"),
-        (cfg.mixup_alpha >= 0, "mixup_alpha must be 0 or more"),
-        (cfg.cutmix_alpha >= 0, "cutmix_alpha must be 0 or more"),
+        (0 <= cfg.mixup_alpha <= 100, "mixup_alpha must be between 0 and 100"),
+        (0 <= cfg.cutmix_alpha <= 100, "cutmix_alpha must be between 0 and 100"),
         (cfg.auto_augment in ("none", "randaugment", "trivialaugment"),
          "auto_augment must be none, randaugment or trivialaugment"),
         (0 < cfg.crop_scale_min <= 1, "crop_scale_min must be in (0, 1]"),
@@ -204,6 +212,9 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.device in ("auto", "cpu", "gpu"), "device must be auto, cpu or gpu"),
         (cfg.attention_blocks == "all" or cfg.attention_blocks.isdigit(),
          "attention_blocks must be 'all' or a number of blocks"),
+        (cfg.run_name is None or is_run_name(cfg.run_name),
+         "run_name must be one folder name (letters, digits, '.', '-', '_'), and not latest or teachers"),
+        (cfg.img_size <= 1024, "img_size must be at most 1024"),
     ]
     for ok, message in rules:
         if not ok:

@@ -2,14 +2,20 @@
 to a partial file beside it, then renamed into place."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from utils.runtime.errors import UserError
 
 
 def partial_path(path: Path) -> Path:
@@ -54,3 +60,58 @@ def write_array_atomic(path: Path, array: np.ndarray) -> None:
             np.save(handle, array)
 
     write_atomically(path, write)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Held by this process alone for the block (an flock, released even if the process is
+    killed); another process that asks gets a one-line error naming the holder."""
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{what} is in use by {holder}; wait for it to finish, or choose another --run_name") \
+            from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+SCRATCH_PREFIX = "paddle-kd-scratch-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Optional[Path] = None) -> Iterator[Path]:
+    """A folder for this process's temporary files (in the system's temporary directory by
+    default), removed at the end of the block; folders that killed processes left behind
+    are removed when the next one is made."""
+    parent = Path(parent or tempfile.gettempdir())
+    for stale in parent.glob(f"{SCRATCH_PREFIX}*"):
+        pid = stale.name[len(SCRATCH_PREFIX):]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    path = parent / f"{SCRATCH_PREFIX}{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -2,7 +2,7 @@
 `inference.py --model_path <output_dir>` or your own paddle.inference code;
 with --format onnx, also as model.onnx for ONNX Runtime.
 
-    python export.py --model_path models_saved/<run> --output_dir exported/<run> [--format onnx]
+    python export.py --model_path models_saved/<run> --export_dir exported/<run> [--format onnx]
 """
 from __future__ import annotations
 
@@ -14,28 +14,32 @@ from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
-from utils.runtime.errors import reports_user_errors  # noqa: E402
+from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", help="run directory, fold directory or .pdparams file "
-                                             "(default: the newest run in --runs_dir)")
-    parser.add_argument("--runs_dir", default="models_saved")
+    parser.add_argument("--model_path", help="run directory, model directory or .pdparams file "
+                                             "(default: the newest run in --output_dir)")
+    parser.add_argument("--output_dir", default="models_saved",
+                        help="where runs are saved, as for main.py (default: %(default)s)")
     parser.add_argument("--fold", type=int, help="export only this fold")
     parser.add_argument("--ensemble", action="store_true", help="export every fold rather than the final model")
     parser.add_argument("--allow_partial", action="store_true", help="export the finished folds of an unfinished run")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--export_dir", required=True, help="where the exported models go, one folder each")
     parser.add_argument("--format", choices=("paddle", "onnx"), default="paddle",
                         help="onnx: the Paddle inference model and, beside it, model.onnx (needs paddle2onnx)")
     args = parser.parse_args(argv)
     from utils.deploy.export import export_student
     from utils.deploy.inference import find_weights
 
-    for weights in find_weights(args.model_path, args.runs_dir, args.fold, args.ensemble, args.allow_partial):
-        name = weights.parent.name if weights.parent.name.startswith("fold") else weights.stem
-        out = export_student(weights, Path(args.output_dir) / name, onnx=args.format == "onnx")
+    export_dir = Path(args.export_dir)
+    if export_dir.exists() and not export_dir.is_dir():
+        raise UserError(f"--export_dir {export_dir} is a file, not a folder")
+    for weights in find_weights(args.model_path, args.output_dir, args.fold, args.ensemble, args.allow_partial):
+        name = weights.parent.name if weights.name == "best.pdparams" else weights.stem
+        out = export_student(weights, export_dir / name, onnx=args.format == "onnx")
         print(f"exported {weights} -> {out}")
     return 0
 

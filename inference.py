@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import json
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--categories", help="comma-separated class names to print instead of the model's")
     parser.add_argument("--output", help="write predictions to a .csv or .json file")
     parser.add_argument("--show", action="store_true", help="write copies with label and confidence drawn on them")
-    parser.add_argument("--show_dir", default="predictions_shown", help="where --show writes (default: %(default)s)")
+    parser.add_argument("--show_dir", default="predictions_shown",
+                        help="where --show writes, keeping the images' paths under --image_path (default: %(default)s)")
     parser.add_argument("--use_gpu", action="store_true", help="use the GPU when Paddle has CUDA")
     parser.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle",
                         help="for exported models: Paddle Inference, or ONNX Runtime on the model.onnx that "
@@ -53,15 +53,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def write_predictions(path: Path, predictions: list) -> None:
+    from utils.runtime.files import write_csv_atomic, write_json_atomic
+
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps([p.__dict__ for p in predictions], indent=2), encoding="utf-8")
+        write_json_atomic(path, [dataclasses.asdict(p) for p in predictions])
         return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "confidence", "topk"])
-        for p in predictions:
-            topk = ";".join(f"{label}:{conf:.6f}" for label, conf in p.top)
-            writer.writerow([p.path, p.label, f"{p.confidence:.6f}", topk])
+    write_csv_atomic(path, ["path", "label", "confidence", "topk"],
+                     [[p.path, p.label, f"{p.confidence:.6f}", ";".join(f"{label}:{conf:.6f}" for label, conf in p.top)]
+                      for p in predictions])
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every number and path, before any image is read: a mistake never costs the work."""
+    if args.batch_size < 1 or args.topk < 1:
+        raise UserError("--batch_size and --topk must be at least 1")
+    if "://" in args.image_path:
+        raise UserError(f"--image_path {args.image_path}: URLs are not supported; download the images first")
+    if args.output:
+        output = Path(args.output)
+        if output.suffix.lower() not in (".csv", ".json"):
+            raise UserError("--output must end in .csv or .json")
+        if output.is_dir():
+            raise UserError(f"--output {output} is a folder; give a file name ending in .csv or .json")
+        if not output.parent.is_dir():
+            raise UserError(f"--output {output}: the folder {output.parent} does not exist")
+    if args.show and Path(args.show_dir).exists() and not Path(args.show_dir).is_dir():
+        raise UserError(f"--show_dir {args.show_dir} is a file, not a folder")
 
 
 @reports_user_errors
@@ -70,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.deploy.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
     from utils.runtime.process import select_device
 
-    if args.batch_size < 1 or args.topk < 1:
-        raise UserError("--batch_size and --topk must be at least 1")
-    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
-        raise UserError("--output must end in .csv or .json")
+    check_arguments(args)
     paths = list_images(Path(args.image_path), args.recursive)
     if not paths:
         raise UserError(f"no images in {args.image_path}" + ("" if args.recursive else " (try --recursive)"))
@@ -101,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         predictions.append(prediction)
         if args.show:
-            save_annotated(prediction, Path(args.show_dir))
+            save_annotated(prediction, Path(args.show_dir), Path(args.image_path))
         extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
         tqdm.write(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""),
                    file=sys.stdout)
     if args.output:
         write_predictions(Path(args.output), predictions)
-    counts = collections.Counter(p.label for p in predictions)
-    print(f"\n{len(predictions)} classified, {len(failed)} failed: "
-          + ", ".join(f"{label} {n}" for label, n in counts.most_common()))
+    counts = collections.Counter(p.label for p in predictions).most_common()
+    print(f"\n{len(predictions)} classified, {len(failed)} failed"
+          + (": " + ", ".join(f"{label} {n}" for label, n in counts) if counts else ""))
     return 1 if failed else 0
 
 

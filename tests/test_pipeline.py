@@ -76,7 +76,7 @@ def test_run_logs_every_fold_to_visualdl(tiny_run):
     run_logs = list((out / "logs" / "tiny" / "run").glob("vdlrecords.*.log"))
     assert len(run_logs) == 1
     content = run_logs[0].read_bytes()
-    assert b"hparam/student_val_acc_mean" in content and b"oof/confusion_matrix" in content
+    assert b"summary/student_val_acc_mean" in content and b"oof/confusion_matrix" in content
 
 
 def test_teacher_trains_only_on_its_folds_training_split(tiny_run):

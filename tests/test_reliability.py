@@ -310,7 +310,7 @@ def test_an_unfinished_run_is_used_only_when_asked(finished_run, tmp_path, capsy
     capsys.readouterr()
     for entry in (inference.main, export.main):
         extra = ["--image_path", str(data / "red")] if entry is inference.main else \
-            ["--output_dir", str(tmp_path / "exported")]
+            ["--export_dir", str(tmp_path / "exported")]
         _error(capsys, entry(["--model_path", str(run_dir), *extra]), "1 of 2 folds finished")
         assert entry(["--model_path", str(run_dir), "--allow_partial", *extra]) == 0
 

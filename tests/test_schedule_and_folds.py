@@ -52,3 +52,22 @@ def test_stratified_folds_cover_every_image_once():
         assert counts.tolist() in ([2, 4, 1], [2, 4, 2])
     again = make_folds(labels, 5, seed=0)
     assert all((a.val_indices == b.val_indices).all() for a, b in zip(folds, again))
+
+
+def test_help_shows_every_settings_comment_default_and_group(capsys):
+    import main
+    from utils.runtime.config import _field_types, setting_docs
+
+    docs = setting_docs()
+    assert sorted(doc.key for doc in docs) == sorted(_field_types())
+    assert all(doc.comment for doc in docs), [doc.key for doc in docs if not doc.comment]
+    with pytest.raises(SystemExit):
+        main.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for doc in docs:
+        assert f"--{doc.key}" in text
+        assert " ".join(doc.comment.split())[:30] in text, doc.key
+    for section in ("Data:", "Student:", "Distillation:", "Recipe:", "Runtime and outputs:"):
+        assert section in text
+    assert "--kd KD none: cross-entropy only (the baseline) | kl | dkd | dist" in text
+    assert "(default: mobilenet_v2)" in text

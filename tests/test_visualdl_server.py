@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from utils.reporting.visual_logging import HPARAM_KEYS
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -30,7 +32,8 @@ def visualdl_server(tiny_run):
     script = Path(sys.executable).with_name("visualdl")
     command = str(script) if script.exists() else shutil.which("visualdl")
     server = subprocess.Popen(
-        [command, "--logdir", str(out / "logs"), "--host", "127.0.0.1", "--port", str(port)],
+        # The command the tool prints, with VisualDL's own --language setting (see visualdl_command).
+        [command, "--logdir", str(out / "logs"), "--host", "127.0.0.1", "--port", str(port), "--language", "en"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/app/api"
@@ -66,7 +69,7 @@ def test_every_fold_shows_scalars_images_and_pr_curves(visualdl_server):
             "teacher/train/loss", "teacher/train/acc"}
         assert {"train/augmented_batch", "val/confusion_matrix"} <= images[fold]
         assert {"val/pr_curve/red", "val/pr_curve/green", "val/pr_curve/blue"} <= curves[fold]
-    assert "hparam/student_val_acc_mean" in scalars["tiny/run"]
+    assert "summary/student_val_acc_mean" in scalars["tiny/run"]
     assert "oof/confusion_matrix" in images["tiny/run"]
 
 
@@ -74,8 +77,10 @@ def test_hyper_parameters_and_the_web_page(visualdl_server):
     indicators = _get(f"{visualdl_server}/hparams/indicators")["data"]
     hparams = {h["name"]: h["values"] for h in indicators["hparams"]}
     assert hparams["student"] == ["mobilenet_v3_small"] and hparams["kd"] == ["kl"]
-    assert "hparam/student_val_acc_mean" in {m["name"] for m in indicators["metrics"]}
-    # VisualDL 2.5.3's page handler needs the Accept-Language header that browsers send.
-    page = urllib.request.Request(visualdl_server.replace("/api", "/hparams"), headers={"Accept-Language": "en"})
-    with urllib.request.urlopen(page, timeout=5) as response:
-        assert response.status == 200
+    assert "summary/student_val_acc_mean" in {m["name"] for m in indicators["metrics"]}
+    assert set(hparams) == set(HPARAM_KEYS)
+    # The page answers for every browser language, and without the header.
+    for headers in ({"Accept-Language": "de-DE,de;q=0.9"}, {"Accept-Language": "ja"}, {}):
+        page = urllib.request.Request(visualdl_server.replace("/api", "/index"), headers=headers)
+        with urllib.request.urlopen(page, timeout=5) as response:
+            assert response.status == 200, headers

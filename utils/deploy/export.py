@@ -11,6 +11,7 @@ from paddle.static import InputSpec
 
 from utils.deploy.checkpoint import META_NAME, load_student
 from utils.runtime.errors import UserError
+from utils.runtime.process import native_output_silenced
 
 EXPORTED_PREFIX = "model"  # files model.json (or model.pdmodel) and model.pdiparams
 ONNX_NAME = "model.onnx"
@@ -31,11 +32,12 @@ def save_onnx(out_dir: Path) -> Path:
     except ImportError:
         raise UserError("--format onnx needs paddle2onnx: pip install paddle2onnx onnxruntime") from None
     onnx_path = out_dir / ONNX_NAME
-    paddle2onnx.export(str(exported_model_file(out_dir)), str(out_dir / f"{EXPORTED_PREFIX}.pdiparams"),
-                       str(onnx_path), opset_version=ONNX_OPSET, enable_onnx_checker=True,
-                       # Its default post-pass (Polygraphy) installs packages from the network at run
-                       # time; ONNX Runtime folds the same constants when it loads the model.
-                       optimize_tool="none")
+    with native_output_silenced():  # four lines of conversion log per model
+        paddle2onnx.export(str(exported_model_file(out_dir)), str(out_dir / f"{EXPORTED_PREFIX}.pdiparams"),
+                           str(onnx_path), opset_version=ONNX_OPSET, enable_onnx_checker=True,
+                           # Its default post-pass (Polygraphy) installs packages from the network at run
+                           # time; ONNX Runtime folds the same constants when it loads the model.
+                           optimize_tool="none")
     return onnx_path
 
 

@@ -205,17 +205,20 @@ def list_images(path: Path, recursive: bool) -> list[Path]:
                   if p.is_file() and is_image_name(p.name) and not p.name.startswith("."))
 
 
-def save_annotated(prediction: Prediction, show_dir: Path) -> Path:
-    """A copy of the image with its label and confidence drawn on it."""
+def save_annotated(prediction: Prediction, show_dir: Path, image_root: Path) -> Path:
+    """A copy of the image with its label and confidence drawn on it, at its path under
+    `image_root` inside `show_dir` (a/x.jpg and b/x.jpg stay apart), in its own format."""
     image = cv2.cvtColor(read_image(prediction.path), cv2.COLOR_RGB2BGR)
     scale = max(0.4, image.shape[1] / 500)
     text = f"{prediction.label} {prediction.confidence:.2f}"
     (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     cv2.rectangle(image, (0, 0), (width + 8, height + 12), (0, 0, 0), -1)
     cv2.putText(image, text, (4, height + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    show_dir.mkdir(parents=True, exist_ok=True)
-    out = show_dir / f"{Path(prediction.path).stem}.png"
-    cv2.imencode(".png", image)[1].tofile(str(out))
+    source = Path(prediction.path)
+    relative = source.relative_to(image_root) if image_root.is_dir() else Path(source.name)
+    out = show_dir / relative
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imencode(out.suffix, image)[1].tofile(str(out))
     return out
 
 

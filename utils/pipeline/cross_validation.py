@@ -24,13 +24,15 @@ from utils.data.manifest import DigestCache, build_manifest, check_same_data
 from utils.data.transforms import build_eval_transform, resize_size
 from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
 from utils.distill.methods import create_method
+from utils.distill.view_cache import view_cache_path, view_count
 from utils.engine.loops import predict
-from utils.pipeline.folds import FoldInputs, FoldResult, make_folds
+from utils.pipeline.estimate import RunClock, describe, plan_work, quick_preset_note, start_clock
+from utils.pipeline.folds import FoldData, FoldInputs, FoldResult, load_fold_result, make_folds, teacher_cache_path
 from utils.pipeline.workers import parallel_fold_count, run_folds
 from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.reporting.report import write_report
 from utils.reporting.verdict import distillation_verdict
-from utils.reporting.visual_logging import log_run
+from utils.reporting.visual_logging import log_run, visualdl_command
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.runtime.errors import UserError
 from utils.runtime.files import exclusive_lock, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -162,6 +164,27 @@ def fold_summary(results: list[FoldResult]) -> dict:
     return summary
 
 
+def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers: int, device: str) -> RunClock:
+    """Time the work the run has left on this machine and say how long it will take."""
+    to_do = [fold for fold in folds if load_fold_result(inputs.run_dir / f"fold{fold.fold}") is None]
+    needs_teacher = create_method(cfg).needs_teacher
+    teachers = views = 0
+    for fold in to_do if needs_teacher else []:
+        path = teacher_cache_path(cfg, inputs, fold)
+        cached = path.is_file() and path.with_suffix(".json").is_file() and not cfg.retrain_teacher
+        teachers += not cached
+        views += cfg.teacher_cache == "views" and not (cached and view_cache_path(path, view_count(cfg)).is_file())
+    work = plan_work(cfg, [(len(f.train_indices), len(f.val_indices)) for f in to_do], teachers, views,
+                     needs_teacher)
+    clock = start_clock(cfg, inputs.num_classes, work, workers)
+    print(f"estimated time: {describe(clock.total_seconds())} on this machine ({len(to_do)} fold(s) to train, "
+          f"{teachers} teacher(s) to train; early stopping can make it shorter)", flush=True)
+    note = quick_preset_note(clock, device)
+    if note:
+        print(note, flush=True)
+    return clock
+
+
 def image_store_path(cfg: Config, count: int, run_dir: Path) -> Optional[Path]:
     """Where decoded images go when they would need more memory than image_memory_mb; None: in memory."""
     side = resize_size(cfg.img_size)
@@ -221,6 +244,7 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     if workers > 1:
         print(f"training {workers} folds at a time, one process each", flush=True)
     inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir)
+    inputs.clock = estimate_run(cfg, folds, inputs, workers, device)
     results = run_folds(cfg, folds, workers, device, inputs)
 
     oof_probs = np.zeros((len(samples), len(index.classes)), dtype=np.float32)
@@ -246,7 +270,8 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     }
     write_json_atomic(run_dir / "summary.json", summary)
     metrics = {key: summary[key] for key in ("student_val_acc_mean", "student_val_macro_f1_mean", "oof_acc",
-                                             "teacher_val_acc_mean") if summary[key] is not None}
+                                             "teacher_val_acc_mean", "baseline_val_acc_mean")
+               if summary[key] is not None}
     log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), metrics, run_dir / "confusion_matrix.png")
     report = write_report(run_dir)
     write_text_atomic(Path(cfg.output_dir) / "latest", cfg.run_name + "\n")
@@ -256,5 +281,5 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     for item in skipped:
         print(f"skipped: {item.path} ({item.reason})")
     (run_dir / IMAGE_STORE_NAME).unlink(missing_ok=True)
-    print(f"outputs in {run_dir}, the story in {report}; VisualDL: visualdl --logdir {cfg.log_dir}")
+    print(f"outputs in {run_dir}, the story in {report}; VisualDL: {visualdl_command(cfg.log_dir)}")
     return summary

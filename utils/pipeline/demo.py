@@ -7,6 +7,7 @@ import dataclasses
 import time
 
 from utils.data.folders import has_class_folders, write_digits_demo
+from utils.pipeline.cross_validation import check_components
 from utils.runtime.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config, resumed_config
 
 DATA_ROOT = PROJECT_ROOT / "data"
@@ -22,11 +23,12 @@ def resolve_run_config(args: argparse.Namespace) -> Config:
         if has_class_folders(DATA_ROOT):
             cfg = dataclasses.replace(cfg, data_dir=str(DATA_ROOT))
         else:
+            cfg = dataclasses.replace(resolve_config(args, extra_file=DEMO_CONFIG), data_dir=str(DIGITS_DIR))
+            check_components(cfg)  # options are checked before the demo's images are written
             if not has_class_folders(DIGITS_DIR):
                 write_digits_demo(DIGITS_DIR)
             print(f"No --data_dir and no class folders in {DATA_ROOT}: running the offline demo on "
                   f"scikit-learn's handwritten digits (written to {DIGITS_DIR}) with {DEMO_CONFIG.name}.")
-            cfg = dataclasses.replace(resolve_config(args, extra_file=DEMO_CONFIG), data_dir=str(DIGITS_DIR))
     if cfg.run_name is None:
         cfg = dataclasses.replace(cfg, run_name=time.strftime("run-%Y%m%d-%H%M%S"))
     return cfg

@@ -23,8 +23,17 @@ from utils.deploy.spec import ModelSpec
 from utils.distill.methods import create_method
 from utils.distill.teachers import prepare_teacher, teacher_cache_key
 from utils.distill.view_cache import prepare_views, view_count
-from utils.engine.loops import FitResult, LiveTeacher, Teacher, TrainingDiverged, TrainingSettings, train_model
+from utils.engine.loops import (
+    EpochRecord,
+    FitResult,
+    LiveTeacher,
+    Teacher,
+    TrainingDiverged,
+    TrainingSettings,
+    train_model,
+)
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
+from utils.pipeline.estimate import RunClock, describe
 from utils.reporting.metrics import macro_f1, save_confusion_matrix, write_classification_report
 from utils.reporting.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch
 from utils.runtime.config import Config
@@ -66,6 +75,20 @@ class FoldInputs:
     labels: np.ndarray
     digests: list[str]  # of each sample's file (utils/data/manifest.py)
     run_dir: Path
+    clock: Optional[RunClock] = None  # the run's time estimate
+
+    def progress(self, kind: str, images: int) -> Optional[Callable[[EpochRecord], str]]:
+        """For epoch_logger: an epoch of `kind` over `images` images corrects the estimate, which
+        the epoch's line then shows."""
+        clock = self.clock
+        if clock is None:
+            return None
+
+        def note(record: EpochRecord) -> str:
+            clock.observe(kind, images, record.seconds)
+            return f"run: {describe(clock.remaining_seconds())} left"
+
+        return note
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +173,11 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLos
                            (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch")
 
 
+def teacher_cache_path(cfg: Config, inputs: FoldInputs, fold: FoldData) -> Path:
+    key = teacher_cache_key(cfg, inputs.digests, inputs.labels, fold.train_indices, fold.fold)
+    return Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
+
+
 def prepare_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs, loaders: FoldLoaders,
                          hard_loss: HardLabelLoss, temperature: float, on_epoch: Callable) -> tuple[Teacher, float]:
     """The fold's frozen teacher (cached or trained now) as the student's source of
@@ -157,8 +185,7 @@ def prepare_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs, loader
     the distillation method's `temperature`."""
     seed_everything(cfg.seed + fold.fold)
     num_classes = inputs.num_classes
-    key = teacher_cache_key(cfg, inputs.digests, inputs.labels, fold.train_indices, fold.fold)
-    cache_path = Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
+    cache_path = teacher_cache_path(cfg, inputs, fold)
     prepared = prepare_teacher(cfg, num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
                                (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
     source = "cached" if prepared.from_cache else "trained"
@@ -188,7 +215,8 @@ def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
     hard_loss, method = fold_method(cfg, fold, inputs)
     loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, cfg.teacher_cache == "views")
     prepare_fold_teacher(cfg, fold, inputs, loaders, hard_loss, method.temperature,
-                         epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet))
+                         epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
+                                      inputs.progress("teacher", len(fold.train_indices))))
 
 
 def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
@@ -233,17 +261,20 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
         if method.needs_teacher:
             teacher, teacher_acc = prepare_fold_teacher(
                 cfg, fold, inputs, loaders, hard_loss, method.temperature,
-                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet))
+                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet,
+                             inputs.progress("teacher", len(train_set))))
 
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
-                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet),
+                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet,
+                                            inputs.progress("student", len(train_set))),
                                fold_dir / STUDENT_STATE)
         baseline_acc = None
         if cfg.baseline and method.needs_teacher:
             # A plain CE student draws fresh views every epoch, as it would on its own.
             baseline_acc = train_student(
                 cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
-                epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet),
+                epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet,
+                             inputs.progress("student", len(train_set))),
                 fold_dir / BASELINE_STATE,
             ).best.acc
             if teacher_acc < baseline_acc:

@@ -30,13 +30,19 @@ def write_classification_report(path: Path, labels: np.ndarray, preds: np.ndarra
 
 def save_confusion_matrix(path: Path, labels: np.ndarray, preds: np.ndarray, classes: Sequence[str],
                           title: str) -> None:
-    size = max(5.0, 0.6 * len(classes) + 2)
+    """Counts in large type, so that the image reads without zooming where VisualDL shows it
+    (about 400 pixels wide) as well as in report.md."""
+    size = max(5.0, 0.55 * len(classes) + 2.5)
+    font = 16 if len(classes) <= 8 else 12 if len(classes) <= 20 else 8
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay.from_predictions(
         labels, preds, labels=list(range(len(classes))), display_labels=list(classes),
-        ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues",
+        ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues", text_kw={"fontsize": font},
     )
-    ax.set_title(title)
+    ax.tick_params(labelsize=font - 2)
+    ax.set_xlabel("predicted", fontsize=font - 2)
+    ax.set_ylabel("true", fontsize=font - 2)
+    ax.set_title(title, fontsize=font - 3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from utils.data.images import read_image
 from utils.runtime.errors import UserError
@@ -50,21 +51,58 @@ def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict], list[dict]]:
     return summary, (run_dir / "config.yaml").read_text(encoding="utf-8"), histories, oof_rows
 
 
+FOLD_MARKERS = "osD^v<>p*h"
+
+
+def _train_ce(record: dict) -> float:
+    """The epoch's hard-label cross-entropy: the 'ce' part, or the loss when that is all there is."""
+    return record["train_parts"].get("ce", record["train_loss"])
+
+
+def _distillation_terms(record: dict) -> float:
+    return sum(value for name, value in record["train_parts"].items() if name != "ce")
+
+
 def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
-    """Student loss and accuracy per epoch, training and validation, one line per fold."""
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for fold, history in histories.items():
-        epochs = [e["epoch"] for e in history["student"]]
-        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
-            # Markers, so that a run of one epoch still shows its points.
-            line, = ax.plot(epochs, [e[f"val_{key}"] for e in history["student"]], "o-", label=f"fold {fold} val")
-            ax.plot(epochs, [e[f"train_{key}"] for e in history["student"]], "o--", color=line.get_color(),
-                    label=f"fold {fold} train")
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+    """Per epoch, for every fold (one marker each): the student's training and validation
+    cross-entropy side by side (the distillation terms, on another scale, get a panel of
+    their own), its training and validation accuracy, and the teacher's curves."""
+    with_kd = any(_distillation_terms(r) for h in histories.values() for r in h["student"])
+    fig, axes = plt.subplots(1, 3 if with_kd else 2, figsize=(16 if with_kd else 11, 4.2))
+    ce_ax, acc_ax = axes[0], axes[1]
+    colours = {"train": "tab:blue", "val": "tab:orange", "teacher train": "tab:green", "teacher val": "tab:red"}
+    for fold, history in sorted(histories.items()):
+        marker = FOLD_MARKERS[fold % len(FOLD_MARKERS)]
+        for who, records in (("", history["student"]), ("teacher ", history.get("teacher", []))):
+            if not records:
+                continue
+            epochs = [r["epoch"] for r in records]
+            style = dict(marker=marker, markersize=4, alpha=0.85)
+            ce_ax.plot(epochs, [_train_ce(r) for r in records], "--", color=colours[f"{who}train"], **style)
+            ce_ax.plot(epochs, [r["val_loss"] for r in records], "-", color=colours[f"{who}val"], **style)
+            acc_ax.plot(epochs, [r["train_acc"] for r in records], "--", color=colours[f"{who}train"], **style)
+            acc_ax.plot(epochs, [r["val_acc"] for r in records], "-", color=colours[f"{who}val"], **style)
+        if with_kd:
+            axes[2].plot([r["epoch"] for r in history["student"]],
+                         [_distillation_terms(r) for r in history["student"]], "-", color="tab:purple",
+                         marker=marker, markersize=4, label=f"fold {fold}")
+    ce_ax.set_title("cross-entropy with the true labels")
+    acc_ax.set_title("accuracy")
+    with_teacher = any(h.get("teacher") for h in histories.values())
+    handles = [plt.Line2D([], [], color=colour, linestyle="--" if "train" in name else "-", label=name)
+               for name, colour in colours.items() if with_teacher or "teacher" not in name]
+    handles += [plt.Line2D([], [], color="grey", marker=FOLD_MARKERS[f % len(FOLD_MARKERS)], linestyle="none",
+                           label=f"fold {f}") for f in sorted(histories)]
+    acc_ax.legend(handles=handles, fontsize=7)
+    if with_kd:
+        axes[2].set_title("distillation terms (sum of the method's non-CE parts)")
+        axes[2].legend(fontsize=7)
+    last = max(r["epoch"] for h in histories.values() for r in [*h["student"], *h.get("teacher", [])])
+    for ax in axes:
         ax.set_xlabel("epoch")
-        ax.set_title(f"student {name}")
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -88,6 +126,30 @@ def plot_misclassified(oof_rows: list[dict], out: Path) -> int:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return len(wrong)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"
+
+
+def model_warnings(oof_rows: list[dict], classes: list[str]) -> list[str]:
+    """What makes the students useless, in words: one answer for every image, or no better
+    than always answering the most common class (1 / classes when they are balanced)."""
+    predicted = Counter(row["pred"] for row in oof_rows)
+    truth = Counter(row["label"] for row in oof_rows)
+    accuracy = sum(row["pred"] == row["label"] for row in oof_rows) / len(oof_rows)
+    majority = max(truth.values()) / len(oof_rows)
+    warnings = []
+    if len(predicted) == 1:
+        warnings.append(f"the students answer '{next(iter(predicted))}' for every image: they learned nothing "
+                        "about the pictures (train longer, or check the data)")
+    elif accuracy <= majority + 0.01:
+        warnings.append(f"out-of-fold accuracy {accuracy:.4f} is no better than always answering the most common "
+                        f"class ({majority:.4f}; chance with {len(classes)} classes is {1 / len(classes):.4f}): "
+                        "the students are at chance level")
+    return warnings
 
 
 def _cell(value) -> str:
@@ -150,6 +212,10 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
     counts = Counter(row["label"] for row in oof_rows)
     lines = [
         f"# Run {run_dir.name}",
+        "",
+        *[f"> **Warning:** {warning}" for warning in model_warnings(oof_rows, summary["classes"])],
+        "",
+        f"Run time: {_duration(summary.get('seconds', 0))}.",
         "",
         "## Dataset",
         "",

@@ -32,10 +32,11 @@ def epoch_scalars(record: EpochRecord) -> dict[str, float]:
     return scalars
 
 
-def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: int, history: list, quiet: bool
-                 ) -> Callable[[EpochRecord, bool], None]:
+def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: int, history: list, quiet: bool,
+                 progress: Optional[Callable[[EpochRecord], str]] = None) -> Callable[[EpochRecord, bool], None]:
     """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, the record
-    appended to `history`, and one console line for a newly trained epoch unless `quiet`."""
+    appended to `history`, and one console line for a newly trained epoch unless `quiet`,
+    ending in what `progress` says of the run (its time left)."""
     best = {"acc": -1.0, "epoch": 0}
     name = prefix.rstrip("/") or "student"
 
@@ -46,13 +47,16 @@ def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: in
                 writer.add_scalar(f"{prefix}{tag}", value, record.epoch)
         if record.score > best["acc"]:
             best.update(acc=record.score, epoch=record.epoch)
-        if quiet or replayed:
+        if replayed:
+            return
+        run_note = progress(record) if progress else ""
+        if quiet:
             return
         average = f" (average {record.ema_val_acc:.4f})" if record.ema_val_acc is not None else ""
         print(f"fold {fold} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "
               f"acc {record.train_acc:.4f}  | val loss {record.val_loss:.4f} acc {record.val_acc:.4f}{average}"
-              f"  | lr {record.lr:.2e}  | {record.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})",
-              flush=True)
+              f"  | lr {record.lr:.2e}  | {record.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})"
+              + (f"  | {run_note}" if run_note else ""), flush=True)
 
     return on_epoch
 
@@ -101,15 +105,35 @@ def log_best_epoch(writer: LogWriter, best: Evaluation, classes: Sequence[str], 
                                 best.probs[:, index].astype("float32"), step=epoch, num_thresholds=50)
 
 
-def log_run(log_dir: Path, hparams: dict, metrics: dict[str, float], confusion_png: Path) -> None:
-    """The run's settings with its final metrics, for VisualDL's hyper-parameter view,
-    and the out-of-fold confusion matrix."""
+# The settings that shape a run's result, for VisualDL's hyper-parameter view: with all of them
+# (42 columns of paths, worker counts and flags) its parallel-coordinates chart froze a browser tab.
+HPARAM_KEYS = ("student", "student_width", "attention", "student_weights", "teacher", "teacher_weights",
+               "teacher_epochs", "kd", "img_size", "epochs", "lr", "recipe", "mixup_alpha", "cutmix_alpha",
+               "auto_augment", "label_smoothing", "ema_decay", "num_folds")
+
+
+def log_run(log_dir: Path, settings: dict, metrics: dict[str, float], confusion_png: Path) -> None:
+    """The run's main settings with its final metrics (as percentages with one decimal), for
+    VisualDL's hyper-parameter view, and the out-of-fold confusion matrix."""
     with LogWriter(logdir=str(log_dir)) as writer:
-        # VisualDL takes numbers and strings only: booleans and None go in as text.
-        plain = {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v)
-                 for k, v in hparams.items()}
-        writer.add_hparams(plain, [f"hparam/{name}" for name in metrics])
+        # VisualDL takes numbers and strings only: None goes in as text.
+        hparams = {key: settings[key] if isinstance(settings[key], (int, float, str)) else str(settings[key])
+                   for key in HPARAM_KEYS}
+        writer.add_hparams(hparams, [f"summary/{name}" for name in metrics])
         for name, value in metrics.items():
-            writer.add_scalar(f"hparam/{name}", value, 0)
+            writer.add_scalar(f"summary/{name}", round(100 * value, 1), 0)
         image = cv2.imread(str(confusion_png))
         writer.add_image("oof/confusion_matrix", cv2.cvtColor(image, cv2.COLOR_BGR2RGB), step=0)
+
+
+def visualdl_command(log_dir: str) -> str:
+    """How to watch the logs, with run names relative to the log folder (VisualDL names runs by
+    the path it is given). `--language en`: VisualDL 2.5.3's page fails (500) for browsers whose
+    language is neither English nor Chinese unless a language is set."""
+    folder = Path(log_dir)
+    if folder.is_absolute():
+        try:
+            folder = folder.relative_to(Path.cwd())
+        except ValueError:
+            return f"cd {folder} && visualdl --logdir . --language en"
+    return f"visualdl --logdir {folder} --language en"

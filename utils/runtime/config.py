@@ -232,17 +232,53 @@ def build_config(values: dict[str, Any]) -> Config:
     return cfg
 
 
+@dataclasses.dataclass
+class SettingDoc:
+    """A key of default.yaml as its text documents it: its section, value and comments."""
+    section: str
+    key: str
+    default: str
+    comment: str
+
+
+_SECTION = re.compile(r"^# --- (.+?) -*$")
+_SETTING = re.compile(r"^(\w+):\s*(.*?)\s*(?:#\s*(.*))?$")
+
+
+def setting_docs(path: Path = DEFAULT_CONFIG) -> list[SettingDoc]:
+    """Every key of default.yaml with its value, its inline comment and the comment lines
+    right above it, under the section header it follows."""
+    docs, section, above = [], "Settings", []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if match := _SECTION.match(line):
+            section, above = match.group(1).strip(), []
+        elif line.startswith("#"):
+            above.append(line.lstrip("# ").strip())
+        elif match := _SETTING.match(line):
+            key, default, inline = match.groups()
+            docs.append(SettingDoc(section, key, default, " ".join([*above, inline or ""]).strip()))
+            above = []
+        else:
+            above = []
+    return docs
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--key VALUE` flag per setting; boolean flags may stand alone (`--amp`)."""
+    """One `--key VALUE` flag per setting, grouped and explained as configs/default.yaml
+    groups and explains them; boolean flags may stand alone (`--amp`)."""
     parser.add_argument("--config", metavar="PATH", help="YAML file whose settings replace configs/default.yaml's")
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue an interrupted run with its saved settings: finished folds are kept and "
                              "an unfinished fold goes on from its last finished epoch")
-    for key, kind in _field_types().items():
-        if kind is bool:
-            parser.add_argument(f"--{key}", nargs="?", const="true", default=None, metavar="BOOL")
+    types = _field_types()
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for doc in setting_docs():
+        group = groups.get(doc.section) or groups.setdefault(doc.section, parser.add_argument_group(doc.section))
+        help_text = f"{doc.comment} (default: {doc.default})".replace("%", "%%")
+        if types[doc.key] is bool:
+            group.add_argument(f"--{doc.key}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
         else:
-            parser.add_argument(f"--{key}", default=None, metavar=key.split("_")[-1].upper())
+            group.add_argument(f"--{doc.key}", default=None, metavar=doc.key.split("_")[-1].upper(), help=help_text)
 
 
 def recipe_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 and the device."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
 import warnings
+from typing import Iterator
 
 MAX_IMAGE_PIXELS = 2**27  # about 134 megapixels, 400 MB as RGB
 
@@ -124,3 +126,24 @@ def select_device(requested: str) -> str:
     device = "gpu" if has_cuda and requested in ("auto", "gpu") else "cpu"
     paddle.set_device(device)
     return device
+
+
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Lines that C++ libraries (paddle2onnx, Paddle's static-graph passes) print straight to the
+    process's stdout and stderr are dropped for the block; Python's own output is kept apart."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

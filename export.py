@@ -30,16 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export_dir", required=True, help="where the exported models go, one folder each")
     parser.add_argument("--format", choices=("paddle", "onnx"), default="paddle",
                         help="onnx: the Paddle inference model and, beside it, model.onnx (needs paddle2onnx)")
+    parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+                        help="int8: also model.int8.onnx, post-training quantized by ONNX Runtime; run it with "
+                             "inference.py --backend onnxruntime-int8")
+    parser.add_argument("--calibration_dir", help="class folders to calibrate INT8 with (default: the run's data)")
+    parser.add_argument("--calibration_images", type=int, default=300, help="(default: %(default)s)")
     args = parser.parse_args(argv)
-    from utils.deploy.export import export_student
+    from utils.deploy.checkpoint import load_student
+    from utils.deploy.export import calibration_images, export_student, run_data_dir
     from utils.deploy.inference import find_weights
 
     export_dir = Path(args.export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise UserError(f"--export_dir {export_dir} is a file, not a folder")
+    if args.calibration_images < 1:
+        raise UserError("--calibration_images must be at least 1")
     for weights in find_weights(args.model_path, args.output_dir, args.fold, args.ensemble, args.allow_partial):
         name = weights.parent.name if weights.name == "best.pdparams" else weights.stem
-        out = export_student(weights, export_dir / name, onnx=args.format == "onnx")
+        calibration = None
+        if args.quantize == "int8":
+            data_dir = Path(args.calibration_dir) if args.calibration_dir else run_data_dir(weights)
+            if data_dir is None or not data_dir.is_dir():
+                raise UserError(f"INT8 calibration needs images: pass --calibration_dir (found none for {weights})")
+            calibration = calibration_images(load_student(weights)[1], data_dir, args.calibration_images)
+        out = export_student(weights, export_dir / name, onnx=args.format == "onnx", calibration=calibration)
         print(f"exported {weights} -> {out}")
     return 0
 

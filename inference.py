@@ -46,9 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--show_dir", default="predictions_shown",
                         help="where --show writes, keeping the images' paths under --image_path (default: %(default)s)")
     parser.add_argument("--use_gpu", action="store_true", help="use the GPU when Paddle has CUDA")
-    parser.add_argument("--backend", choices=("paddle", "onnxruntime"), default="paddle",
+    parser.add_argument("--backend", choices=("paddle", "onnxruntime", "onnxruntime-int8"), default="paddle",
                         help="for exported models: Paddle Inference, or ONNX Runtime on the model.onnx that "
-                             "export.py --format onnx writes (default: %(default)s)")
+                             "export.py --format onnx writes, or on its INT8 model.int8.onnx (export.py --quantize "
+                             "int8) (default: %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: average the predictions for each image and its mirror image")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="write Grad-CAM overlays (where the student looked) to DIR, at the images' paths")
     return parser.parse_args(argv)
 
 
@@ -77,14 +82,24 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UserError(f"--output {output} is a folder; give a file name ending in .csv or .json")
         if not output.parent.is_dir():
             raise UserError(f"--output {output}: the folder {output.parent} does not exist")
-    if args.show and Path(args.show_dir).exists() and not Path(args.show_dir).is_dir():
-        raise UserError(f"--show_dir {args.show_dir} is a file, not a folder")
+    for flag, folder in (("--show_dir", args.show_dir if args.show else None), ("--explain", args.explain)):
+        if folder and Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"{flag} {folder} is a file, not a folder")
+    if args.explain and args.backend != "paddle":
+        raise UserError("--explain needs the trained model itself (a run or .pdparams), not --backend onnxruntime")
 
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from utils.deploy.inference import EnsembleClassifier, classify, find_weights, list_images, save_annotated
+    from utils.deploy.inference import (
+        EnsembleClassifier,
+        classify,
+        find_weights,
+        list_images,
+        save_annotated,
+        save_explanation,
+    )
     from utils.runtime.process import select_device
 
     check_arguments(args)
@@ -95,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.use_gpu and device != "gpu":
         print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
     classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold, args.ensemble,
-                                                 args.allow_partial), device == "gpu",
-                                    args.backend)
+                                                 args.allow_partial), device == "gpu", args.backend, args.tta)
     if args.categories:
         names = [c.strip() for c in args.categories.split(",")]
         if len(names) != len(classifier.classes):
@@ -116,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         predictions.append(prediction)
         if args.show:
             save_annotated(prediction, Path(args.show_dir), Path(args.image_path))
+        if args.explain:
+            save_explanation(classifier, prediction, Path(args.explain), Path(args.image_path))
         extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
         tqdm.write(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""),
                    file=sys.stdout)

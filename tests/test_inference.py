@@ -64,11 +64,12 @@ def test_exported_model_matches_the_dynamic_graph(tiny_run, tmp_path, capsys, ex
 
     out, run_dir, data, _ = tiny_run
     exported = tmp_path / "exported"
-    assert export.main(["--model_path", str(run_dir), "--export_dir", str(exported), "--format", export_format]) == 0
+    assert export.main(["--model_path", str(run_dir), "--export_dir", str(exported), "--format", export_format,
+                        "--ensemble"]) == 0
     assert (exported / "fold0" / "model.pdiparams").is_file() and (exported / "fold1" / "best.json").is_file()
     assert (exported / "fold1" / "model.onnx").is_file() == (export_format == "onnx")
     images = str(data / "green")
-    assert inference.main(["--image_path", images, "--model_path", str(run_dir),
+    assert inference.main(["--image_path", images, "--model_path", str(run_dir), "--ensemble",
                            "--output", str(tmp_path / "dynamic.json"), "--topk", "3"]) == 0
     assert inference.main(["--image_path", images, "--model_path", str(exported), "--backend", backend,
                            "--output", str(tmp_path / "exported.json"), "--topk", "3"]) == 0

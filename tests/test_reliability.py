@@ -311,8 +311,11 @@ def test_an_unfinished_run_is_used_only_when_asked(finished_run, tmp_path, capsy
     for entry in (inference.main, export.main):
         extra = ["--image_path", str(data / "red")] if entry is inference.main else \
             ["--export_dir", str(tmp_path / "exported")]
-        _error(capsys, entry(["--model_path", str(run_dir), *extra]), "1 of 2 folds finished")
-        assert entry(["--model_path", str(run_dir), "--allow_partial", *extra]) == 0
+        _error(capsys, entry(["--model_path", str(run_dir), "--ensemble", *extra]), "1 of 2 folds finished")
+        assert entry(["--model_path", str(run_dir), "--ensemble", "--allow_partial", *extra]) == 0
+    shutil.rmtree(run_dir / "final")
+    _error(capsys, inference.main(["--model_path", str(run_dir), "--image_path", str(data / "red")]),
+           "1 of 2 folds finished")
 
 
 def test_a_killed_processes_scratch_folder_is_removed_by_the_next_one(tmp_path):

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import paddle
+import yaml
 from paddle.static import InputSpec
 
+from utils.data.folders import scan_dataset
+from utils.data.images import read_image
+from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, load_student
+from utils.deploy.spec import ModelSpec
 from utils.runtime.errors import UserError
 from utils.runtime.process import native_output_silenced
 
 EXPORTED_PREFIX = "model"  # files model.json (or model.pdmodel) and model.pdiparams
 ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
 ONNX_OPSET = 13  # ONNX Runtime 1.16 and later run it; paddle2onnx raises it where an operator needs more
 
 
@@ -41,13 +49,44 @@ def save_onnx(out_dir: Path) -> Path:
     return onnx_path
 
 
-def export_student(weights: Path, out_dir: Path, onnx: bool = False) -> Path:
-    """Write the student at `weights` to `out_dir` as a static inference model (and as ONNX)."""
+def quantize_int8(out_dir: Path, calibration: np.ndarray) -> Path:
+    """`out_dir`/model.onnx post-training quantized to `out_dir`/model.int8.onnx by ONNX Runtime:
+    INT8 weights per channel, UINT8 activations with ranges calibrated on `calibration`
+    (preprocessed images, N x 3 x H x W), in the QDQ format."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    int8_path = out_dir / INT8_NAME
+    with native_output_silenced():
+        quantize_static(str(out_dir / ONNX_NAME), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return int8_path
+
+
+def export_student(weights: Path, out_dir: Path, onnx: bool = False,
+                   calibration: Optional[np.ndarray] = None) -> Path:
+    """Write the student at `weights` to `out_dir` as a static inference model (and as ONNX;
+    with `calibration` images, also as INT8 ONNX)."""
     model, spec, _ = load_student(weights)
     save_inference_model(model, spec.img_size, out_dir)
     shutil.copyfile(weights.with_name(META_NAME), out_dir / META_NAME)
-    if onnx:
+    if onnx or calibration is not None:
         save_onnx(out_dir)
+    if calibration is not None:
+        quantize_int8(out_dir, calibration)
     return out_dir
 
 
@@ -62,3 +101,30 @@ def exported_model_file(directory: Path) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"no {EXPORTED_PREFIX}.json or {EXPORTED_PREFIX}.pdmodel in {directory}")
+
+
+def calibration_images(spec: ModelSpec, data_dir: Path, count: int, seed: int = 0) -> np.ndarray:
+    """`count` images drawn at random from the class folders of `data_dir`, preprocessed as for
+    evaluation (resize, centre crop, normalisation), for INT8 calibration."""
+    index = scan_dataset(data_dir)
+    order = np.random.default_rng(seed).permutation(len(index.samples))
+    transform, images = spec.eval_transform(), []
+    for i in order:
+        image = read_image(index.samples[i].path, resize_size(spec.img_size))
+        if image is not None:
+            images.append(transform(image))
+        if len(images) == count:
+            break
+    if not images:
+        raise UserError(f"no readable images in {data_dir} to calibrate the INT8 model with")
+    return np.stack(images).astype(np.float32)
+
+
+def run_data_dir(weights: Path) -> Optional[Path]:
+    """The data directory of the run a saved model belongs to (its config.yaml), if known."""
+    for folder in (weights.parent.parent, weights.parent):
+        try:
+            return Path(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["data_dir"])
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            continue
+    return None

@@ -18,7 +18,8 @@ from utils.data.folders import is_image_name
 from utils.data.images import decoded_or_reason, read_image
 from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
-from utils.deploy.export import EXPORTED_PREFIX, ONNX_NAME, exported_model_file, is_exported
+from utils.deploy.explain import ensemble_cam, overlay, visible_image
+from utils.deploy.export import EXPORTED_PREFIX, INT8_NAME, ONNX_NAME, exported_model_file, is_exported
 from utils.runtime.errors import UserError
 from utils.runtime.process import cpu_count
 
@@ -146,20 +147,22 @@ class ExportedModel(InferencePredictor):
 
 
 class OnnxModel:
-    """The model.onnx of an export.py directory (`--format onnx`), run by ONNX Runtime on the CPU."""
+    """The model.onnx of an export.py directory (`--format onnx`), or its INT8 model.int8.onnx
+    (`--quantize int8`), run by ONNX Runtime on the CPU."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, int8: bool = False) -> None:
         try:
             import onnxruntime
         except ImportError:
             raise UserError("--backend onnxruntime needs ONNX Runtime: pip install onnxruntime") from None
-        if not (directory / ONNX_NAME).is_file():
-            raise UserError(f"{directory} has no {ONNX_NAME}: export it with python export.py --format onnx")
+        name, how = (INT8_NAME, "--quantize int8") if int8 else (ONNX_NAME, "--format onnx")
+        if not (directory / name).is_file():
+            raise UserError(f"{directory} has no {name}: export it with python export.py {how}")
         self.spec = read_meta(directory / META_NAME)[0]
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_count()
         options.log_severity_level = 3  # errors only, not notes on initializers it drops while optimizing
-        self.session = onnxruntime.InferenceSession(str(directory / ONNX_NAME), options,
+        self.session = onnxruntime.InferenceSession(str(directory / name), options,
                                                     providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -174,14 +177,19 @@ def load_model(path: Path, use_gpu: bool, backend: str = "paddle") -> DynamicMod
             raise UserError(f"--backend {backend} runs exported models: export {path} with python export.py "
                             "--format onnx first")
         return DynamicModel(path)
-    return OnnxModel(path) if backend == "onnxruntime" else ExportedModel(path, use_gpu)
+    if backend.startswith("onnxruntime"):
+        return OnnxModel(path, int8=backend == "onnxruntime-int8")
+    return ExportedModel(path, use_gpu)
 
 
 class EnsembleClassifier:
-    """The mean softmax of one or more students that share classes and preprocessing."""
+    """The mean softmax of one or more students that share classes and preprocessing; with
+    `tta`, of each image and its mirror image too."""
 
-    def __init__(self, sources: Sequence[Path], use_gpu: bool = False, backend: str = "paddle") -> None:
+    def __init__(self, sources: Sequence[Path], use_gpu: bool = False, backend: str = "paddle",
+                 tta: bool = False) -> None:
         self.models = [load_model(p, use_gpu, backend) for p in sources]
+        self.tta = tta
         self.spec = self.models[0].spec
         for path, model in zip(sources, self.models):
             if (model.spec.classes, model.spec.img_size, model.spec.crop, model.spec.mean, model.spec.std) != \
@@ -190,9 +198,13 @@ class EnsembleClassifier:
         self.classes: list[str] = list(self.spec.classes)
         self.transform = self.spec.eval_transform()
 
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([self.transform(image) for image in images])
+
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        batch = np.stack([self.transform(image) for image in images])
-        return np.mean([softmax(model.logits(batch), axis=1) for model in self.models], axis=0)
+        batch = self.preprocess(images)
+        views = [batch, np.ascontiguousarray(batch[..., ::-1])] if self.tta else [batch]
+        return np.mean([softmax(model.logits(view), axis=1) for model in self.models for view in views], axis=0)
 
 
 def list_images(path: Path, recursive: bool) -> list[Path]:
@@ -214,11 +226,31 @@ def save_annotated(prediction: Prediction, show_dir: Path, image_root: Path) -> 
     (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     cv2.rectangle(image, (0, 0), (width + 8, height + 12), (0, 0, 0), -1)
     cv2.putText(image, text, (4, height + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    source = Path(prediction.path)
-    relative = source.relative_to(image_root) if image_root.is_dir() else Path(source.name)
-    out = show_dir / relative
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = shown_path(prediction, show_dir, image_root)
     cv2.imencode(out.suffix, image)[1].tofile(str(out))
+    return out
+
+
+def shown_path(prediction: Prediction, out_dir: Path, image_root: Path) -> Path:
+    """Where a copy of the image goes under `out_dir`: at its path under `image_root`
+    (a/x.jpg and b/x.jpg stay apart), in its own format."""
+    source = Path(prediction.path)
+    out = out_dir / (source.relative_to(image_root) if image_root.is_dir() else Path(source.name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_explanation(classifier: EnsembleClassifier, prediction: Prediction, explain_dir: Path,
+                     image_root: Path) -> Path:
+    """The Grad-CAM map of the predicted class (the mean over the ensemble's students) over
+    the image as the students saw it."""
+    models = [model.model for model in classifier.models if isinstance(model, DynamicModel)]
+    image = classifier.preprocess([read_image(prediction.path)])[0]
+    cam = ensemble_cam(models, image, classifier.classes.index(prediction.label))
+    picture = overlay(visible_image(image, classifier.spec.mean, classifier.spec.std), cam)
+    shown = shown_path(prediction, explain_dir, image_root)
+    out = shown.with_name(f"{shown.name}.png")  # x.jpg.png: x.jpg and x.png stay apart
+    cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tofile(str(out))
     return out
 
 

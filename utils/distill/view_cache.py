@@ -38,6 +38,18 @@ VIEW_SCHEME = 1
 LABELLING_BATCH = 128
 
 
+def mix_stored(stored: paddle.Tensor, targets: MixedTargets, temperature: float) -> paddle.Tensor:
+    """Stored teacher logits for mixed images: the two images' distributions at `temperature`
+    mixed with the images' lambda and pairing. T * log(mixture) are logits whose softmax at
+    temperature T is exactly that mixture, so the distillation loss takes them as it takes a
+    live teacher's logits."""
+    if targets.perm is None:
+        return stored
+    probs = F.softmax(stored / temperature, axis=1)
+    mixed = targets.lam * probs + (1.0 - targets.lam) * paddle.gather(probs, targets.perm)
+    return temperature * paddle.log(paddle.clip(mixed, min=1e-12))
+
+
 class CachedTeacher:
     """Teacher logits replayed from the view cache, mixed as the images were."""
 
@@ -48,14 +60,7 @@ class CachedTeacher:
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
                  targets: MixedTargets) -> paddle.Tensor:
         stored = paddle.to_tensor(self.logits[views.numpy(), indices.numpy()].astype(np.float32))
-        if targets.perm is None:
-            return stored
-        # Mixup mixes the two stored teacher distributions with the images' lambda and
-        # pairing. T * log(mixed) are logits whose softmax at temperature T is exactly that
-        # mixture, so the distillation loss takes them as it takes a live teacher's logits.
-        probs = F.softmax(stored / self.temperature, axis=1)
-        mixed = targets.lam * probs + (1.0 - targets.lam) * paddle.gather(probs, targets.perm)
-        return self.temperature * paddle.log(paddle.clip(mixed, min=1e-12))
+        return mix_stored(stored, targets, self.temperature)
 
 
 @dataclasses.dataclass

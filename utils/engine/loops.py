@@ -64,8 +64,8 @@ class EpochRecord:
     train_loss: float
     train_acc: float
     train_parts: dict[str, float]
-    val_loss: float
-    val_acc: float
+    val_loss: Optional[float]  # None without validation images (the final student)
+    val_acc: Optional[float]
     lr: float
     seconds: float
     ema_val_loss: Optional[float] = None
@@ -73,7 +73,8 @@ class EpochRecord:
 
     @property
     def score(self) -> float:
-        return max(self.val_acc, self.ema_val_acc if self.ema_val_acc is not None else -1.0)
+        return max(-1.0 if self.val_acc is None else self.val_acc,
+                   -1.0 if self.ema_val_acc is None else self.ema_val_acc)
 
 
 @dataclasses.dataclass
@@ -198,12 +199,16 @@ def train_one_epoch(
 
 
 @paddle.no_grad()
-def predict(model: nn.Layer, loader: paddle.io.DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and labels for every sample of `loader`, in order."""
+def predict(model: nn.Layer, loader: paddle.io.DataLoader, flip_tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels for every sample of `loader`, in order; with
+    `flip_tta`, the mean of the image's and its mirror image's probabilities."""
     model.eval()
     probs, labels = [], []
     for images, batch_labels, *_ in loader:
-        probs.append(F.softmax(model(images), axis=1).numpy())
+        batch_probs = F.softmax(model(images), axis=1)
+        if flip_tta:
+            batch_probs = 0.5 * (batch_probs + F.softmax(model(paddle.flip(images, axis=[3])), axis=1))
+        probs.append(batch_probs.numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
@@ -222,7 +227,7 @@ def model_state(model: nn.Layer) -> dict[str, np.ndarray]:
 def fit(
     model: nn.Layer,
     train_epoch: Callable[[int], EpochStats],
-    val_loader: paddle.io.DataLoader,
+    val_loader: Optional[paddle.io.DataLoader],
     epochs: int,
     patience: Optional[int],
     on_epoch: Callable[[EpochRecord, bool], None],
@@ -238,7 +243,7 @@ def fit(
     images), keep the last epoch's state (the average's, when there is one). With a
     `checkpoint`, save everything after every epoch and start from what it holds;
     its earlier epochs go to `on_epoch` again, marked as replayed, so that logs are
-    complete.
+    complete. Without a `val_loader` (and then without patience) nothing is evaluated.
     """
     saved = checkpoint.load() if checkpoint else None
     progress = Progress.from_state(saved) if saved else Progress()
@@ -247,16 +252,19 @@ def fit(
     while progress.epoch < epochs and (patience is None or progress.stale < patience):
         epoch = progress.epoch + 1
         stats = train_epoch(epoch)
-        evaluation, averaged, averaged_state = evaluate(model, val_loader), None, None
-        if average is not None:
+        evaluation, averaged, averaged_state = None, None, None
+        if val_loader is not None:
+            evaluation = evaluate(model, val_loader)
+        if average is not None and val_loader is not None:
             with average.applied(model):
                 averaged = evaluate(model, val_loader)
                 averaged_state = model_state(model) if patience is not None else None
-        record = EpochRecord(epoch, stats.loss, stats.acc, stats.parts, evaluation.loss, evaluation.acc, stats.lr,
-                             stats.seconds, averaged.loss if averaged else None, averaged.acc if averaged else None)
-        use_average = averaged is not None and (patience is None or averaged.acc > evaluation.acc)
+        record = EpochRecord(epoch, stats.loss, stats.acc, stats.parts, evaluation and evaluation.loss,
+                             evaluation and evaluation.acc, stats.lr, stats.seconds, averaged and averaged.loss,
+                             averaged and averaged.acc)
+        use_average = average is not None and (patience is None or averaged.acc > evaluation.acc)
         candidate = averaged if use_average else evaluation
-        if progress.best is None or candidate.acc > progress.best.acc or patience is None:
+        if patience is None or progress.best is None or candidate.acc > progress.best.acc:
             progress.best, progress.best_epoch, progress.stale = candidate, epoch, 0
             progress.best_is_average = use_average
             # Without early stopping the last state is kept: taken once, after the loop.
@@ -283,7 +291,7 @@ def train_model(
     teacher: Optional[Teacher],
     loss_fn: TrainingLoss,
     train_loader: paddle.io.DataLoader,
-    val_loader: paddle.io.DataLoader,
+    val_loader: Optional[paddle.io.DataLoader],
     hyper: TrainingSettings,
     seed_key: tuple[int, ...],
     on_epoch: Callable[[EpochRecord, bool], None],

@@ -22,11 +22,13 @@ from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, sc
 from utils.data.images import load_images
 from utils.data.manifest import DigestCache, build_manifest, check_same_data
 from utils.data.transforms import build_eval_transform, resize_size
-from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
+from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
+from utils.deploy.inference import FINAL_DIR
 from utils.distill.methods import create_method
 from utils.distill.view_cache import view_cache_path, view_count
 from utils.engine.loops import predict
 from utils.pipeline.estimate import RunClock, describe, plan_work, quick_preset_note, start_clock
+from utils.pipeline.final_model import train_final_student
 from utils.pipeline.folds import FoldData, FoldInputs, FoldResult, load_fold_result, make_folds, teacher_cache_path
 from utils.pipeline.workers import parallel_fold_count, run_folds
 from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
@@ -108,7 +110,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Optional[dict], list[SkippedFile]]:
-    """The held-out test/ split, scored by the mean softmax of every fold's best student."""
+    """The held-out test/ split, scored by the mean softmax of every fold's best student, and
+    by the final student when there is one."""
     if not index.test_samples:
         return None, []
     images, samples, skipped = load_images(index.test_samples, resize_size(cfg.img_size), desc="decoding test images")
@@ -123,8 +126,14 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
     write_classification_report(run_dir / "test_classification_report.txt", labels, preds, index.classes)
     save_confusion_matrix(run_dir / "test_confusion_matrix.png", labels, preds, index.classes,
                           "held-out test set, fold ensemble")
-    return {"n_test": len(samples), "test_acc": accuracy(labels, preds),
-            "test_macro_f1": macro_f1(labels, preds, len(index.classes))}, skipped
+    scores = {"n_test": len(samples), "test_acc": accuracy(labels, preds),
+              "test_macro_f1": macro_f1(labels, preds, len(index.classes))}
+    final = run_dir / FINAL_DIR / WEIGHTS_NAME
+    if final.is_file():
+        final_preds = predict(load_student(final)[0], loader)[0].argmax(axis=1)
+        scores.update(final_test_acc=accuracy(labels, final_preds),
+                      final_test_macro_f1=macro_f1(labels, final_preds, len(index.classes)))
+    return scores, skipped
 
 
 def print_summary_table(summary: dict) -> None:
@@ -152,7 +161,8 @@ def fold_summary(results: list[FoldResult]) -> dict:
     """Means and standard deviations over folds of every score the folds have."""
     summary = {"folds": [{key: value for key, value in dataclasses.asdict(r).items() if key != "val_probs"}
                          for r in results]}
-    for name in ("teacher_val_acc", "baseline_val_acc", "student_val_acc", "student_val_macro_f1"):
+    for name in ("teacher_val_acc", "baseline_val_acc", "student_val_acc", "student_val_macro_f1",
+                 "student_val_acc_tta", "student_val_top5"):
         values = [getattr(r, name) for r in results]
         mean, std = _mean_std(values) if None not in values else (None, None)
         summary[f"{name}_mean"], summary[f"{name}_std"] = mean, std
@@ -174,8 +184,9 @@ def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers
         cached = path.is_file() and path.with_suffix(".json").is_file() and not cfg.retrain_teacher
         teachers += not cached
         views += cfg.teacher_cache == "views" and not (cached and view_cache_path(path, view_count(cfg)).is_file())
+    final_to_train = cfg.final_model and not (inputs.run_dir / FINAL_DIR / META_NAME).is_file()
     work = plan_work(cfg, [(len(f.train_indices), len(f.val_indices)) for f in to_do], teachers, views,
-                     needs_teacher)
+                     needs_teacher, len(inputs.samples) if final_to_train else 0)
     clock = start_clock(cfg, inputs.num_classes, work, workers)
     print(f"estimated time: {describe(clock.total_seconds())} on this machine ({len(to_do)} fold(s) to train, "
           f"{teachers} teacher(s) to train; early stopping can make it shorter)", flush=True)
@@ -257,22 +268,26 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     write_classification_report(run_dir / "classification_report.txt", labels, oof_preds, index.classes)
     save_confusion_matrix(run_dir / "confusion_matrix.png", labels, oof_preds, index.classes,
                           f"out-of-fold predictions, {cfg.num_folds} folds")
+    folds_summary = fold_summary(results)
+    final = None
+    if cfg.final_model:
+        final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"])
+        final = {"path": FINAL_DIR, **{key: value for key, value in read_meta(final_dir / META_NAME)[1].items()
+                                       if key in ("epochs", "trained_on", "expected_val_acc")}}
     test_scores, test_skipped = score_test_set(run_dir, index, cfg)
     skipped += test_skipped
 
     summary = {
         "classes": index.classes,
-        **fold_summary(results),
+        **folds_summary,
+        "final_model": final,
         "oof_acc": accuracy(labels, oof_preds),
         **(test_scores or {}),
         "skipped_files": [dataclasses.asdict(s) for s in skipped],
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(run_dir / "summary.json", summary)
-    metrics = {key: summary[key] for key in ("student_val_acc_mean", "student_val_macro_f1_mean", "oof_acc",
-                                             "teacher_val_acc_mean", "baseline_val_acc_mean")
-               if summary[key] is not None}
-    log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), metrics, run_dir / "confusion_matrix.png")
+    log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), summary, run_dir / "confusion_matrix.png")
     report = write_report(run_dir)
     write_text_atomic(Path(cfg.output_dir) / "latest", cfg.run_name + "\n")
     print_summary_table(summary)

@@ -105,9 +105,10 @@ def measure_rates(cfg: Config, num_classes: int, kinds: set[str]) -> dict[str, f
 
 
 def plan_work(cfg: Config, fold_sizes: list[tuple[int, int]], teachers_to_train: int, views_to_label: int,
-              needs_teacher: bool) -> dict[str, float]:
-    """Images through each kind of work, for the folds still to train ((n_train, n_val) each).
-    Students count all their epochs: early stopping can only make the run shorter."""
+              needs_teacher: bool, final_images: int) -> dict[str, float]:
+    """Images through each kind of work, for the folds still to train ((n_train, n_val) each)
+    and the final student (on `final_images`, 0 when it is not to train). Students count all
+    their epochs: early stopping (and the final student's median epoch) can only make it shorter."""
     students = 1 + (cfg.baseline and needs_teacher)
     live_teacher = needs_teacher and cfg.teacher_cache == "off"
     work = {"teacher": 0.0, "labelling": 0.0, "student": 0.0, "eval": 0.0}
@@ -117,6 +118,9 @@ def plan_work(cfg: Config, fold_sizes: list[tuple[int, int]], teachers_to_train:
         work["eval"] += students * cfg.epochs * n_val
         if live_teacher:
             work["labelling"] += cfg.epochs * n_train
+    work["student"] += cfg.epochs * final_images
+    if live_teacher:
+        work["labelling"] += cfg.num_folds * cfg.epochs * final_images
     work["teacher"] += teachers_to_train * cfg.teacher_epochs * n_train_mean
     work["labelling"] += views_to_label * min(cfg.teacher_views, cfg.epochs) * n_train_mean
     return work

@@ -30,12 +30,20 @@ from utils.engine.loops import (
     Teacher,
     TrainingDiverged,
     TrainingSettings,
+    predict,
     train_model,
 )
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
 from utils.pipeline.estimate import RunClock, describe
-from utils.reporting.metrics import macro_f1, save_confusion_matrix, write_classification_report
-from utils.reporting.visual_logging import epoch_logger, log_augmented_batch, log_best_epoch
+from utils.reporting.metrics import (
+    accuracy,
+    macro_f1,
+    save_confusion_matrix,
+    top_k,
+    top_k_accuracy,
+    write_classification_report,
+)
+from utils.reporting.visual_logging import epoch_logger, fold_name, log_augmented_batch, log_best_epoch
 from utils.runtime.config import Config
 from utils.runtime.files import write_array_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import seed_everything
@@ -62,6 +70,8 @@ class FoldResult:
     baseline_val_acc: Optional[float]  # the CE-only student, when `baseline` is on
     student_val_acc: float
     student_val_macro_f1: float
+    student_val_acc_tta: float  # the same student with flip test-time augmentation
+    student_val_top5: Optional[float]  # with more than 5 classes
     best_epoch: int
     val_probs: np.ndarray
 
@@ -215,7 +225,7 @@ def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
     hard_loss, method = fold_method(cfg, fold, inputs)
     loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, cfg.teacher_cache == "views")
     prepare_fold_teacher(cfg, fold, inputs, loaders, hard_loss, method.temperature,
-                         epoch_logger(None, "teacher/", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
+                         epoch_logger(None, "teacher", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
                                       inputs.progress("teacher", len(fold.train_indices))))
 
 
@@ -226,13 +236,14 @@ def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
             "that suits it (--recipe scratch from scratch); or distil with --kd dist, which copes better with a gap.")
 
 
-def check_finite(result: FitResult, fold: int, cfg: Config) -> None:
+def check_finite(result: FitResult, fold: int | str, cfg: Config) -> None:
     """A model whose weights or validation loss are not finite numbers is never saved."""
-    if math.isfinite(result.best.loss) and all(np.isfinite(v).all() for v in result.best_state.values()
-                                               if np.issubdtype(np.asarray(v).dtype, np.floating)):
+    weights_finite = all(np.isfinite(value).all() for value in result.best_state.values()
+                         if np.issubdtype(np.asarray(value).dtype, np.floating))
+    if weights_finite and (result.best is None or math.isfinite(result.best.loss)):
         return
-    raise TrainingDiverged(f"fold {fold}: the best model's weights or validation loss are not finite numbers, so it "
-                           f"is not saved; lower --lr (now {cfg.lr}) or clip gradients with --clip_grad_norm 5")
+    raise TrainingDiverged(f"{fold_name(fold)}: the best model's weights or validation loss are not finite numbers, "
+                           f"so it is not saved; lower --lr (now {cfg.lr}) or clip gradients with --clip_grad_norm 5")
 
 
 def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
@@ -261,7 +272,7 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
         if method.needs_teacher:
             teacher, teacher_acc = prepare_fold_teacher(
                 cfg, fold, inputs, loaders, hard_loss, method.temperature,
-                epoch_logger(writer, "teacher/", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet,
+                epoch_logger(writer, "teacher", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet,
                              inputs.progress("teacher", len(train_set))))
 
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
@@ -273,7 +284,7 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
             # A plain CE student draws fresh views every epoch, as it would on its own.
             baseline_acc = train_student(
                 cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
-                epoch_logger(writer, "baseline/", fold.fold, cfg.epochs, history["baseline"], cfg.quiet,
+                epoch_logger(writer, "baseline", fold.fold, cfg.epochs, history["baseline"], cfg.quiet,
                              inputs.progress("student", len(train_set))),
                 fold_dir / BASELINE_STATE,
             ).best.acc
@@ -285,7 +296,11 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
         log_best_epoch(writer, best, classes, result.best_epoch, fold_dir / "confusion_matrix.png")
 
     check_finite(result, fold.fold, cfg)
-    save_checkpoint(fold_dir, result.best_state, ModelSpec.from_config(cfg, classes), {
+    spec = ModelSpec.from_config(cfg, classes)
+    best_model = spec.build()
+    best_model.set_state_dict(result.best_state)
+    tta_probs, _ = predict(best_model, loaders.val, flip_tta=True)
+    save_checkpoint(fold_dir, result.best_state, spec, {
         "kd": cfg.kd,
         "fold": fold.fold,
         "best_epoch": result.best_epoch,
@@ -295,8 +310,11 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
     })
     write_classification_report(fold_dir / "classification_report.txt", best.labels, best.preds, classes)
     write_text_atomic(fold_dir / "history.json", json.dumps(history, indent=1))
+    k = top_k(len(classes))
     fold_result = FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
-                             macro_f1(best.labels, best.preds, len(classes)), result.best_epoch, best.probs)
+                             macro_f1(best.labels, best.preds, len(classes)),
+                             accuracy(best.labels, tta_probs.argmax(axis=1)),
+                             top_k_accuracy(best.labels, best.probs, k) if k else None, result.best_epoch, best.probs)
     save_fold_result(fold_dir, fold_result)
     for state in (STUDENT_STATE, BASELINE_STATE):
         (fold_dir / state).unlink(missing_ok=True)

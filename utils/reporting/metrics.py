@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -14,6 +14,17 @@ from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classificati
 
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(accuracy_score(labels, preds))
+
+
+def top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """The share of images whose true class is among the k most probable."""
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
+def top_k(num_classes: int) -> Optional[int]:
+    """The k reported beside top-1: 5, for more than 5 classes."""
+    return 5 if num_classes > 5 else None
 
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:

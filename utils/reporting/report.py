@@ -6,14 +6,18 @@ import csv
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from utils.data.images import read_image
+from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
+from utils.deploy.explain import grad_cam, overlay, visible_image
 from utils.runtime.errors import UserError
 
 GALLERY_SIZE = 16
@@ -108,8 +112,24 @@ def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_misclassified(oof_rows: list[dict], out: Path) -> int:
-    """The out-of-fold mistakes the students were most sure of, with true and predicted labels."""
+def _explained(row: dict, run_dir: Path, students: dict) -> Optional[np.ndarray]:
+    """The image as its fold's student saw it, with the Grad-CAM map of the class it predicted;
+    None when the image or the student is gone."""
+    weights = run_dir / f"fold{row['fold']}" / WEIGHTS_NAME
+    image = read_image(row["path"], max_short_side=256)
+    if image is None or not weights.is_file():
+        return None
+    if row["fold"] not in students:
+        students[row["fold"]] = load_student(weights)
+    model, spec, _ = students[row["fold"]]
+    seen = spec.eval_transform()(image)
+    cam, _ = grad_cam(model, seen, list(spec.classes).index(row["pred"]))
+    return overlay(visible_image(seen, spec.mean, spec.std), cam)
+
+
+def plot_misclassified(oof_rows: list[dict], out: Path, run_dir: Path) -> int:
+    """The out-of-fold mistakes the students were most sure of, with true and predicted labels,
+    each shown as its student saw it with the Grad-CAM map of the wrong class: what it looked at."""
     wrong = [row for row in oof_rows if row["label"] != row["pred"]]
     wrong = sorted(wrong, key=lambda row: -float(row["confidence"]))[:GALLERY_SIZE]
     columns = 4
@@ -117,10 +137,11 @@ def plot_misclassified(oof_rows: list[dict], out: Path) -> int:
     fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    students: dict = {}
     for ax, row in zip(axes.flat, wrong):
-        image = read_image(row["path"], max_short_side=256)
-        if image is not None:
-            ax.imshow(image)
+        picture = _explained(row, run_dir, students)
+        if picture is not None:
+            ax.imshow(picture)
         ax.set_title(f"true {row['label']}\npred {row['pred']} ({float(row['confidence']):.2f})", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
@@ -162,16 +183,33 @@ def _mean_std(summary: dict, name: str) -> str:
 
 
 def _fold_table(summary: dict) -> list[str]:
-    lines = ["| fold | train | val | teacher acc | CE-only acc | student acc | macro-F1 | best epoch |",
-             "|---|---|---|---|---|---|---|---|"]
+    top5 = summary.get("student_val_top5_mean") is not None
+    lines = ["| fold | train | val | teacher acc | CE-only acc | student acc | with flip TTA | "
+             + ("top-5 | " if top5 else "") + "macro-F1 | best epoch |",
+             "|---|---|---|---|---|---|---|" + ("---|" if top5 else "") + "---|---|"]
     for f in summary["folds"]:
         lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {_cell(f['teacher_val_acc'])} "
                      f"| {_cell(f.get('baseline_val_acc'))} | {f['student_val_acc']:.4f} "
-                     f"| {f['student_val_macro_f1']:.4f} | {f['best_epoch']} |")
+                     f"| {_cell(f.get('student_val_acc_tta'))} | "
+                     + (f"{_cell(f.get('student_val_top5'))} | " if top5 else "")
+                     + f"{f['student_val_macro_f1']:.4f} | {f['best_epoch']} |")
     lines.append(f"| mean ± std | | | {_mean_std(summary, 'teacher_val_acc')} "
                  f"| {_mean_std(summary, 'baseline_val_acc')} | {_mean_std(summary, 'student_val_acc')} "
-                 f"| {_mean_std(summary, 'student_val_macro_f1')} | |")
+                 f"| {_mean_std(summary, 'student_val_acc_tta')} | "
+                 + (f"{_mean_std(summary, 'student_val_top5')} | " if top5 else "")
+                 + f"{_mean_std(summary, 'student_val_macro_f1')} | |")
     return lines
+
+
+def _final_model_section(summary: dict) -> list[str]:
+    final = summary.get("final_model")
+    if not final:
+        return ["No final student (`--final_model false`): inference.py and export.py use the fold ensemble."]
+    return ["## The model to ship", "",
+            f"`final/`: one student trained on all {final['trained_on']} images for {final['epochs']} epochs (the "
+            "median best epoch of the folds), distilled from the fold teachers. inference.py and export.py use it "
+            "by default (`--ensemble` for the folds). It has no held-out images of its own: its expected accuracy "
+            f"is the cross-validated estimate, {_mean_std(summary, 'student_val_acc')}.", ""]
 
 
 def _verdict_section(summary: dict) -> list[str]:
@@ -208,7 +246,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
                   ) -> Path:
     if histories:
         plot_training_curves(histories, run_dir / "training_curves.png")
-    mistakes = plot_misclassified(oof_rows, run_dir / "misclassified.png")
+    mistakes = plot_misclassified(oof_rows, run_dir / "misclassified.png", run_dir)
     counts = Counter(row["label"] for row in oof_rows)
     lines = [
         f"# Run {run_dir.name}",
@@ -228,7 +266,8 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         "## Cross-validation",
         "",
         "Validation accuracy of each fold's teacher, of the CE-only student (with `--baseline`), "
-        "and of the distilled student's best epoch.",
+        "and of the distilled student's best epoch, also with flip test-time augmentation (the mean of its "
+        "predictions for the image and its mirror image) and top-5 (with more than 5 classes).",
         "",
         *_fold_table(summary),
         "",
@@ -236,9 +275,12 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         f"Out-of-fold accuracy (every image predicted by the fold that did not train on it): "
         f"{summary['oof_acc']:.4f}.",
     ]
+    lines += ["", *_final_model_section(summary)]
     if "test_acc" in summary:
         lines += ["", f"Held-out test set ({summary['n_test']} images), fold ensemble: accuracy "
-                      f"{summary['test_acc']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}."]
+                      f"{summary['test_acc']:.4f}, macro-F1 {summary['test_macro_f1']:.4f}."
+                  + (f" Final student: accuracy {summary['final_test_acc']:.4f}, macro-F1 "
+                     f"{summary['final_test_macro_f1']:.4f}." if "final_test_acc" in summary else "")]
     lines += [
         "",
         "## Out-of-fold classification report",
@@ -252,7 +294,9 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
     ]
     if histories:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
-    lines += [f"## Most confidently misclassified ({mistakes})", "", "![misclassified](misclassified.png)", "",
+    lines += [f"## Most confidently misclassified ({mistakes})", "",
+              "Each image as its fold's student saw it, coloured by Grad-CAM where the student found the class "
+              "it wrongly predicted (red: most).", "", "![misclassified](misclassified.png)", "",
               "## Configuration", "", "```yaml", config.rstrip(), "```", ""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines), encoding="utf-8")

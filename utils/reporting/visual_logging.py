@@ -19,33 +19,40 @@ from utils.engine.loops import EpochRecord, Evaluation
 GRID_COLUMNS = 8
 
 
-def epoch_scalars(record: EpochRecord) -> dict[str, float]:
-    """The epoch's curves by VisualDL tag: train/val loss and accuracy, the loss's parts
-    (not when the loss has just one part, which would repeat the loss), the weight
-    average's validation scores, and the learning rate (the epoch's mean)."""
-    scalars = {"train/loss": record.train_loss, "train/acc": record.train_acc,
-               "val/loss": record.val_loss, "val/acc": record.val_acc, "lr": record.lr}
+def epoch_scalars(record: EpochRecord, role: str = "") -> dict[str, float]:
+    """The epoch's curves by VisualDL tag. Tags are grouped by split, so that VisualDL's scalar
+    page (which orders groups by name) opens on train and val: train/loss, val/acc for the
+    student, train/teacher_loss, val/baseline_acc for the others. The loss's parts appear only
+    when there are several (one part would repeat the loss); the learning rate is the epoch's mean."""
+    name = f"{role}_" if role else ""
+    scalars = {f"train/{name}loss": record.train_loss, f"train/{name}acc": record.train_acc,
+               f"train/{name}lr": record.lr, f"val/{name}loss": record.val_loss, f"val/{name}acc": record.val_acc}
     if len(record.train_parts) > 1:
-        scalars.update({f"train/{name}": value for name, value in record.train_parts.items()})
+        scalars.update({f"train/{name}{part}": value for part, value in record.train_parts.items()})
     if record.ema_val_acc is not None:
-        scalars.update({"val_ema/loss": record.ema_val_loss, "val_ema/acc": record.ema_val_acc})
-    return scalars
+        scalars.update({f"val/{name}ema_loss": record.ema_val_loss, f"val/{name}ema_acc": record.ema_val_acc})
+    return {tag: value for tag, value in scalars.items() if value is not None}
 
 
-def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: int, history: list, quiet: bool,
+def fold_name(fold: int | str) -> str:
+    return fold if isinstance(fold, str) else f"fold {fold}"
+
+
+def epoch_logger(writer: Optional[LogWriter], role: str, fold: int | str, epochs: int, history: list, quiet: bool,
                  progress: Optional[Callable[[EpochRecord], str]] = None) -> Callable[[EpochRecord, bool], None]:
-    """The per-epoch hook for `fit`: scalars under `prefix` in VisualDL, the record
+    """The per-epoch hook for `fit`: scalars of `role` ("" for the student, "teacher",
+    "baseline") in VisualDL (epoch_scalars), the record
     appended to `history`, and one console line for a newly trained epoch unless `quiet`,
     ending in what `progress` says of the run (its time left)."""
     best = {"acc": -1.0, "epoch": 0}
-    name = prefix.rstrip("/") or "student"
+    name = role or "student"
 
     def on_epoch(record: EpochRecord, replayed: bool) -> None:
         history.append(dataclasses.asdict(record))
         if writer:
-            for tag, value in epoch_scalars(record).items():
-                writer.add_scalar(f"{prefix}{tag}", value, record.epoch)
-        if record.score > best["acc"]:
+            for tag, value in epoch_scalars(record, role).items():
+                writer.add_scalar(tag, value, record.epoch)
+        if record.val_acc is not None and record.score > best["acc"]:
             best.update(acc=record.score, epoch=record.epoch)
         if replayed:
             return
@@ -53,9 +60,12 @@ def epoch_logger(writer: Optional[LogWriter], prefix: str, fold: int, epochs: in
         if quiet:
             return
         average = f" (average {record.ema_val_acc:.4f})" if record.ema_val_acc is not None else ""
-        print(f"fold {fold} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "
-              f"acc {record.train_acc:.4f}  | val loss {record.val_loss:.4f} acc {record.val_acc:.4f}{average}"
-              f"  | lr {record.lr:.2e}  | {record.seconds:.1f}s  | best {best['acc']:.4f} (epoch {best['epoch']})"
+        validation = (f"val loss {record.val_loss:.4f} acc {record.val_acc:.4f}{average}" if record.val_acc is not None
+                      else "no validation images")
+        print(f"{fold_name(fold)} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "
+              f"acc {record.train_acc:.4f}  | {validation}"
+              f"  | lr {record.lr:.2e}  | {record.seconds:.1f}s"
+              + (f"  | best {best['acc']:.4f} (epoch {best['epoch']})" if record.val_acc is not None else "")
               + (f"  | {run_note}" if run_note else ""), flush=True)
 
     return on_epoch
@@ -105,23 +115,21 @@ def log_best_epoch(writer: LogWriter, best: Evaluation, classes: Sequence[str], 
                                 best.probs[:, index].astype("float32"), step=epoch, num_thresholds=50)
 
 
-# The settings that shape a run's result, for VisualDL's hyper-parameter view: with all of them
-# (42 columns of paths, worker counts and flags) its parallel-coordinates chart froze a browser tab.
-HPARAM_KEYS = ("student", "student_width", "attention", "student_weights", "teacher", "teacher_weights",
-               "teacher_epochs", "kd", "img_size", "epochs", "lr", "recipe", "mixup_alpha", "cutmix_alpha",
-               "auto_augment", "label_smoothing", "ema_decay", "num_folds")
+# The settings that shape a run's result most, for VisualDL's hyper-parameter view, and its two
+# headline metrics. VisualDL 2.5.3's parallel-coordinates chart freezes the browser tab beyond about
+# ten axes (seen in headless Chromium: 14 axes froze, 8 drew at once); the full settings are in each
+# run's config.yaml and report.md.
+HPARAM_KEYS = ("student", "teacher", "kd", "img_size", "epochs", "lr")
+HPARAM_METRICS = {"val/cv_accuracy": "student_val_acc_mean", "val/cv_macro_f1": "student_val_macro_f1_mean"}
 
 
-def log_run(log_dir: Path, settings: dict, metrics: dict[str, float], confusion_png: Path) -> None:
-    """The run's main settings with its final metrics (as percentages with one decimal), for
-    VisualDL's hyper-parameter view, and the out-of-fold confusion matrix."""
+def log_run(log_dir: Path, settings: dict, summary: dict, confusion_png: Path) -> None:
+    """The run's main settings with its headline metrics (as percentages with one decimal),
+    for VisualDL's hyper-parameter view, and the out-of-fold confusion matrix."""
     with LogWriter(logdir=str(log_dir)) as writer:
-        # VisualDL takes numbers and strings only: None goes in as text.
-        hparams = {key: settings[key] if isinstance(settings[key], (int, float, str)) else str(settings[key])
-                   for key in HPARAM_KEYS}
-        writer.add_hparams(hparams, [f"summary/{name}" for name in metrics])
-        for name, value in metrics.items():
-            writer.add_scalar(f"summary/{name}", round(100 * value, 1), 0)
+        writer.add_hparams({key: settings[key] for key in HPARAM_KEYS}, list(HPARAM_METRICS))
+        for tag, key in HPARAM_METRICS.items():
+            writer.add_scalar(tag, round(100 * summary[key], 1), 0)
         image = cv2.imread(str(confusion_png))
         writer.add_image("oof/confusion_matrix", cv2.cvtColor(image, cv2.COLOR_BGR2RGB), step=0)
 

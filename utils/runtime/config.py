@@ -36,6 +36,7 @@ class Config:
     data_dir: Optional[str]
     img_size: int
     num_folds: int
+    final_model: bool
     seed: int
     batch_size: int
     num_workers: int

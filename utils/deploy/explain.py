@@ -1,0 +1,53 @@
+"""Where a student looks: Grad-CAM (Selvaraju et al., 2017) on its last convolutional
+stage. The class score's gradient, averaged over the stage's positions, weighs each
+channel; the weighted sum of the channels, positive part, scaled to the input and
+to [0, 1], is the map, drawn over the image as the student saw it."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from models.student import feature_stages
+
+
+def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = None) -> tuple[np.ndarray, int]:
+    """The map (H, W) in [0, 1] for one preprocessed image (3, H, W) and the class it explains
+    (by default the predicted one)."""
+    model.eval()
+    captured: list[paddle.Tensor] = []
+    hook = feature_stages(model)[-1].register_forward_post_hook(lambda layer, inputs, output: captured.append(output))
+    try:
+        logits = model(paddle.to_tensor(image[None].astype(np.float32)))
+    finally:
+        hook.remove()
+    if class_index is None:
+        class_index = int(logits.numpy().argmax())
+    activation = captured[0]
+    (gradient,) = paddle.grad(logits[0, class_index], [activation])
+    weights = gradient.mean(axis=[2, 3], keepdim=True)
+    cam = F.relu((weights * activation).sum(axis=1, keepdim=True))
+    cam = F.interpolate(cam, size=list(image.shape[1:]), mode="bilinear", align_corners=False)[0, 0].numpy()
+    spread = float(cam.max() - cam.min())
+    return ((cam - cam.min()) / spread if spread > 0 else np.zeros_like(cam)), class_index
+
+
+def ensemble_cam(models: Sequence[nn.Layer], image: np.ndarray, class_index: int) -> np.ndarray:
+    """The mean of several students' maps for the same class."""
+    return np.mean([grad_cam(model, image, class_index)[0] for model in models], axis=0)
+
+
+def visible_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A preprocessed (3, H, W) image back to RGB uint8 (H, W, 3)."""
+    pixels = image.transpose(1, 2, 0) * np.array(std) + np.array(mean)
+    return np.clip(pixels * 255, 0, 255).astype(np.uint8)
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, strength: float = 0.45) -> np.ndarray:
+    """The map in the jet colours over the image (RGB uint8)."""
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return np.uint8((1 - strength) * rgb + strength * heat)

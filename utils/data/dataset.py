@@ -8,6 +8,7 @@ import numpy as np
 import paddle
 
 from utils.data.transforms import seeded_augmentation
+from utils.runtime.distributed import world_size
 
 
 class ImageDataset(paddle.io.Dataset):
@@ -48,7 +49,7 @@ class ImageDataset(paddle.io.Dataset):
 
 
 class BatchLoader:
-    """The batches paddle.io.DataLoader gives with num_workers=0 (the same BatchSampler,
+    """The batches paddle.io.DataLoader gives with num_workers=0 (the same batch sampler,
     so the same order), read in the calling thread. Paddle's single-process loader
     reads in a thread of its own, and an exception there (an image that cannot be
     transformed, memory running out) leaves the training loop waiting for ever;
@@ -69,11 +70,22 @@ class BatchLoader:
 
 def make_loader(dataset: ImageDataset, batch_size: int, train: bool, num_workers: int
                 ) -> BatchLoader | paddle.io.DataLoader:
-    """Batches of (images, labels, indices, views); with num_workers > 0, read by that many processes."""
+    """Batches of (images, labels, indices, views); with num_workers > 0, read by that many
+    processes. In a data-parallel job each rank reads its share (paddle.io.DistributedBatchSampler,
+    which pads the data to equal shares: evaluation trims the padding, utils/engine/loops.predict)."""
     # Dropping the last partial training batch keeps BatchNorm away from a batch of one.
-    drop_last = train and len(dataset) > batch_size
+    drop_last = train and len(dataset) > batch_size * world_size()
+    if world_size() > 1:
+        sampler = paddle.io.DistributedBatchSampler(dataset, batch_size, shuffle=train, drop_last=drop_last)
+    else:
+        sampler = paddle.io.BatchSampler(dataset, shuffle=train, batch_size=batch_size, drop_last=drop_last)
     if num_workers == 0:
-        return BatchLoader(dataset, paddle.io.BatchSampler(dataset, shuffle=train, batch_size=batch_size,
-                                                           drop_last=drop_last))
-    return paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
-                                num_workers=num_workers)
+        return BatchLoader(dataset, sampler)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+
+
+def set_loader_epoch(loader: BatchLoader | paddle.io.DataLoader, epoch: int) -> None:
+    """Epoch `epoch` (from 0): the dataset serves that view, a distributed sampler reshuffles."""
+    loader.dataset.set_epoch(epoch)
+    if isinstance(loader.batch_sampler, paddle.io.DistributedBatchSampler):
+        loader.batch_sampler.set_epoch(epoch)

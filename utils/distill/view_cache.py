@@ -28,6 +28,7 @@ from utils.data.mixing import MixedTargets
 from utils.deploy.export import EXPORTED_PREFIX, exported_model_file, save_inference_model
 from utils.deploy.inference import InferencePredictor
 from utils.runtime.config import Config
+from utils.runtime.distributed import gather_rows, is_main, world_size
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import scratch_dir, write_array_atomic
 from utils.runtime.process import cpu_count
@@ -95,30 +96,34 @@ def _fastest_forward(teacher: nn.Layer, img_size: int, device: str, workdir: Pat
         return forward
     save_inference_model(teacher, img_size, workdir)
     # In a fold worker the other cores are training other folds.
-    threads = cpu_count() if multiprocessing.current_process().name == "MainProcess" else 1
+    # In a fold worker the other cores train other folds; data-parallel ranks share the cores.
+    threads = max(1, cpu_count() // world_size()) if multiprocessing.current_process().name == "MainProcess" else 1
     return InferencePredictor(exported_model_file(workdir), workdir / f"{EXPORTED_PREFIX}.pdiparams",
                               use_gpu=False, threads=threads).logits
 
 
 def label_views(teacher: nn.Layer, dataset: ImageDataset, views: int, img_size: int, device: str,
                 desc: str = "teacher labels views") -> np.ndarray:
-    """(views, images, classes) float16 teacher logits for views 0..views-1 of every image."""
+    """(views, images, classes) float16 teacher logits for views 0..views-1 of every image. In a
+    data-parallel job each rank labels its share and every rank gets the whole array: each view
+    of an image is drawn from its own seeds, so the array is the one a single process would make."""
     loader = make_loader(dataset, LABELLING_BATCH, train=False, num_workers=0)
-    logits = None
+    indices, logits = [], []
     with scratch_dir() as workdir:
         forward = _fastest_forward(teacher, img_size, device, workdir)
-        progress = tqdm(total=views * len(dataset), desc=desc, leave=False, disable=None)
+        progress = tqdm(total=views * len(loader) * LABELLING_BATCH, desc=desc, leave=False, disable=None)
         for view in range(views):
             dataset.set_epoch(view)
-            for images, _, indices, _ in loader:
-                batch_logits = forward(images.numpy())
-                if logits is None:
-                    logits = np.empty((views, len(dataset), batch_logits.shape[1]), np.float16)
-                logits[view, indices.numpy()] = batch_logits
-                progress.update(len(indices))
+            for images, _, batch_indices, _ in loader:
+                logits.append(forward(images.numpy()).astype(np.float16))
+                indices.append(view * len(dataset) + batch_indices.numpy())
+                progress.update(len(batch_indices))
         progress.close()
     dataset.set_epoch(0)
-    return logits
+    flat = np.empty((views * len(dataset), logits[0].shape[1]), np.float16)
+    for part_indices, part_logits in zip(gather_rows(np.concatenate(indices)), gather_rows(np.concatenate(logits))):
+        flat[part_indices] = part_logits
+    return flat.reshape(views, len(dataset), -1)
 
 
 def _evict_least_recently_used(directory: Path, keep: Path, max_bytes: int) -> None:
@@ -152,5 +157,6 @@ def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset:
                           f"teacher_cache_max_mb={cfg.teacher_cache_max_mb}; lower --teacher_views or raise the bound")
     logits = label_views(teacher, dataset, views, cfg.img_size, device)
     write_array_atomic(path, logits)
-    _evict_least_recently_used(path.parent, path, cfg.teacher_cache_max_mb * 2**20)
+    if is_main():
+        _evict_least_recently_used(path.parent, path, cfg.teacher_cache_max_mb * 2**20)
     return PreparedViews(CachedTeacher(logits, temperature), path, False, time.perf_counter() - start)

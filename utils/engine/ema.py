@@ -11,6 +11,8 @@ from typing import Iterator
 import paddle
 import paddle.nn as nn
 
+from utils.runtime.distributed import world_size
+
 
 class WeightAverage:
     def __init__(self, model: nn.Layer, decay: float) -> None:
@@ -31,6 +33,18 @@ class WeightAverage:
                 average.set_value(d * average + (1.0 - d) * value)
             else:
                 average.set_value(value)
+
+    def synchronize(self) -> None:
+        """The same average on every data-parallel rank (their BatchNorm statistics differ)."""
+        if world_size() == 1:
+            return
+        import paddle.distributed as dist
+
+        for value in self.average.values():
+            if paddle.is_floating_point(value):
+                total = value.clone()
+                dist.all_reduce(total)
+                value.set_value(total / world_size())
 
     @contextlib.contextmanager
     def applied(self, model: nn.Layer) -> Iterator[None]:

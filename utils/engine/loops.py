@@ -18,11 +18,13 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from models.freeze import set_train_mode
+from utils.data.dataset import set_loader_epoch
 from utils.data.mixing import MixedTargets, mix_batch
 from utils.engine.ema import WeightAverage
 from utils.engine.losses import TrainingLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 from utils.engine.training_state import EpochCheckpoint
+from utils.runtime.distributed import average_buffers, gather_rows, rank, world_size
 from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
 
@@ -152,9 +154,13 @@ def train_one_epoch(
     epoch: int,
     average: Optional[WeightAverage] = None,
     desc: str = "train",
+    trainer: Optional[nn.Layer] = None,
 ) -> EpochStats:
-    """One pass over `loader`, whose ImageDataset serves view `epoch` (from 1) of its images."""
-    loader.dataset.set_epoch(epoch - 1)
+    """One pass over `loader`, whose ImageDataset serves view `epoch` (from 1) of its images.
+    `trainer` runs the forward pass: `model`, or its paddle.DataParallel wrapper, whose
+    backward pass averages the gradients of the ranks."""
+    trainer = trainer or model
+    set_loader_epoch(loader, epoch - 1)
     set_train_mode(model)
     start = time.perf_counter()
     totals: dict[str, float] = collections.defaultdict(float)  # weighted by batch size
@@ -164,7 +170,7 @@ def train_one_epoch(
         images, targets = mix_batch(images, labels, hyper.mixup_alpha, hyper.cutmix_alpha, rng)
         with paddle.amp.auto_cast(enable=scaler.is_enable()):
             teacher_logits = None if teacher is None else teacher(images, indices, views, targets)
-            logits = model(images)
+            logits = trainer(images)
             loss = loss_fn(logits, teacher_logits, targets, epoch)
         loss_value = float(loss.total)
         if not math.isfinite(loss_value):
@@ -203,14 +209,24 @@ def predict(model: nn.Layer, loader: paddle.io.DataLoader, flip_tta: bool = Fals
     """Softmax probabilities and labels for every sample of `loader`, in order; with
     `flip_tta`, the mean of the image's and its mirror image's probabilities."""
     model.eval()
-    probs, labels = [], []
-    for images, batch_labels, *_ in loader:
+    probs, labels, indices = [], [], []
+    for images, batch_labels, batch_indices, _ in loader:
         batch_probs = F.softmax(model(images), axis=1)
         if flip_tta:
             batch_probs = 0.5 * (batch_probs + F.softmax(model(paddle.flip(images, axis=[3])), axis=1))
         probs.append(batch_probs.numpy())
         labels.append(batch_labels.numpy())
-    return np.concatenate(probs), np.concatenate(labels)
+        indices.append(batch_indices.numpy())
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    if world_size() == 1:
+        return probs, labels
+    # Every rank scored its share; the sampler's padding repeats a few images, which land on themselves.
+    ordered_probs = np.empty((len(loader.dataset), probs.shape[1]), np.float32)
+    ordered_labels = np.empty(len(loader.dataset), labels.dtype)
+    for part_probs, part_labels, part_indices in zip(gather_rows(probs), gather_rows(labels),
+                                                     gather_rows(np.concatenate(indices))):
+        ordered_probs[part_indices], ordered_labels[part_indices] = part_probs, part_labels
+    return ordered_probs, ordered_labels
 
 
 def evaluate(model: nn.Layer, loader: paddle.io.DataLoader) -> Evaluation:
@@ -306,11 +322,19 @@ def train_model(
     optimizer = build_optimizer(model, schedule, hyper.weight_decay, hyper.clip_grad_norm)
     scaler = grad_scaler(hyper.amp)
     average = WeightAverage(model, hyper.ema_decay) if hyper.ema_decay > 0 else None
+    trainer = paddle.DataParallel(model) if world_size() > 1 else model
+    # Data-parallel ranks draw their own dropout and mixing: the rank joins the seed key.
+    rank_key = (rank(),) if world_size() > 1 else ()
 
     def train_epoch(epoch: int) -> EpochStats:
-        seed_everything(*seed_key, epoch)
-        return train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper,
-                               np.random.default_rng([*seed_key, epoch]), scaler, epoch, average, f"{desc} {epoch}")
+        seed_everything(*seed_key, epoch, *rank_key)
+        stats = train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper,
+                                np.random.default_rng([*seed_key, epoch, *rank_key]), scaler, epoch, average,
+                                f"{desc} {epoch}", trainer)
+        average_buffers(model)
+        if average is not None:
+            average.synchronize()
+        return stats
 
     checkpoint = EpochCheckpoint(checkpoint_path, model, optimizer, average) if checkpoint_path else None
     return fit(model, train_epoch, val_loader, hyper.epochs, hyper.patience, on_epoch, checkpoint, average)

@@ -11,7 +11,6 @@ interrupted ablation continues where it stopped. Writes ablation.md and ablation
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
@@ -23,6 +22,7 @@ prepare_process()  # must run before anything imports Paddle
 
 from utils.runtime.config import Config, add_config_flags  # noqa: E402
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
+from utils.runtime.files import write_csv_atomic, write_text_atomic  # noqa: E402
 
 KD_CHOICES = {"on": "kl", "off": "none"}
 COLUMNS = ["student", "attention", "kd", "acc_mean", "acc_std", "macro_f1", "params_m", "flops_g", "latency_ms"]
@@ -74,10 +74,7 @@ def run_ablation(base: Config, ablation_name: str, attentions: list[str], kds: l
 
 def write_tables(rows: list[dict], out_dir: Path, base: Config) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "ablation.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(out_dir / "ablation.csv", COLUMNS, [[row[key] for key in COLUMNS] for row in rows])
     lines = [
         f"Ablation on {base.data_dir}: {base.num_folds}-fold CV, {base.img_size} px, {base.epochs} epochs, "
         f"seed {base.seed}. Accuracy: mean ± std over folds of the best-epoch validation accuracy; "
@@ -93,7 +90,7 @@ def write_tables(rows: list[dict], out_dir: Path, base: Config) -> str:
         lines.append(f"| {r['student']} | {r['attention']} | {r['kd']} | {acc} | {f1} | {r['params_m']:.2f} "
                      f"| {r['flops_g']:.3f} | {r['latency_ms']:.1f} |")
     table = "\n".join(lines) + "\n"
-    (out_dir / "ablation.md").write_text(table, encoding="utf-8")
+    write_text_atomic(out_dir / "ablation.md", table)
     return table
 
 

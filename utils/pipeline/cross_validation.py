@@ -20,7 +20,7 @@ from models.weights import check_weights_arg
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, scan_dataset
 from utils.data.images import load_images
-from utils.data.manifest import DigestCache, build_manifest, check_same_data
+from utils.data.manifest import DigestCache, Manifest, build_manifest, check_same_data
 from utils.data.transforms import build_eval_transform, resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
 from utils.deploy.inference import FINAL_DIR
@@ -36,6 +36,7 @@ from utils.reporting.report import write_report
 from utils.reporting.verdict import distillation_verdict
 from utils.reporting.visual_logging import log_run, visualdl_command
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
+from utils.runtime.distributed import barrier, init_distributed, is_main, rank, world_size
 from utils.runtime.errors import UserError
 from utils.runtime.files import exclusive_lock, write_csv_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import select_device
@@ -79,7 +80,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     run_dir = Path(cfg.output_dir) / cfg.run_name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
+        probe = run_dir / f".write_test.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
@@ -103,7 +104,6 @@ def check_same_run(cfg: Config, run_dir: Path) -> None:
                         f"choose another --run_name, or continue it with --resume {cfg.run_name}")
 
 
-IMAGE_STORE_NAME = "decoded_images.bin"  # removed when the run is finished
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
@@ -196,24 +196,32 @@ def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers
     return clock
 
 
-def image_store_path(cfg: Config, count: int, run_dir: Path) -> Optional[Path]:
-    """Where decoded images go when they would need more memory than image_memory_mb; None: in memory."""
+def image_store_path(cfg: Config, count: int, run_dir: Path, remove: bool = False) -> Optional[Path]:
+    """Where decoded images go when they would need more memory than image_memory_mb; None: in
+    memory. One file per data-parallel rank. With `remove`, the file is deleted (the run is done)."""
+    path = run_dir / f"decoded_images.{rank()}.bin"
+    if remove:
+        path.unlink(missing_ok=True)
+        return None
     side = resize_size(cfg.img_size)
     expected_mb = count * side * side * 3 * 4 / 3 / 2**20  # short side `side`, photos about 4:3
     if expected_mb <= cfg.image_memory_mb:
         return None
     print(f"{count} decoded images need about {expected_mb:.0f} MB, more than image_memory_mb="
           f"{cfg.image_memory_mb}: they go to a memory-mapped file in {run_dir}", flush=True)
-    return run_dir / IMAGE_STORE_NAME
+    return path
 
 
 def run_cross_validation(cfg: Config) -> dict:
-    """Train and evaluate every fold; write the run's outputs; return summary.json's content."""
+    """Train and evaluate the run's folds (all, or those `folds` names); when every fold is
+    finished, write the run's outputs. Returns summary.json's content, or, while folds are
+    missing, {"missing_folds": [...]}."""
     check_components(cfg)
-    if cfg.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # inherited by fold workers too
     start = time.perf_counter()
     device = select_device(cfg.device)
+    init_distributed()
+    if cfg.quiet or not is_main():
+        os.environ["TQDM_DISABLE"] = "1"  # inherited by fold workers too
     if cfg.amp and device != "gpu":
         print("note: --amp (mixed precision) works on a GPU only; training in float32 on the CPU")
     if cfg.fast_depthwise and device == "cpu" and fast_depthwise_operator() is None:
@@ -222,17 +230,36 @@ def run_cross_validation(cfg: Config) -> dict:
     index = scan_dataset(Path(cfg.data_dir))
     check_outputs_outside_data(cfg)
     run_dir = prepare_run_dir(cfg)
+    # The run's settings and data are checked (and, the first time, recorded) by one process at a time.
     with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}"):
-        return train_and_report(cfg, index, run_dir, device, start)
+        check_same_run(cfg, run_dir)
+        manifest = build_manifest(index, Path(cfg.data_dir), DigestCache(Path(cfg.output_dir) / DIGEST_CACHE_NAME))
+        check_same_data(manifest, run_dir, cfg.run_name)
+        save_config(cfg, run_dir / "config.yaml")
+    inputs, skipped, folds = decode(cfg, index, manifest, run_dir, device)
+    chosen = chosen_folds(cfg, folds)
+    workers = parallel_fold_count(cfg, device, len(chosen))
+    if world_size() > 1:
+        print(f"training data-parallel on {world_size()} processes; --batch_size {cfg.batch_size} per process, "
+              f"{cfg.batch_size * world_size()} in all", flush=True)
+    elif workers > 1:
+        print(f"training {workers} folds at a time, one process each", flush=True)
+    inputs.clock = estimate_run(cfg, chosen, inputs, workers * world_size(), device)
+    run_folds(cfg, chosen, workers, device, inputs)
+    barrier()
+    # Whichever invocation finishes the last fold writes the run's outputs (folds may train elsewhere).
+    with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}", wait=True):
+        results = [load_fold_result(run_dir / f"fold{fold.fold}") for fold in folds]
+        missing = [fold.fold for fold, result in zip(folds, results) if result is None]
+        if missing:
+            print(missing_folds_note(cfg, missing), flush=True)
+            return {"missing_folds": missing}
+        return write_outputs(cfg, inputs, folds, results, skipped, start)
 
 
-def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: str, start: float) -> dict:
-    """The run itself, with its directory locked: settings and data checked against an
-    earlier start of the run, then decoding, the folds, and every output."""
-    check_same_run(cfg, run_dir)
-    manifest = build_manifest(index, Path(cfg.data_dir), DigestCache(Path(cfg.output_dir) / DIGEST_CACHE_NAME))
-    check_same_data(manifest, run_dir, cfg.run_name)
-    save_config(cfg, run_dir / "config.yaml")
+def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, device: str
+           ) -> tuple[FoldInputs, list[SkippedFile], list[FoldData]]:
+    """The images, decoded once, the folds, and folds.json."""
     images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size),
                                            store=image_store_path(cfg, len(index.samples), run_dir))
     skipped = index.skipped + skipped
@@ -243,24 +270,41 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     print(f"{len(samples)} images in {len(index.classes)} classes from {cfg.data_dir} "
           f"({', '.join(f'{c}: {n}' for c, n in zip(index.classes, counts))}); "
           f"{len(skipped)} file(s) skipped; device {device}; run {run_dir}", flush=True)
-
     folds = make_folds(labels, cfg.num_folds, cfg.seed)
-    fold_of = np.empty(len(samples), dtype=np.int64)
-    for fold in folds:
-        fold_of[fold.val_indices] = fold.fold
-    write_text_atomic(run_dir / "folds.json", json.dumps({s.path: int(k) for s, k in zip(samples, fold_of)},
-                                                         indent=1))
-
-    workers = parallel_fold_count(cfg, device, len(folds))
-    if workers > 1:
-        print(f"training {workers} folds at a time, one process each", flush=True)
+    fold_of = {s.path: fold.fold for fold in folds for s in (samples[i] for i in fold.val_indices)}
+    write_text_atomic(run_dir / "folds.json", json.dumps({s.path: fold_of[s.path] for s in samples}, indent=1))
     inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir)
-    inputs.clock = estimate_run(cfg, folds, inputs, workers, device)
-    results = run_folds(cfg, folds, workers, device, inputs)
+    return inputs, skipped, folds
 
+
+def chosen_folds(cfg: Config, folds: list[FoldData]) -> list[FoldData]:
+    """The folds this invocation trains: `folds` is all, or fold numbers such as 0,2."""
+    if cfg.folds == "all":
+        return folds
+    wanted = sorted({int(k) for k in cfg.folds.split(",")})
+    if wanted[-1] >= len(folds):
+        raise UserError(f"--folds {cfg.folds}: the run has folds 0 to {len(folds) - 1}")
+    return [folds[k] for k in wanted]
+
+
+def missing_folds_note(cfg: Config, missing: list[int]) -> str:
+    names = ",".join(map(str, missing))
+    return (f"run {cfg.run_name}: fold(s) {names} of {cfg.num_folds} not finished yet. Train them here or on another "
+            f"machine that shares {cfg.output_dir}: python main.py --resume {cfg.run_name} --folds {names} "
+            f"--output_dir {cfg.output_dir}. The run's summary, report and final student are written when the last "
+            "fold finishes.")
+
+
+def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], results: list[FoldResult],
+                  skipped: list[SkippedFile], start: float) -> dict:
+    """Out-of-fold predictions and report, the final student, the held-out test set, summary.json,
+    VisualDL's run record and report.md."""
+    run_dir, index, labels, samples = inputs.run_dir, inputs.index, inputs.labels, inputs.samples
     oof_probs = np.zeros((len(samples), len(index.classes)), dtype=np.float32)
+    fold_of = np.empty(len(samples), dtype=np.int64)
     for fold, result in zip(folds, results):
         oof_probs[fold.val_indices] = result.val_probs
+        fold_of[fold.val_indices] = fold.fold
     oof_preds = oof_probs.argmax(axis=1)
     rows = [[sample.path, index.classes[labels[i]], index.classes[oof_preds[i]], int(fold_of[i]),
              f"{oof_probs[i, oof_preds[i]]:.6f}"] for i, sample in enumerate(samples)]
@@ -272,11 +316,11 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     final = None
     if cfg.final_model:
         final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"])
+        barrier()
         final = {"path": FINAL_DIR, **{key: value for key, value in read_meta(final_dir / META_NAME)[1].items()
                                        if key in ("epochs", "trained_on", "expected_val_acc")}}
     test_scores, test_skipped = score_test_set(run_dir, index, cfg)
-    skipped += test_skipped
-
+    skipped = skipped + test_skipped
     summary = {
         "classes": index.classes,
         **folds_summary,
@@ -288,13 +332,14 @@ def train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: st
     }
     write_json_atomic(run_dir / "summary.json", summary)
     log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), summary, run_dir / "confusion_matrix.png")
-    report = write_report(run_dir)
     write_text_atomic(Path(cfg.output_dir) / "latest", cfg.run_name + "\n")
+    barrier()
+    report = write_report(run_dir) if is_main() else None
     print_summary_table(summary)
     if test_scores:
         print(f"held-out test set ({test_scores['n_test']} images), fold ensemble: acc {test_scores['test_acc']:.4f}")
     for item in skipped:
         print(f"skipped: {item.path} ({item.reason})")
-    (run_dir / IMAGE_STORE_NAME).unlink(missing_ok=True)
+    image_store_path(cfg, 0, run_dir, remove=True)
     print(f"outputs in {run_dir}, the story in {report}; VisualDL: {visualdl_command(cfg.log_dir)}")
     return summary

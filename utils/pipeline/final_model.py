@@ -19,7 +19,6 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from visualdl import LogWriter
 
 from models.fast_depthwise import use_fast_depthwise
 from models.student import build_student
@@ -43,7 +42,7 @@ from utils.pipeline.folds import (
     student_settings,
     teacher_cache_path,
 )
-from utils.reporting.visual_logging import epoch_logger
+from utils.reporting.visual_logging import epoch_logger, fresh_log
 from utils.runtime.config import Config
 from utils.runtime.errors import UserError
 from utils.runtime.files import write_text_atomic
@@ -160,10 +159,7 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
     settings = student_settings(cfg)
     settings.epochs, settings.patience = epochs, None
     seed_everything(cfg.seed + FINAL_SEED_STREAM)
-    log_dir = Path(cfg.log_dir) / cfg.run_name / FINAL_DIR
-    for interrupted_log in log_dir.glob("vdlrecords.*"):
-        interrupted_log.unlink()
-    with paddle.utils.unique_name.guard(), LogWriter(logdir=str(log_dir)) as writer:
+    with paddle.utils.unique_name.guard(), fresh_log(Path(cfg.log_dir) / cfg.run_name / FINAL_DIR) as writer:
         student = build_student(cfg.student, inputs.num_classes, cfg.student_weights, cfg.freeze_student_blocks,
                                 cfg.attention, cfg.attention_blocks, cfg.student_width)
         if cfg.fast_depthwise:

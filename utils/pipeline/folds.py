@@ -11,7 +11,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import paddle
 from sklearn.model_selection import StratifiedKFold
-from visualdl import LogWriter
 
 from models.fast_depthwise import use_fast_depthwise
 from models.student import build_student
@@ -43,9 +42,9 @@ from utils.reporting.metrics import (
     top_k_accuracy,
     write_classification_report,
 )
-from utils.reporting.visual_logging import epoch_logger, fold_name, log_augmented_batch, log_best_epoch
+from utils.reporting.visual_logging import epoch_logger, fold_name, fresh_log, log_augmented_batch, log_best_epoch
 from utils.runtime.config import Config
-from utils.runtime.files import write_array_atomic, write_json_atomic, write_text_atomic
+from utils.runtime.files import exclusive_lock, write_array_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import seed_everything
 
 # Separate augmentation streams, so that the teacher never labels the very views it trained on.
@@ -247,24 +246,28 @@ def check_finite(result: FitResult, fold: int | str, cfg: Config) -> None:
 
 
 def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
-    """Train and evaluate one fold, or return its saved result when an earlier run of the same name finished it."""
-    classes = inputs.index.classes
+    """Train and evaluate one fold, or return its saved result when an earlier run of the same
+    name finished it. One process trains a fold at a time (its folds may train on other machines)."""
     fold_dir = inputs.run_dir / f"fold{fold.fold}"
-    finished = load_fold_result(fold_dir)
-    if finished is not None:
-        print(f"fold {fold.fold} was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
-        return finished
     fold_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(fold_dir / ".lock", f"fold {fold.fold} of run {cfg.run_name}",
+                        advice="let it finish, and train other folds with --folds"):
+        finished = load_fold_result(fold_dir)
+        if finished is not None:
+            print(f"fold {fold.fold} was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
+            return finished
+        return train_fold(cfg, fold, inputs, fold_dir)
+
+
+def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) -> FoldResult:
+    """The fold's teacher (cached or trained), its student (and CE-only student), and its files."""
+    classes = inputs.index.classes
     hard_loss, method = fold_method(cfg, fold, inputs)
     loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels,
                            method.needs_teacher and cfg.teacher_cache == "views")
     train_set, val_set = loaders.student.dataset, loaders.val.dataset
 
-    log_dir = Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}"
-    # VisualDL reads only a directory's newest log file, and a resumed fold replays its earlier epochs.
-    for interrupted_log in log_dir.glob("vdlrecords.*"):
-        interrupted_log.unlink()
-    with LogWriter(logdir=str(log_dir)) as writer:
+    with fresh_log(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}") as writer:
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, cfg.cutmix_alpha,
                             np.random.default_rng([cfg.seed, fold.fold, 2]), IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None

@@ -12,12 +12,15 @@ import paddle
 from utils.distill.methods import create_method
 from utils.pipeline.folds import FoldData, FoldInputs, FoldResult, run_fold, train_fold_teacher
 from utils.runtime.config import Config
+from utils.runtime.distributed import world_size
 from utils.runtime.process import cpu_count, die_with_parent
 
 
 def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
     """How many folds train at once. On CPU, one single-threaded process per core
     beats one process with more threads (README, "Speed"); a GPU trains one fold."""
+    if world_size() > 1:
+        return 1  # a data-parallel job trains one fold at a time, on all its processes
     requested = cfg.parallel_folds or (1 if device == "gpu" else cpu_count())
     return max(1, min(requested, num_folds))
 

@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classification_report, f1_score
 
+from utils.runtime.files import write_atomically, write_text_atomic
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int) -> None:
+    """A matplotlib figure as a PNG file, written whole or not at all, then closed."""
+    fig.tight_layout()
+    write_atomically(path, lambda partial: fig.savefig(partial, dpi=dpi, format="png"))
+    plt.close(fig)
+
 
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(accuracy_score(labels, preds))
@@ -35,7 +44,7 @@ def write_classification_report(path: Path, labels: np.ndarray, preds: np.ndarra
     report = classification_report(
         labels, preds, labels=list(range(len(classes))), target_names=list(classes), digits=4, zero_division=0
     )
-    path.write_text(report, encoding="utf-8")
+    write_text_atomic(path, report)
     return report
 
 
@@ -54,6 +63,4 @@ def save_confusion_matrix(path: Path, labels: np.ndarray, preds: np.ndarray, cla
     ax.set_xlabel("predicted", fontsize=font - 2)
     ax.set_ylabel("true", fontsize=font - 2)
     ax.set_title(title, fontsize=font - 3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)

@@ -18,7 +18,9 @@ from matplotlib.ticker import MaxNLocator
 from utils.data.images import read_image
 from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
 from utils.deploy.explain import grad_cam, overlay, visible_image
+from utils.reporting.metrics import save_figure
 from utils.runtime.errors import UserError
+from utils.runtime.files import write_text_atomic
 
 GALLERY_SIZE = 16
 
@@ -107,9 +109,7 @@ def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
         ax.set_xlim(0.5, last + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
 
 
 def _explained(row: dict, run_dir: Path, students: dict) -> Optional[np.ndarray]:
@@ -143,9 +143,7 @@ def plot_misclassified(oof_rows: list[dict], out: Path, run_dir: Path) -> int:
         if picture is not None:
             ax.imshow(picture)
         ax.set_title(f"true {row['label']}\npred {row['pred']} ({float(row['confidence']):.2f})", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out, dpi=90)
     return len(wrong)
 
 
@@ -299,5 +297,5 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
               "it wrongly predicted (red: most).", "", "![misclassified](misclassified.png)", "",
               "## Configuration", "", "```yaml", config.rstrip(), "```", ""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(out, "\n".join(lines))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -15,8 +15,23 @@ from visualdl import LogWriter
 from utils.data.dataset import ImageDataset
 from utils.data.mixing import mix_batch
 from utils.engine.loops import EpochRecord, Evaluation
+from utils.runtime.distributed import is_main
 
 GRID_COLUMNS = 8
+
+
+@contextlib.contextmanager
+def fresh_log(log_dir: Path) -> Iterator[Optional[LogWriter]]:
+    """A VisualDL writer for `log_dir`, which starts empty: VisualDL reads only a directory's
+    newest log file, and a resumed fold replays its earlier epochs into the new one. In a
+    data-parallel job only rank 0 logs (the others get None)."""
+    if not is_main():
+        yield None
+        return
+    for interrupted_log in Path(log_dir).glob("vdlrecords.*"):
+        interrupted_log.unlink()
+    with LogWriter(logdir=str(log_dir)) as writer:
+        yield writer
 
 
 def epoch_scalars(record: EpochRecord, role: str = "") -> dict[str, float]:
@@ -71,11 +86,13 @@ def epoch_logger(writer: Optional[LogWriter], role: str, fold: int | str, epochs
     return on_epoch
 
 
-def log_augmented_batch(writer: LogWriter, dataset: ImageDataset, mixup_alpha: float, cutmix_alpha: float,
+def log_augmented_batch(writer: Optional[LogWriter], dataset: ImageDataset, mixup_alpha: float, cutmix_alpha: float,
                         rng: np.random.Generator, mean: Sequence[float], std: Sequence[float]) -> None:
     """Training images as the networks see them (augmented, then mixed), as a grid image:
     a wrong augmentation shows at a glance. Read from the dataset directly, not through a
     DataLoader, whose prefetching thread would go on drawing random numbers in the background."""
+    if writer is None:
+        return
     samples = [dataset[i] for i in range(min(2 * GRID_COLUMNS, len(dataset)))]
     images = paddle.to_tensor(np.stack([image for image, *_ in samples]))
     labels = paddle.to_tensor(np.array([label for _, label, *_ in samples]))
@@ -104,9 +121,11 @@ def _numpy_float_alias():
             del np.float
 
 
-def log_best_epoch(writer: LogWriter, best: Evaluation, classes: Sequence[str], epoch: int,
+def log_best_epoch(writer: Optional[LogWriter], best: Evaluation, classes: Sequence[str], epoch: int,
                    confusion_png: Path) -> None:
     """The best epoch's confusion matrix as an image, and a precision-recall curve per class."""
+    if writer is None:
+        return
     image = cv2.imread(str(confusion_png))
     writer.add_image("val/confusion_matrix", cv2.cvtColor(image, cv2.COLOR_BGR2RGB), step=epoch)
     with _numpy_float_alias():

@@ -36,6 +36,7 @@ class Config:
     data_dir: Optional[str]
     img_size: int
     num_folds: int
+    folds: str
     final_model: bool
     seed: int
     batch_size: int
@@ -168,7 +169,9 @@ def _check_ranges(cfg: Config) -> None:
     """Value checks that need no registry; names are checked where the registries live."""
     rules = [
         (cfg.img_size >= 32, "img_size must be at least 32"),
-        (cfg.num_folds >= 2, "num_folds must be at least 2"),
+        (2 <= cfg.num_folds <= 100, "num_folds must be between 2 and 100"),
+        (cfg.folds == "all" or re.fullmatch(r"\d+(,\d+)*", cfg.folds) is not None,
+         "folds must be all or fold numbers separated by commas, such as 0,2"),
         (0 <= cfg.seed < 2**32, "seed must be between 0 and 2**32 - 1"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),
@@ -323,7 +326,7 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) 
 
 
 # Settings that change how a run is carried out, not what it computes: a run may continue with other values.
-RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise")
+RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise", "folds")
 
 
 def resumed_config(args: argparse.Namespace) -> Config:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from utils.runtime.distributed import is_main
 from utils.runtime.errors import UserError
 
 
@@ -27,7 +28,10 @@ def partial_path(path: Path) -> Path:
 
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     """`write(partial)` writes the content to the partial file, which then replaces `path`:
-    a process killed while writing leaves the previous file (or none), never half of one."""
+    a process killed while writing leaves the previous file (or none), never half of one.
+    In a data-parallel job only rank 0 writes: the ranks compute the same outputs."""
+    if not is_main():
+        return
     path = Path(path)
     partial = partial_path(path)
     try:
@@ -63,18 +67,22 @@ def write_array_atomic(path: Path, array: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+def exclusive_lock(path: Path, what: str, wait: bool = False,
+                   advice: str = "wait for it to finish, or choose another --run_name") -> Iterator[None]:
     """Held by this process alone for the block (an flock, released even if the process is
-    killed); another process that asks gets a one-line error naming the holder."""
+    killed); another process that asks gets a one-line error naming the holder, or with
+    `wait` waits for it. In a data-parallel job rank 0 holds it for all ranks."""
+    if not is_main():
+        yield
+        return
     handle = open(path, "a+", encoding="utf-8")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise UserError(f"{what} is in use by {holder}; wait for it to finish, or choose another --run_name") \
-            from None
+        raise UserError(f"{what} is in use by {holder}; {advice}") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")

@@ -118,13 +118,18 @@ def select_device(requested: str) -> str:
     """'gpu' when Paddle has CUDA and the user allows it, else 'cpu'."""
     import paddle
 
+    from utils.runtime.distributed import launched
     from utils.runtime.errors import ConfigError
 
     has_cuda = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     if requested == "gpu" and not has_cuda:
         raise ConfigError("--device gpu was asked for, but this Paddle has no CUDA GPU; use --device cpu")
     device = "gpu" if has_cuda and requested in ("auto", "gpu") else "cpu"
-    paddle.set_device(device)
+    if device == "gpu" and launched():
+        # One GPU per data-parallel process, as paddle.distributed.launch assigned them.
+        paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
+    else:
+        paddle.set_device(device)
     return device
 
 

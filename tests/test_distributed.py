@@ -1,0 +1,151 @@
+"""Scale out: data-parallel folds on paddle.distributed (CPU, gloo, 2 processes on
+127.0.0.1), and a run's folds trained by separate invocations."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main
+from models.teacher import build_teacher, freeze_teacher
+from tests.conftest import make_class_folders, tiny_run_args
+from utils.data.folders import scan_dataset
+from utils.data.images import load_images
+from utils.data.manifest import Manifest
+from utils.data.transforms import resize_size
+from utils.distill.view_cache import label_views, view_cache_path, view_count
+from utils.pipeline.folds import FoldInputs, fold_loaders, make_folds, teacher_cache_path
+from utils.runtime.config import load_saved_config
+from utils.runtime.weights_file import load_weights_file
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 8  # per process
+
+
+def _settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
+    """A learnable tiny run: CE and KD students that tell the colours apart in a few epochs (mild
+    augmentation: on a few dozen steps, BatchNorm's running statistics are otherwise still unsettled)."""
+    return tiny_run_args(data, out, name, "--teacher", "resnet18", "--recipe", "finetune", "--epochs", "16",
+                         "--lr", "0.01", "--student_width", "0.5", "--teacher_cache", "views", "--img_size", "64",
+                         "--teacher_views", "2", "--batch_size", str(batch), "--baseline", "--teacher_epochs", "8",
+                         "--crop", "pad", "--mixup_alpha", "0", "--rotation", "0", "--erasing", "0", "--quiet")
+
+
+def _launch(args: list[str], log_dir: Path, **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+               str(log_dir), str(ROOT / "main.py"), *args]
+    env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=log_dir.parent, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same run launched on 2 data-parallel processes and in one process with twice the batch."""
+    out = tmp_path_factory.mktemp("distributed")
+    data = make_class_folders(out / "data", per_class=45)
+    launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs")
+    output, _ = launched.communicate(timeout=600)
+    assert launched.returncode == 0, output[-3000:]
+    assert main.main(_settings(data, out / "single", "one", 2 * BATCH)) == 0
+    return data, out / "launched" / "models_saved" / "dp", out / "single" / "models_saved" / "one"
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {str(path.relative_to(run_dir)) for path in run_dir.rglob("*") if path.is_file()}
+
+
+def test_a_launched_run_writes_the_files_of_a_single_process_run(runs):
+    _, launched, single = runs
+    assert _files(launched) == _files(single)
+    assert "final/best.pdparams" in _files(launched) and "report.md" in _files(launched)
+
+
+def test_data_parallel_students_learn_as_well_as_one_process_with_twice_the_batch(runs):
+    _, launched, single = runs
+    dp, one = (json.loads((run / "summary.json").read_text()) for run in (launched, single))
+    assert min(one["baseline_val_acc_mean"], one["student_val_acc_mean"]) >= 0.9, "the students learned the colours"
+    # The stated tolerance: 0.1 of accuracy on each fold's 68 validation images.
+    for key in ("student_val_acc_mean", "baseline_val_acc_mean"):
+        assert abs(dp[key] - one[key]) <= 0.1, key
+    assert [f["n_val"] for f in dp["folds"]] == [f["n_val"] for f in one["folds"]]
+    # Every validation image is scored exactly once: the sampler's padding is trimmed.
+    rows = (launched / "oof_predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == len({row.split(",")[0] for row in rows}) == 135
+
+
+def test_stored_teacher_views_equal_a_single_process_labelling(runs):
+    data, launched, _ = runs
+    cfg = load_saved_config(launched / "config.yaml")
+    index = scan_dataset(data)
+    images, samples, _ = load_images(index.samples, resize_size(cfg.img_size))
+    labels = np.array([s.label for s in samples])
+    digests = Manifest(**json.loads((launched / "dataset.json").read_text())).digests_by_path(data)
+    inputs = FoldInputs(index, samples, images, labels, [digests[s.path] for s in samples], launched)
+    fold = make_folds(labels, cfg.num_folds, cfg.seed)[0]
+    teacher_path = teacher_cache_path(cfg, inputs, fold)
+    stored = np.load(view_cache_path(teacher_path, view_count(cfg)))
+    teacher, _ = build_teacher(len(index.classes), "none", cfg.teacher)
+    teacher.set_state_dict(load_weights_file(teacher_path))
+    freeze_teacher(teacher)
+    dataset = fold_loaders(cfg, fold, images, labels, replays_views=True).student.dataset
+    relabelled = label_views(teacher, dataset, view_count(cfg), cfg.img_size, "cpu")
+    assert stored.shape == relabelled.shape == (2, len(fold.train_indices), 3)
+    assert np.array_equal(relabelled, stored)
+
+
+def test_folds_trained_by_separate_invocations_give_the_summary_of_one_run(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    base = tiny_run_args(data, tmp_path, "whole", "--num_folds", "3", "--kd", "none", "--quiet")
+    assert main.main(base) == 0
+    split = tiny_run_args(data, tmp_path, "split", "--num_folds", "3", "--kd", "none", "--quiet")
+    assert main.main([*split, "--folds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "fold(s) 1,2 of 3 not finished yet" in out and "--resume split --folds 1,2" in out
+    run_dir = tmp_path / "models_saved" / "split"
+    assert not (run_dir / "summary.json").exists()
+    assert main.main(["--resume", "split", "--folds", "1,2", "--output_dir", str(tmp_path / "models_saved")]) == 0
+    whole, parts = (json.loads((tmp_path / "models_saved" / name / "summary.json").read_text())
+                    for name in ("whole", "split"))
+    keys = ("fold", "n_train", "n_val", "student_val_acc", "student_val_macro_f1", "best_epoch")
+    assert [{k: f[k] for k in keys} for f in whole["folds"]] == [{k: f[k] for k in keys} for f in parts["folds"]]
+
+
+def _worker_pids(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the processes the launcher started."""
+    import psutil
+
+    ranks = {}
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            env = child.environ()
+        except psutil.Error:
+            continue
+        if "PADDLE_TRAINER_ID" in env and "main.py" in " ".join(child.cmdline()):
+            ranks[int(env["PADDLE_TRAINER_ID"])] = child.pid
+    return ranks
+
+
+def test_a_killed_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    args = tiny_run_args(data, tmp_path / "job", "killed", "--epochs", "50", "--kd", "none", "--quiet")
+    (tmp_path / "logs").mkdir()
+    job = _launch(args, tmp_path / "logs")
+    state = tmp_path / "job" / "models_saved" / "killed" / "fold0" / "training_student.pdparams"
+    deadline = time.time() + 300
+    while not state.exists():
+        assert job.poll() is None and time.time() < deadline, "the job did not start training"
+        time.sleep(0.5)
+    ranks = _worker_pids(job.pid)
+    assert set(ranks) == {0, 1}
+    os.kill(ranks[1], signal.SIGKILL)
+    start = time.time()
+    job.communicate(timeout=120)
+    assert job.returncode != 0 and time.time() - start < 120

@@ -1,0 +1,82 @@
+"""Data-parallel training on paddle.distributed: under
+`python -m paddle.distributed.launch --nproc_per_node N main.py ...` every process
+(rank) trains the same fold on its share of each batch, the gradients are averaged,
+and rank 0 alone writes files. In a single process these helpers are no-ops."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+
+def launched() -> bool:
+    """Started by paddle.distributed.launch with more than one process."""
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
+
+
+def init_distributed() -> None:
+    """Join the job's process group (gloo on CPU, NCCL on GPUs), once, when launched."""
+    import paddle.distributed as dist
+
+    if launched() and not dist.is_initialized():
+        dist.init_parallel_env()
+
+
+def world_size() -> int:
+    import paddle.distributed as dist
+
+    return dist.get_world_size() if launched() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    import paddle.distributed as dist
+
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def is_main() -> bool:
+    """The process that writes files and prints progress."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    import paddle.distributed as dist
+
+    if world_size() > 1:
+        dist.barrier()
+
+
+def gather_rows(local: np.ndarray) -> list[np.ndarray]:
+    """Every rank's `local` array (the same shape on every rank), in rank order."""
+    if world_size() == 1:
+        return [local]
+    import paddle
+    import paddle.distributed as dist
+
+    parts: list = []
+    dist.all_gather(parts, paddle.to_tensor(local))
+    return [part.numpy() for part in parts]
+
+
+def average_buffers(model) -> None:
+    """BatchNorm statistics averaged over the ranks: without SyncBatchNorm (no CPU kernel) each
+    rank gathers its own, and every rank must evaluate and save the same model. Paddle keeps
+    them as parameters that take no gradient (not as buffers), so every float state entry that
+    takes no gradient is averaged; those that do are the same on every rank already."""
+    if world_size() == 1:
+        return
+    import paddle
+    import paddle.distributed as dist
+
+    for value in model.state_dict().values():
+        if paddle.is_floating_point(value) and value.stop_gradient:
+            total = value.clone()
+            dist.all_reduce(total)
+            value.set_value(total / world_size())
+
+
+def shard(count: int, ranks: Optional[int] = None, index: Optional[int] = None) -> np.ndarray:
+    """This rank's items of `count`: every world-th one, from its rank on."""
+    ranks, index = ranks or world_size(), rank() if index is None else index
+    return np.arange(index, count, ranks)

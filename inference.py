@@ -3,9 +3,9 @@
     python inference.py --image_path photo.jpg
     python inference.py --image_path dir/ --recursive --topk 3 --output preds.csv
 
-By default the newest run in models_saved/ is used, as the ensemble of its
-folds. Exit status: 0 when every image was classified, 1 when some could not
-be read, 2 for usage errors.
+By default the newest run in models_saved/ is used: its final model (or, for a
+run without one, the ensemble of its folds). Exit status: 0 when every image was
+classified, 1 when some could not be read, 2 for usage errors.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ PROGRESS_BAR_FROM = 100  # images
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image_path", required=True, help="an image file or a folder of images")
-    parser.add_argument("--model_path", help="run directory (ensemble), fold directory or .pdparams file; "
-                                             "default: the newest run in --output_dir")
+    parser.add_argument("--model_path", help="run directory (its final model), a model directory (fold, final or "
+                                             "exported) or a .pdparams file; default: the newest run in --output_dir")
     parser.add_argument("--output_dir", default="models_saved", help="where runs are saved (default: models_saved)")
     parser.add_argument("--fold", type=int, help="use only this fold of a run")
     parser.add_argument("--ensemble", action="store_true",

@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("kl", "dkd", "dist")
 # The benchmark's setting: from scratch (the scratch recipe, configs/recipes/scratch.yaml), 96 px,
 # MobileNetV3-Small taught by a ResNet18 (a ResNet50 from scratch at 64 px was a weaker teacher
-# and twice as slow), with the budget's epochs: 30 for the teacher, 40 for every student, and the
-# teacher's outputs on 40 stored views per image (one per epoch). No final student.
+# and twice as slow), with the budget's epochs: 30 for the teacher, 20 for every student, and the
+# teacher's outputs on 20 stored views per image (one per epoch). No final student.
 SETTINGS = ["--img_size", "96", "--student", "mobilenet_v3_small", "--teacher", "resnet18", "--teacher_weights",
-            "none", "--student_weights", "none", "--teacher_epochs", "30", "--epochs", "40", "--patience", "15",
-            "--teacher_cache", "views", "--teacher_views", "40", "--final_model", "false", "--quiet"]
+            "none", "--student_weights", "none", "--teacher_epochs", "30", "--epochs", "20", "--patience", "10",
+            "--teacher_cache", "views", "--teacher_views", "20", "--final_model", "false", "--quiet"]
 
 
 def run_command(args: argparse.Namespace, method: str, parallel_folds: int) -> list[str]:

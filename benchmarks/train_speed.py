@@ -16,7 +16,14 @@ the CE-only epoch again, to show what the tool's settings gain; and one tuned
 CE-only child process per core at once, as main.py trains folds, for the
 machine's total throughput.
 
-    python benchmarks/train_speed.py --data_dir ../shared/datasets/trashnet-112 [--parts kernels,distillation] [--json]
+Part `data_parallel` (--student at --img_size, batch --batch_size per process): the
+machine's CE-only training throughput with one process, with two processes training
+one model data-parallel (paddle.distributed.launch, gloo on the CPU, gradients
+averaged every step), and with two independent processes side by side (two folds
+at once, as main.py trains them).
+
+    python benchmarks/train_speed.py --data_dir ../shared/datasets/trashnet-112 \
+        [--parts kernels,distillation,data_parallel] [--json]
 """
 from __future__ import annotations
 
@@ -38,8 +45,10 @@ if f"{CHILD}={DEFAULTS}" not in sys.argv:
 
 import os  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
+import paddle  # noqa: E402
 
 from models.fast_depthwise import use_fast_depthwise  # noqa: E402
 from models.student import build_student  # noqa: E402
@@ -54,12 +63,13 @@ from utils.engine.loops import LiveTeacher, TrainingSettings, grad_scaler, train
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss  # noqa: E402
 from utils.engine.optimization import build_optimizer, warmup_cosine  # noqa: E402
 from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
+from utils.runtime.distributed import init_distributed, rank, world_size  # noqa: E402
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 from utils.runtime.process import cpu_count  # noqa: E402
 
 KERNEL_SETTINGS = [("mobilenet_v3_small", 64), ("mobilenet_v2", 112), ("mobilenet_v3_small", 112),
                    ("mobilenet_v2", 64)]
-PARTS = ("kernels", "distillation")
+PARTS = ("kernels", "distillation", "data_parallel")
 
 
 def seconds(run) -> float:
@@ -90,14 +100,16 @@ class Bench:
                                (cfg.seed, 0, 1), views)
         return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
 
-    def epoch(self, model, cfg, loader, loss_fn=None, teacher=None):
-        """One training epoch of `model` over `loader`, as a function to time."""
+    def epoch(self, model, cfg, loader, loss_fn=None, teacher=None, trainer=None):
+        """One training epoch of `model` over `loader`, as a function to time; `trainer`, when
+        given, is its paddle.DataParallel wrapper (made once per model)."""
         schedule = warmup_cosine(cfg.lr, 1, 0, len(loader))
         optimizer = build_optimizer(model, schedule, cfg.weight_decay)
         settings = TrainingSettings(cfg.lr, 1, 0, cfg.weight_decay, cfg.mixup_alpha, False, None)
         return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule,
                                        loss_fn or CrossEntropyOnly(HardLabelLoss()), settings,
-                                       np.random.default_rng(0), grad_scaler(False), 1, desc="benchmark")
+                                       np.random.default_rng(0), grad_scaler(False), 1, desc="benchmark",
+                                       trainer=trainer)
 
     def rate(self, model, cfg, loss_fn=None, teacher=None, loader=None) -> float:
         """img/s of one epoch, after a few untimed steps (a model's first steps pay one-off costs)."""
@@ -132,18 +144,40 @@ def measure_kernels(bench: Bench) -> dict:
     return {"rows": rows}
 
 
-def ce_only_children(count: int, settings: str, env: dict[str, str]) -> list[float]:
-    """img/s of `count` CE-only epochs run at once, one child process each. The children
-    set up and warm up first, then start measuring together, at a time given to them."""
+def ce_only_children(count: int, settings: str, env: dict[str, str], data_parallel: bool = False) -> list[float]:
+    """img/s of `count` CE-only epochs run at once, one child process each (or one data-parallel
+    job of `count` ranks). The children set up and warm up first, then start measuring
+    together, at a time given to them; each writes its rate to a file of its own."""
     start_at = time.time() + 120
-    command = [sys.executable, __file__, *sys.argv[1:], f"{CHILD}={settings}", "--start_at", str(start_at)]
-    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                for _ in range(count)]
-    outputs = [child.communicate() for child in children]
-    for child, (_, err) in zip(children, outputs):
-        if child.returncode != 0:
-            raise RuntimeError(f"a benchmark child process failed: {err.strip().splitlines()[-1:]}")
-    return [float(out.strip().splitlines()[-1]) for out, _ in outputs]
+    with tempfile.TemporaryDirectory() as tmp:
+        child_args = [__file__, *sys.argv[1:], f"{CHILD}={settings}", "--start_at", str(start_at),
+                      "--rate_file", str(Path(tmp) / "rate")]
+        if data_parallel:
+            launcher = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(count),
+                        "--log_dir", str(Path(tmp) / "launch_logs")]
+            children = [subprocess.Popen(launcher + child_args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True, env={k: v for k, v in env.items() if k != "CUDA_VISIBLE_DEVICES"})]
+        else:
+            children = [subprocess.Popen([sys.executable, *child_args, "--child_index", str(i)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                        for i in range(count)]
+        for child in children:
+            output = child.communicate()[0]
+            if child.returncode != 0:
+                raise RuntimeError(f"a benchmark child process failed: {output.strip().splitlines()[-1:]}")
+        return [float(path.read_text()) for path in sorted(Path(tmp).glob("rate.*"))]
+
+
+def measure_data_parallel(bench: Bench) -> dict:
+    env = dict(os.environ)
+    [one] = ce_only_children(1, "tuned", env)
+    data_parallel = sum(ce_only_children(2, "tuned", env, data_parallel=True))
+    side_by_side = sum(ce_only_children(2, "tuned", env))
+    cfg = bench.config(bench.args.img_size, bench.args.student)
+    return {"setting": f"{cfg.student}, {cfg.img_size} px, CE-only, batch {cfg.batch_size} per process",
+            "img_per_s": {"one_process": one, "two_processes_data_parallel": data_parallel,
+                          "two_processes_side_by_side": side_by_side},
+            "data_parallel_vs_one": data_parallel / one, "side_by_side_vs_one": side_by_side / one}
 
 
 def measure_distillation(bench: Bench) -> dict:
@@ -208,12 +242,22 @@ def print_distillation(result: dict) -> None:
           f"loader alone {result['loader_vs_ce_speed']:.1f}x CE-only training")
 
 
+def print_data_parallel(result: dict) -> None:
+    print(result["setting"])
+    for name, rate in result["img_per_s"].items():
+        print(f"{name:<40} {rate:>8.1f} img/s in total")
+    print(f"two data-parallel processes train {result['data_parallel_vs_one']:.2f}x as many images per second as one "
+          f"process; two independent folds side by side {result['side_by_side_vs_one']:.2f}x")
+
+
 def child_rate(bench: Bench, settings: str, start_at: float) -> float:
+    init_distributed()
     cfg = bench.config(bench.args.img_size, bench.args.student)
     model = bench.student(cfg, fast=settings != DEFAULTS)
+    trainer = paddle.DataParallel(model) if world_size() > 1 else model
     loader = bench.loader(cfg)
-    bench.epoch(model, cfg, bench.loader(cfg, count=3 * cfg.batch_size))()
-    run = bench.epoch(model, cfg, loader)
+    bench.epoch(model, cfg, bench.loader(cfg, count=3 * cfg.batch_size), trainer=trainer)()
+    run = bench.epoch(model, cfg, loader, trainer=trainer)
     time.sleep(max(0.0, start_at - time.time()))
     return len(loader) * cfg.batch_size / seconds(run)
 
@@ -222,7 +266,7 @@ def child_rate(bench: Bench, settings: str, start_at: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--parts", default=",".join(PARTS), help="kernels, distillation or both")
+    parser.add_argument("--parts", default="kernels,distillation", help=", ".join(PARTS) + ", comma-separated")
     parser.add_argument("--img_size", type=int, default=112, help="for the distillation part")
     parser.add_argument("--student", default="mobilenet_v2", help="for the distillation part")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -231,20 +275,25 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument(CHILD, choices=(DEFAULTS, "tuned"), help=argparse.SUPPRESS)
     parser.add_argument("--start_at", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--rate_file", help=argparse.SUPPRESS)
+    parser.add_argument("--child_index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     if not parts or set(parts) - set(PARTS):
-        raise UserError(f"--parts takes {' and/or '.join(PARTS)}, comma-separated")
+        raise UserError(f"--parts takes {', '.join(PARTS)}, comma-separated")
 
     bench = Bench(args)
     if args.child:
-        print(json.dumps(child_rate(bench, args.child, args.start_at)))
+        rate = child_rate(bench, args.child, args.start_at)
+        Path(f"{args.rate_file}.{args.child_index + rank()}").write_text(json.dumps(rate))
         return 0
     results = {}
     if "kernels" in parts:
         results["kernels"] = measure_kernels(bench)
     if "distillation" in parts:
         results["distillation"] = measure_distillation(bench)
+    if "data_parallel" in parts:
+        results["data_parallel"] = measure_data_parallel(bench)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -252,6 +301,8 @@ def main() -> int:
         print_kernels(results["kernels"])
     if "distillation" in results:
         print_distillation(results["distillation"])
+    if "data_parallel" in results:
+        print_data_parallel(results["data_parallel"])
     return 0
 
 

@@ -34,7 +34,7 @@ def _settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
     augmentation: on a few dozen steps, BatchNorm's running statistics are otherwise still unsettled)."""
     return tiny_run_args(data, out, name, "--teacher", "resnet18", "--recipe", "finetune", "--epochs", "16",
                          "--lr", "0.01", "--student_width", "0.5", "--teacher_cache", "views", "--img_size", "64",
-                         "--teacher_views", "2", "--batch_size", str(batch), "--baseline", "--teacher_epochs", "8",
+                         "--teacher_views", "2", "--batch_size", str(batch), "--baseline", "--teacher_epochs", "4",
                          "--crop", "pad", "--mixup_alpha", "0", "--rotation", "0", "--erasing", "0", "--quiet")
 
 

@@ -40,45 +40,57 @@ def _error(capsys, code: int, expected: str, status: int = 2) -> str:
     return captured.err
 
 
+@pytest.fixture(scope="module")
+def finished_run_snapshot(tmp_path_factory):
+    """A finished CE-only tiny run with its data (trained once), and a copy of both."""
+    base = tmp_path_factory.mktemp("finished")
+    data = make_class_folders(base / "work" / "data", per_class=6)
+    assert main.main(tiny_run_args(data, base / "work", "r", "--kd", "none")) == 0
+    shutil.copytree(base / "work", base / "snapshot", symlinks=True)
+    return base / "work", base / "snapshot"
+
+
 @pytest.fixture
-def finished_run(tmp_path):
-    """A finished CE-only tiny run on its own copy of the data."""
-    data = make_class_folders(tmp_path / "data", per_class=6)
-    assert main.main(tiny_run_args(data, tmp_path, "r", "--kd", "none")) == 0
-    return data, tmp_path / "models_saved" / "r"
+def finished_run(finished_run_snapshot):
+    """The finished run and its data as they were written (restored from the copy, at the same
+    paths, so that its records still match), for a test to damage."""
+    work, snapshot = finished_run_snapshot
+    shutil.rmtree(work)
+    shutil.copytree(snapshot, work, symlinks=True)
+    return work / "data", work / "models_saved" / "r"
 
 
-def _resume(tmp_path):
-    return main.main(["--resume", "r", "--output_dir", str(tmp_path / "models_saved")])
+def _resume(run_dir):
+    return main.main(["--resume", run_dir.name, "--output_dir", str(run_dir.parent)])
 
 
-def test_images_added_after_a_run_began_are_named_and_the_run_is_refused(finished_run, tmp_path, capsys):
+def test_images_added_after_a_run_began_are_named_and_the_run_is_refused(finished_run, capsys):
     data, run_dir = finished_run
     summary = (run_dir / "summary.json").read_bytes()
     write_image(data / "red" / "new_1.png", np.full((20, 20, 3), 200, np.uint8))
     write_image(data / "red" / "new_2.png", np.full((20, 20, 3), 190, np.uint8))
     capsys.readouterr()
-    _error(capsys, _resume(tmp_path), "2 image(s) added (red/new_1.png, red/new_2.png)")
+    _error(capsys, _resume(run_dir), "2 image(s) added (red/new_1.png, red/new_2.png)")
     assert (run_dir / "summary.json").read_bytes() == summary  # nothing lost
 
 
-def test_one_image_swapped_for_another_is_named(finished_run, tmp_path, capsys):
-    data, _ = finished_run
+def test_one_image_swapped_for_another_is_named(finished_run, capsys):
+    data, run_dir = finished_run
     (data / "green" / "green_0.png").rename(data / "green" / "green_renamed.png")
     capsys.readouterr()
-    err = _error(capsys, _resume(tmp_path), "1 image(s) added (green/green_renamed.png)")
+    err = _error(capsys, _resume(run_dir), "1 image(s) added (green/green_renamed.png)")
     assert "1 image(s) removed (green/green_0.png)" in err
 
 
-def test_a_renamed_class_folder_is_named(finished_run, tmp_path, capsys):
-    data, _ = finished_run
+def test_a_renamed_class_folder_is_named(finished_run, capsys):
+    data, run_dir = finished_run
     (data / "red").rename(data / "rouge")
     capsys.readouterr()
-    _error(capsys, _resume(tmp_path), "class folders gone: red; new: rouge")
+    _error(capsys, _resume(run_dir), "class folders gone: red; new: rouge")
 
 
-def test_a_photo_replaced_by_another_of_the_same_size_is_seen(finished_run, tmp_path, capsys):
-    data, _ = finished_run
+def test_a_photo_replaced_by_another_of_the_same_size_is_seen(finished_run, capsys):
+    data, run_dir = finished_run
     photo = data / "blue" / "blue_1.png"
     other = (data / "blue" / "blue_2.png").read_bytes()
     before = photo.stat().st_size
@@ -86,7 +98,7 @@ def test_a_photo_replaced_by_another_of_the_same_size_is_seen(finished_run, tmp_
     photo.write_bytes(content)
     assert photo.stat().st_size == before
     capsys.readouterr()
-    _error(capsys, _resume(tmp_path), "1 image(s) changed (blue/blue_1.png)")
+    _error(capsys, _resume(run_dir), "1 image(s) changed (blue/blue_1.png)")
 
 
 def test_teachers_are_cached_by_content_not_by_path_and_size(tmp_path):

@@ -84,17 +84,21 @@ def _fold_results(run_dir: Path) -> list[tuple]:
     return [(f["fold"], f["teacher_val_acc"], f["student_val_acc"], f["best_epoch"]) for f in summary["folds"]]
 
 
+def _run_args(data: Path, out: Path) -> list[str]:
+    return tiny_run_args(data, out, "r", "--epochs", "3", "--final_model", "false")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
-    subprocess.run([sys.executable, "main.py", *tiny_run_args(tiny_data, out, "r", "--epochs", "3")], cwd=PROJECT,
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "main.py", *_run_args(tiny_data, out)], cwd=PROJECT, check=True,
+                   capture_output=True)
     return _fold_results(out / "models_saved" / "r")
 
 
 def test_a_run_killed_mid_training_resumes_and_matches_an_uninterrupted_run(tiny_data, tmp_path,
                                                                             uninterrupted_run):
-    args = tiny_run_args(tiny_data, tmp_path, "r", "--epochs", "3")
+    args = _run_args(tiny_data, tmp_path)
     run_dir = tmp_path / "models_saved" / "r"
     process = _start(args)
     _wait_for(run_dir / "fold1" / "training_student.pdparams", process)  # fold 0 finished, fold 1 mid-way

@@ -44,11 +44,13 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_run_args(data_dir: Path, out: Path, run_name: str, *extra: str) -> list[str]:
+    """A run of a few seconds; the final student (a training of its own) only where a test asks for it."""
     return [
         "--data_dir", str(data_dir), "--num_folds", "2", "--epochs", "1", "--teacher_epochs", "1",
         "--img_size", "32", "--batch_size", "8", "--teacher_weights", "none", "--student_weights", "none",
         "--student", "mobilenet_v3_small", "--output_dir", str(out / "models_saved"),
-        "--log_dir", str(out / "logs"), "--run_name", run_name, "--parallel_folds", "1", *extra,
+        "--log_dir", str(out / "logs"), "--run_name", run_name, "--parallel_folds", "1", "--final_model", "false",
+        *extra,
     ]
 
 
@@ -77,7 +79,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 
     folds.prepare_teacher = spy
     try:
-        code = main.main(tiny_run_args(data, out, "tiny"))
+        code = main.main(tiny_run_args(data, out, "tiny", "--final_model", "true"))
     finally:
         folds.prepare_teacher = real_prepare
     assert code == 0

@@ -30,11 +30,13 @@ BATCH = 8  # per process
 
 
 def _settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
-    """A learnable tiny run: CE and KD students that tell the colours apart in a few epochs (mild
-    augmentation: on a few dozen steps, BatchNorm's running statistics are otherwise still unsettled)."""
+    """A learnable tiny run: KD students (and the final one) that tell the colours apart in a few
+    epochs (mild augmentation: on a few dozen steps, BatchNorm's running statistics are otherwise
+    still unsettled)."""
     return tiny_run_args(data, out, name, "--teacher", "resnet18", "--recipe", "finetune", "--epochs", "16",
                          "--lr", "0.01", "--student_width", "0.5", "--teacher_cache", "views", "--img_size", "64",
-                         "--teacher_views", "2", "--batch_size", str(batch), "--baseline", "--teacher_epochs", "4",
+                         "--teacher_views", "2", "--batch_size", str(batch), "--final_model", "true",
+                         "--teacher_epochs", "4",
                          "--crop", "pad", "--mixup_alpha", "0", "--rotation", "0", "--erasing", "0", "--quiet")
 
 
@@ -71,10 +73,9 @@ def test_a_launched_run_writes_the_files_of_a_single_process_run(runs):
 def test_data_parallel_students_learn_as_well_as_one_process_with_twice_the_batch(runs):
     _, launched, single = runs
     dp, one = (json.loads((run / "summary.json").read_text()) for run in (launched, single))
-    assert min(one["baseline_val_acc_mean"], one["student_val_acc_mean"]) >= 0.9, "the students learned the colours"
+    assert one["student_val_acc_mean"] >= 0.9, "the students learned the colours"
     # The stated tolerance: 0.1 of accuracy on each fold's 68 validation images.
-    for key in ("student_val_acc_mean", "baseline_val_acc_mean"):
-        assert abs(dp[key] - one[key]) <= 0.1, key
+    assert abs(dp["student_val_acc_mean"] - one["student_val_acc_mean"]) <= 0.1
     assert [f["n_val"] for f in dp["folds"]] == [f["n_val"] for f in one["folds"]]
     # Every validation image is scored exactly once: the sampler's padding is trimmed.
     rows = (launched / "oof_predictions.csv").read_text().splitlines()[1:]

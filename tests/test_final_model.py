@@ -52,7 +52,7 @@ def trained_run(tmp_path_factory):
 
 def test_flip_tta_of_a_mirror_symmetric_image_equals_plain_inference(trained_run):
     run_dir, _ = trained_run
-    weights = [run_dir / "final" / "best.pdparams"]
+    weights = [run_dir / "fold0" / "best.pdparams"]
     # 110 x 112 at 96 px: the short side needs no resize (96 / 0.875), and the centre crop takes 8 columns each side.
     half = np.random.default_rng(0).integers(0, 255, size=(110, 56, 3), dtype=np.uint8)
     symmetric = np.concatenate([half, half[:, ::-1]], axis=1)

@@ -45,7 +45,7 @@ def finished_run_snapshot(tmp_path_factory):
     """A finished CE-only tiny run with its data (trained once), and a copy of both."""
     base = tmp_path_factory.mktemp("finished")
     data = make_class_folders(base / "work" / "data", per_class=6)
-    assert main.main(tiny_run_args(data, base / "work", "r", "--kd", "none")) == 0
+    assert main.main(tiny_run_args(data, base / "work", "r", "--kd", "none", "--final_model", "true")) == 0
     shutil.copytree(base / "work", base / "snapshot", symlinks=True)
     return base / "work", base / "snapshot"
 

@@ -85,7 +85,7 @@ def _fold_results(run_dir: Path) -> list[tuple]:
 
 
 def _run_args(data: Path, out: Path) -> list[str]:
-    return tiny_run_args(data, out, "r", "--epochs", "3", "--final_model", "false")
+    return tiny_run_args(data, out, "r", "--epochs", "3")
 
 
 @pytest.fixture(scope="module")

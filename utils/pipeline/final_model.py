@@ -167,7 +167,7 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
         result = train_model(student, teacher, method, loader, None, settings,
                              (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION),
                              epoch_logger(writer, "", "final", epochs, history, cfg.quiet,
-                                          inputs.progress("student", len(dataset))),
+                                          inputs.progress("student", len(dataset), epochs)),
                              final_dir / FINAL_STATE, desc="final epoch")
     check_finite(result, "final", cfg)
     save_checkpoint(final_dir, result.best_state, ModelSpec.from_config(cfg, inputs.index.classes), {

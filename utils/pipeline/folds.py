@@ -86,16 +86,19 @@ class FoldInputs:
     run_dir: Path
     clock: Optional[RunClock] = None  # the run's time estimate
 
-    def progress(self, kind: str, images: int) -> Optional[Callable[[EpochRecord], str]]:
-        """For epoch_logger: an epoch of `kind` over `images` images corrects the estimate, which
-        the epoch's line then shows."""
+    def progress(self, kind: str, images: int, epochs: int) -> Optional[Callable[[EpochRecord], str]]:
+        """For epoch_logger: an epoch of `kind` over `images` images (of `epochs`) corrects the
+        estimate, which the epoch's line then shows."""
         clock = self.clock
         if clock is None:
             return None
 
         def note(record: EpochRecord) -> str:
             clock.observe(kind, images, record.seconds)
-            return f"run: {describe(clock.remaining_seconds())} left"
+            # Each fold process corrects only its own copy of the estimate, so what this stage
+            # alone has left at the speed just seen bounds the run's time left from below.
+            stage_left = (epochs - record.epoch) * record.seconds
+            return f"run: {describe(max(clock.remaining_seconds(), stage_left))} left"
 
         return note
 
@@ -225,7 +228,7 @@ def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
     loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, cfg.teacher_cache == "views")
     prepare_fold_teacher(cfg, fold, inputs, loaders, hard_loss, method.temperature,
                          epoch_logger(None, "teacher", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
-                                      inputs.progress("teacher", len(fold.train_indices))))
+                                      inputs.progress("teacher", len(fold.train_indices), cfg.teacher_epochs)))
 
 
 def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
@@ -276,11 +279,11 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
             teacher, teacher_acc = prepare_fold_teacher(
                 cfg, fold, inputs, loaders, hard_loss, method.temperature,
                 epoch_logger(writer, "teacher", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet,
-                             inputs.progress("teacher", len(train_set))))
+                             inputs.progress("teacher", len(train_set), cfg.teacher_epochs)))
 
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
                                epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet,
-                                            inputs.progress("student", len(train_set))),
+                                            inputs.progress("student", len(train_set), cfg.epochs)),
                                fold_dir / STUDENT_STATE)
         baseline_acc = None
         if cfg.baseline and method.needs_teacher:
@@ -288,7 +291,7 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
             baseline_acc = train_student(
                 cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
                 epoch_logger(writer, "baseline", fold.fold, cfg.epochs, history["baseline"], cfg.quiet,
-                             inputs.progress("student", len(train_set))),
+                             inputs.progress("student", len(train_set), cfg.epochs)),
                 fold_dir / BASELINE_STATE,
             ).best.acc
             if teacher_acc < baseline_acc:

@@ -1,0 +1,93 @@
+"""What a newcomer meets first: the time a run will take, the quick preset it points to,
+and inference outputs that never overwrite each other."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import inference
+import main
+from tests.conftest import make_class_folders, tiny_run_args
+from utils.pipeline.estimate import QUICK_PRESET, RunClock, describe, plan_work, quick_preset_note
+from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_clock_sums_each_kind_of_work_at_its_speed_over_the_workers():
+    clock = RunClock({"teacher": 1000.0, "student": 3000.0, "eval": 0.0}, {"teacher": 10.0, "student": 100.0,
+                                                                           "eval": 1.0}, workers=2)
+    assert clock.total_seconds() == (1000 / 10 + 3000 / 100) / 2
+    clock.started = time.time() - 15
+    assert 49 <= clock.remaining_seconds() <= 50
+    clock.observe("student", 100, 2.0)  # 50 img/s seen: the speed halves towards it
+    assert clock.rates["student"] == 75.0
+    assert [describe(s) for s in (20, 600, 7500)] == ["under a minute", "about 10 min", "about 2 h 05 min"]
+
+
+def test_a_run_over_an_hour_on_a_cpu_names_the_quick_preset_which_loads():
+    long_run = RunClock({"teacher": 3.6e6}, {"teacher": 500.0}, workers=1)
+    assert quick_preset_note(RunClock({"teacher": 100.0}, {"teacher": 1.0}, 1), "cpu") is None
+    assert quick_preset_note(long_run, "gpu") is None
+    assert QUICK_PRESET in quick_preset_note(long_run, "cpu")
+    preset = build_config({**_read_yaml(DEFAULT_CONFIG), **_read_yaml(ROOT / QUICK_PRESET)})
+    assert (preset.num_folds, preset.img_size, preset.student, preset.teacher) == (3, 64, "mobilenet_v3_small",
+                                                                                   "resnet18")
+
+
+def test_planned_work_counts_every_student_epoch_and_the_final_model():
+    cfg = build_config({**_read_yaml(DEFAULT_CONFIG), "epochs": 10, "teacher_epochs": 3, "baseline": True,
+                        "teacher_cache": "views", "teacher_views": 4})
+    work = plan_work(cfg, [(80, 20), (80, 20)], teachers_to_train=2, views_to_label=2, needs_teacher=True,
+                     final_images=100)
+    assert work["student"] == 2 * 10 * 80 * 2 + 10 * 100  # distilled and CE-only per fold, then the final
+    assert work["eval"] == 2 * 10 * 20 * 2
+    assert work["teacher"] == 2 * 3 * 80 and work["labelling"] == 2 * 4 * 80
+
+
+def test_a_run_prints_its_estimate_before_training(tiny_data, tmp_path, capsys):
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "timed", "--kd", "none", "--quiet")) == 0
+    printed = capsys.readouterr().out
+    assert "estimated time: " in printed and "on this machine (2 fold(s) to train" in printed
+
+
+def test_shown_copies_of_same_named_images_in_sub_folders_do_not_collide(tiny_run, tmp_path, capsys):
+    _, run_dir, _, _ = tiny_run
+    photos = make_class_folders(tmp_path / "photos", per_class=1)  # red/red_0.png, green/...
+    for folder in ("red", "green"):
+        (photos / folder / f"{folder}_0.png").rename(photos / folder / "same.png")
+    shown = tmp_path / "shown"
+    assert inference.main(["--image_path", str(photos), "--recursive", "--model_path", str(run_dir), "--show",
+                           "--show_dir", str(shown)]) == 0
+    for folder in ("red", "green"):
+        original = cv2.imread(str(photos / folder / "same.png"))
+        annotated = cv2.imread(str(shown / folder / "same.png"))
+        assert annotated is not None and annotated.shape == original.shape
+        assert not np.array_equal(annotated, original)
+    assert not np.array_equal(cv2.imread(str(shown / "red" / "same.png")), cv2.imread(str(shown / "green" /
+                                                                                           "same.png")))
+
+
+def test_export_mistakes_give_one_line_and_exit_2(tiny_run, tmp_path, capsys):
+    import export
+
+    out, run_dir, _, _ = tiny_run
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    mistakes = [
+        (["--model_path", str(out / "nowhere"), "--export_dir", str(tmp_path / "e1")], "does not exist"),
+        (["--model_path", str(run_dir), "--export_dir", str(a_file)], "is a file, not a folder"),
+        (["--model_path", str(run_dir), "--export_dir", str(tmp_path / "e2"), "--fold", "7"], "no finished fold 7"),
+        (["--model_path", str(run_dir), "--export_dir", str(tmp_path / "e3"), "--quantize", "int8",
+          "--calibration_dir", str(tmp_path / "none")], "INT8 calibration needs images"),
+        (["--model_path", str(run_dir), "--export_dir", str(tmp_path / "e4"), "--calibration_images", "0"],
+         "--calibration_images must be at least 1"),
+    ]
+    for argv, message in mistakes:
+        assert export.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e3").exists()  # nothing written before the mistake was found

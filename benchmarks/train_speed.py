@@ -148,7 +148,7 @@ def ce_only_children(count: int, settings: str, env: dict[str, str], data_parall
     """img/s of `count` CE-only epochs run at once, one child process each (or one data-parallel
     job of `count` ranks). The children set up and warm up first, then start measuring
     together, at a time given to them; each writes its rate to a file of its own."""
-    start_at = time.time() + 120
+    start_at = time.time() + 60
     with tempfile.TemporaryDirectory() as tmp:
         child_args = [__file__, *sys.argv[1:], f"{CHILD}={settings}", "--start_at", str(start_at),
                       "--rate_file", str(Path(tmp) / "rate")]

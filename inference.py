@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import os
 import sys
+import time
 from pathlib import Path
 
 from utils.runtime.process import prepare_process
@@ -109,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device("auto" if args.use_gpu else "cpu")
     if args.use_gpu and device != "gpu":
         print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
-    classifier = EnsembleClassifier(find_weights(args.model_path, args.output_dir, args.fold, args.ensemble,
-                                                 args.allow_partial), device == "gpu", args.backend, args.tta)
+    sources = find_weights(args.model_path, args.output_dir, args.fold, args.ensemble, args.allow_partial)
+    classifier = EnsembleClassifier(sources, device == "gpu", args.backend, args.tta)
+    print(f"model: {sources[0]}" if len(sources) == 1 else
+          f"model: the ensemble of {len(sources)} students in {os.path.commonpath(sources)}", file=sys.stderr)
     if args.categories:
         names = [c.strip() for c in args.categories.split(",")]
         if len(names) != len(classifier.classes):
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     topk = min(args.topk, len(classifier.classes))
 
     predictions, failed = [], []
+    start = time.perf_counter()
     # A progress bar on large folders only; lines go through tqdm.write so that they do not break it.
     results = tqdm(classify(classifier, paths, args.batch_size, topk), total=len(paths), unit="img",
                    leave=False, disable=None if len(paths) > PROGRESS_BAR_FROM else True)
@@ -138,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         write_predictions(Path(args.output), predictions)
     counts = collections.Counter(p.label for p in predictions).most_common()
+    per_image = 1000 * (time.perf_counter() - start) / max(1, len(paths))
     print(f"\n{len(predictions)} classified, {len(failed)} failed"
-          + (": " + ", ".join(f"{label} {n}" for label, n in counts) if counts else ""))
+          + (": " + ", ".join(f"{label} {n}" for label, n in counts) if counts else "")
+          + f" ({per_image:.1f} ms per image, reading included)")
     return 1 if failed else 0
 
 

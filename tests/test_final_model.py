@@ -31,7 +31,9 @@ def test_a_run_ends_with_a_final_student_that_inference_uses_by_default(tiny_run
     assert len(find_weights(None, str(out / "models_saved"), ensemble=True)) == 2
     # (the folder holds a corrupt file too: exit status 1)
     assert inference.main(["--image_path", str(data / "red"), "--output_dir", str(out / "models_saved")]) == 1
-    assert "10 classified, 1 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "10 classified, 1 failed" in captured.out and "ms per image" in captured.out
+    assert f"model: {run_dir / 'final' / 'best.pdparams'}" in captured.err
 
 
 def test_the_final_student_trains_for_the_median_best_epoch():

@@ -134,5 +134,5 @@ def start_clock(cfg: Config, num_classes: int, work: dict[str, float], workers: 
 def quick_preset_note(clock: RunClock, device: str) -> Optional[str]:
     if device != "cpu" or clock.total_seconds() <= QUICK_NOTE_AFTER:
         return None
-    return (f"note: this run will take more than an hour on this CPU; for a first useful model in about 15 minutes "
+    return (f"note: this run will take more than an hour on this CPU; for a first model in about 20 minutes "
             f"(on 2,500 photos), try --config {QUICK_PRESET} (README, \"How long a run takes\")")

@@ -15,8 +15,9 @@ from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
+from utils.distill.methods import METHOD_SETTINGS  # noqa: E402
 from utils.runtime.config import add_config_flags  # noqa: E402
-from utils.runtime.errors import disk_trouble, reports_user_errors  # noqa: E402
+from utils.runtime.errors import continue_with, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,7 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every setting and its default is in configs/default.yaml.",
     )
-    add_config_flags(parser)
+    add_config_flags(parser, METHOD_SETTINGS)
     parser.add_argument("--report", metavar="RUN_DIR",
                         help="rebuild RUN_DIR/report.md from its saved files, without training")
     return parser.parse_args(argv)
@@ -47,16 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run_cross_validation(cfg)
-    except KeyboardInterrupt:
-        print(f"interrupted; finished folds and epochs are saved. Continue with:\n{resume}", file=sys.stderr)
-        return 130
-    except OSError as error:
-        trouble = disk_trouble(error)
-        if trouble is None:
-            raise
-        print(f"error: {trouble}; finished folds and epochs are saved. Make room, then continue with:\n{resume}",
-              file=sys.stderr)
-        return 2
+    except (KeyboardInterrupt, OSError) as error:
+        continue_with(error, resume)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

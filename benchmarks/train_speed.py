@@ -28,6 +28,7 @@ at once, as main.py trains them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -57,9 +58,10 @@ from utils.data.dataset import ImageDataset, make_loader  # noqa: E402
 from utils.data.folders import scan_dataset  # noqa: E402
 from utils.data.images import load_images  # noqa: E402
 from utils.data.transforms import build_train_transform, resize_size  # noqa: E402
-from utils.distill.methods import KL  # noqa: E402
-from utils.distill.view_cache import CachedTeacher, label_views  # noqa: E402
-from utils.engine.loops import LiveTeacher, TrainingSettings, grad_scaler, train_one_epoch  # noqa: E402
+from utils.distill.methods import create_method  # noqa: E402
+from utils.distill.signal import LiveTeacher, StoredViews  # noqa: E402
+from utils.distill.view_cache import label_views  # noqa: E402
+from utils.engine.loops import TrainingSettings, grad_scaler, train_one_epoch  # noqa: E402
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss  # noqa: E402
 from utils.engine.optimization import build_optimizer, warmup_cosine  # noqa: E402
 from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
@@ -190,7 +192,7 @@ def measure_distillation(bench: Bench) -> dict:
     side_by_side = ce_only_children(cpu_count(), "tuned", dict(os.environ))
     teacher, _ = build_teacher(bench.num_classes, "none")
     freeze_teacher(teacher)
-    kd_loss = KL(HardLabelLoss(), cfg.alpha, cfg.temperature)
+    kd_loss = create_method(dataclasses.replace(cfg, kd="kl"), HardLabelLoss())
     start = time.perf_counter()
     stored = label_views(teacher, loader.dataset, args.views, cfg.img_size, "cpu")
     labelling_seconds = time.perf_counter() - start
@@ -200,7 +202,7 @@ def measure_distillation(bench: Bench) -> dict:
         "distillation_teacher_in_loop": bench.rate(bench.student(cfg, True), cfg, kd_loss, LiveTeacher(teacher),
                                                    loader),
         "distillation_view_cache": bench.rate(bench.student(cfg, True), cfg, kd_loss,
-                                              CachedTeacher(stored, cfg.temperature), loader),
+                                              StoredViews(stored, kd_loss.temperature), loader),
         "ce_only_student_paddle_defaults": default_rate,
         f"ce_only_students_{len(side_by_side)}_processes_at_once_total": sum(side_by_side),
     }

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated image folders and one tiny end-to-end run."""
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ prepare_process()
 import cv2  # noqa: E402
 
 import main  # noqa: E402
-import utils.pipeline.folds as folds  # noqa: E402
+import utils.distill.signal as teacher_signal  # noqa: E402
 
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
@@ -68,7 +69,7 @@ def tiny_run(tiny_data, tmp_path_factory):
     (data / "green" / "notes.txt").write_text("not an image")
 
     teacher_calls = []
-    real_prepare = folds.prepare_teacher
+    real_prepare = teacher_signal.prepare_teacher
 
     def spy(cfg, num_classes, hard_loss, cache_path, train_loader, val_loader, *args, **kwargs):
         teacher_calls.append((
@@ -77,10 +78,23 @@ def tiny_run(tiny_data, tmp_path_factory):
         ))
         return real_prepare(cfg, num_classes, hard_loss, cache_path, train_loader, val_loader, *args, **kwargs)
 
-    folds.prepare_teacher = spy
+    teacher_signal.prepare_teacher = spy
     try:
         code = main.main(tiny_run_args(data, out, "tiny", "--final_model", "true"))
     finally:
-        folds.prepare_teacher = real_prepare
+        teacher_signal.prepare_teacher = real_prepare
     assert code == 0
     return out, out / "models_saved" / "tiny", data, teacher_calls
+
+
+# Fixtures that hand a test a trained run: a test using one, or calling main.main itself, trains.
+TRAINED_FIXTURES = {"tiny_run", "trained_run", "visualdl_server", "runs", "finished_run", "uninterrupted_run"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that train `slow` (pyproject.toml), so `-m "not slow"` runs the quick ones."""
+    for item in items:
+        function = getattr(item, "function", None)
+        uses_run = TRAINED_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses_run or (function is not None and "main.main(" in inspect.getsource(function)):
+            item.add_marker(pytest.mark.slow)

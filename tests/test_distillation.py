@@ -8,7 +8,8 @@ from models.teacher import build_teacher, freeze_teacher
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.mixing import mixup
 from utils.distill.methods import KL
-from utils.engine.loops import LiveTeacher, TrainingDiverged, TrainingSettings, train_one_epoch
+from utils.distill.signal import LiveTeacher
+from utils.engine.loops import TrainingDiverged, TrainingSettings, train_one_epoch
 from utils.engine.losses import HardLabelLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 

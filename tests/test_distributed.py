@@ -19,9 +19,11 @@ from tests.conftest import make_class_folders, tiny_run_args
 from utils.data.folders import scan_dataset
 from utils.data.images import load_images
 from utils.data.manifest import Manifest
+from utils.data.splits import make_folds
 from utils.data.transforms import resize_size
+from utils.distill.teachers import teacher_cache_path
 from utils.distill.view_cache import label_views, view_cache_path, view_count
-from utils.pipeline.folds import FoldInputs, fold_loaders, make_folds, teacher_cache_path
+from utils.pipeline.folds import FoldInputs, fold_loaders
 from utils.runtime.config import load_saved_config
 from utils.runtime.weights_file import load_weights_file
 
@@ -91,12 +93,12 @@ def test_stored_teacher_views_equal_a_single_process_labelling(runs):
     digests = Manifest(**json.loads((launched / "dataset.json").read_text())).digests_by_path(data)
     inputs = FoldInputs(index, samples, images, labels, [digests[s.path] for s in samples], launched)
     fold = make_folds(labels, cfg.num_folds, cfg.seed)[0]
-    teacher_path = teacher_cache_path(cfg, inputs, fold)
+    teacher_path = teacher_cache_path(cfg, inputs.teacher_key, fold)
     stored = np.load(view_cache_path(teacher_path, view_count(cfg)))
     teacher, _ = build_teacher(len(index.classes), "none", cfg.teacher)
     teacher.set_state_dict(load_weights_file(teacher_path))
     freeze_teacher(teacher)
-    dataset = fold_loaders(cfg, fold, images, labels, replays_views=True).student.dataset
+    dataset = fold_loaders(cfg, fold, images, labels, replay_views=True).student.dataset
     relabelled = label_views(teacher, dataset, view_count(cfg), cfg.img_size, "cpu")
     assert stored.shape == relabelled.shape == (2, len(fold.train_indices), 3)
     assert np.array_equal(relabelled, stored)

@@ -137,3 +137,29 @@ def test_only_depthwise_layers_it_computes_are_switched():
     assert not is_supported(nn.Conv2D(8, 8, 3, padding=1, groups=8))  # with a bias
     assert not is_supported(nn.Conv2D(8, 8, 3, padding=2, dilation=2, groups=8, bias_attr=False))
     assert not is_supported(nn.Conv2D(8, 8, 4, padding=2, groups=8, bias_attr=False))
+
+
+def test_two_checkouts_share_one_build(tmp_path):
+    """The build is keyed by the source's content, not its path: a second copy of the project
+    (another checkout, a fresh clone) loads the same build without compiling again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    directory = fast_depthwise.build_directory()
+
+    def build_from(source: Path) -> None:  # in a process of its own, as a run of each checkout would
+        code = (f"import sys; sys.path.insert(0, {str(root)!r}); import models.fast_depthwise as f; "
+                f"from pathlib import Path; f.build_operator(Path({str(source)!r}), Path({str(directory)!r}))")
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+
+    build_from(fast_depthwise.SOURCE)
+    built = sorted(directory.rglob("*.so"))
+    stamps = [path.stat().st_mtime_ns for path in built]
+    other_checkout = tmp_path / "other" / "models" / "csrc" / fast_depthwise.SOURCE.name
+    other_checkout.parent.mkdir(parents=True)
+    other_checkout.write_bytes(fast_depthwise.SOURCE.read_bytes())
+    assert fast_depthwise.build_directory(other_checkout) == directory
+    build_from(other_checkout)
+    assert built and [path.stat().st_mtime_ns for path in sorted(directory.rglob("*.so"))] == stamps

@@ -74,7 +74,7 @@ def test_dkd_terms_match_hand_computation(batch):
 
 def test_dkd_total_weights_its_terms_and_warms_up(batch):
     student, teacher, labels = batch
-    method = DKD(HardLabelLoss(), alpha=1.5, beta=8.0, temperature=2.0, warmup=4)
+    method = DKD(HardLabelLoss(), dkd_alpha=1.5, dkd_beta=8.0, dkd_temperature=2.0, dkd_warmup=4)
     tckd, nckd = _dkd_by_hand(student, teacher, labels, 2.0)
     for epoch, ramp in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
         loss = method(paddle.to_tensor(student), paddle.to_tensor(teacher), _targets(labels), epoch)
@@ -86,7 +86,7 @@ def test_dkd_total_weights_its_terms_and_warms_up(batch):
 def test_dkd_mixes_its_terms_with_the_images_lambda(batch):
     student, teacher, labels = batch
     other = np.array([1, 1, 0, 2])
-    method = DKD(HardLabelLoss(), alpha=1.0, beta=8.0, temperature=4.0, warmup=0)
+    method = DKD(HardLabelLoss(), dkd_alpha=1.0, dkd_beta=8.0, dkd_temperature=4.0, dkd_warmup=0)
     loss = method(paddle.to_tensor(student), paddle.to_tensor(teacher), _targets(labels, other, 0.3), epoch=1)
     a, b = _dkd_by_hand(student, teacher, labels, 4.0), _dkd_by_hand(student, teacher, other, 4.0)
     assert float(loss.parts["tckd"]) == pytest.approx(0.3 * a[0] + 0.7 * b[0], rel=1e-4)

@@ -144,7 +144,7 @@ def test_class_with_fewer_images_than_folds_stops_before_training(tmp_path, caps
     (["--alpha", "1.5"], "alpha must be between 0 and 1"),
     (["--temperature", "0"], "temperature must be in (0, 100]"),
     (["--num_folds", "1"], "num_folds must be between 2 and 100"),
-    (["--img_size", "16"], "img_size must be at least 32"),
+    (["--img_size", "16"], "img_size must be a whole number from 32 to 1024, not 16"),
     (["--epochs", "two"], "epochs must be a whole number"),
     (["--student", "resnet9"], "unknown student 'resnet9'"),
     (["--attention", "magic"], "unknown attention 'magic'"),

@@ -3,6 +3,7 @@ folders and images cannot hang or explode the tool, every option and file is che
 and weights files are not code. Each test reproduces one case an adversarial user tried."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -397,3 +398,89 @@ def test_fuzzed_weights_files_never_run_code_or_give_a_traceback(finished_run, t
     assert not target.exists()
     path.write_bytes(real)
     assert isinstance(load_weights_file(path), dict)
+
+
+# Round three: each test reproduces one row of the adversarial user's table.
+
+BAD_NAME = os.fsdecode(b"bad\xff\xfe.png")  # not valid UTF-8: a surrogate-escaped str, as os.listdir gives
+
+
+def test_a_file_name_that_is_not_utf8_is_trained_on_and_written_back(tmp_path, capsys):
+    """Row 1 and 2: oof_predictions.csv and inference's --output keep the name's bytes."""
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    shutil.copy(data / "red" / "red_0.png", os.fsencode(data / "red") + b"/bad\xff\xfe.png")
+    assert main.main(tiny_run_args(data, tmp_path, "odd", "--kd", "none")) == 0
+    run_dir = tmp_path / "models_saved" / "odd"
+    raw = (run_dir / "oof_predictions.csv").read_bytes()
+    assert b"bad\xff\xfe.png" in raw
+    out = tmp_path / "preds.csv"
+    capsys.readouterr()
+    assert inference.main(["--image_path", str(data / "red"), "--model_path", str(run_dir),
+                           "--output", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        paths = [row["path"] for row in csv.DictReader(handle)]
+    assert len(paths) == 7 and any(path.endswith(BAD_NAME) for path in paths)
+    assert main.main(["--report", str(run_dir)]) == 0  # the report reads the names back
+
+
+def test_a_fold_without_its_result_is_not_served(finished_run, capsys):
+    """Row 6: a fold counts as finished only with its result.json."""
+    data, run_dir = finished_run
+    for name in ("summary.json", "fold1/result.json"):
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "final")
+    capsys.readouterr()
+    _error(capsys, inference.main(["--image_path", str(data / "red"), "--model_path", str(run_dir)]),
+           "1 of 2 folds finished")
+    (run_dir / "fold0/result.json").unlink()
+    _error(capsys, inference.main(["--image_path", str(data / "red"), "--model_path", str(run_dir),
+                                   "--allow_partial"]), "0 of 2 folds finished")
+
+
+def test_a_copied_run_resumes_from_its_new_place(finished_run, tmp_path, capsys):
+    """Row 10: --resume with --output_dir naming a copy of the run elsewhere."""
+    _, run_dir = finished_run
+    elsewhere = tmp_path / "moved"
+    shutil.copytree(run_dir.parent, elsewhere, symlinks=True)
+    capsys.readouterr()
+    assert main.main(["--resume", run_dir.name, "--output_dir", str(elsewhere)]) == 0
+    assert "already exists with other settings" not in capsys.readouterr().err
+
+
+def test_a_truncated_fold_result_or_spec_means_the_fold_trains_again(finished_run, capsys):
+    """Rows 7 and 8: a damaged result.json or best.json is repaired on --resume."""
+    _, run_dir = finished_run
+    for name in ("fold0/result.json", "fold1/best.json"):
+        path = run_dir / name
+        path.write_bytes(path.read_bytes()[:20])
+    capsys.readouterr()
+    assert _resume(run_dir) == 0
+    out = capsys.readouterr().out
+    assert "fold0: its saved files are damaged" in out and "fold1: its saved files are damaged" in out
+    for name in ("fold0/result.json", "fold1/best.json"):
+        json.loads((run_dir / name).read_text())
+    assert inference.main(["--image_path", str(finished_run[0] / "red"), "--model_path", str(run_dir),
+                           "--ensemble"]) == 0
+
+
+def test_a_truncated_cached_teacher_is_moved_aside_and_trained_again(tiny_data, tmp_path, capsys):
+    """Row 9: a damaged teacher cache entry no longer blocks every run with its settings."""
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "first", "--folds", "0")) == 0
+    cached = next((tmp_path / "models_saved" / "teachers").glob("*.pdparams"))
+    cached.write_bytes(cached.read_bytes()[:100])
+    capsys.readouterr()
+    assert main.main(tiny_run_args(tiny_data, tmp_path, "second", "--folds", "0")) == 0
+    assert "is damaged: moved aside (*.damaged), training it again" in capsys.readouterr().out
+    assert cached.with_name(cached.name + ".damaged").is_file()
+    load_weights_file(cached)  # trained again and readable
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch_size", "100000000"], "batch_size 100000000 is larger than the whole dataset (18 images)"),
+    (["--num_folds", "20"], "fewer than num_folds=20"),
+])
+def test_data_checks_come_before_anything_is_written(tmp_path, capsys, extra, message):
+    """Rows 12 and 13: refused in one line, and no run folder (config.yaml, dataset.json) left behind."""
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    _error(capsys, main.main(tiny_run_args(data, tmp_path, "r", *extra)), message)
+    assert not (tmp_path / "models_saved" / "r").exists()

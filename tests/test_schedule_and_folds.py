@@ -2,8 +2,8 @@ import numpy as np
 import paddle
 import pytest
 
+from utils.data.splits import make_folds
 from utils.engine.optimization import build_optimizer, warmup_cosine
-from utils.pipeline.cross_validation import make_folds
 
 
 def _lrs(schedule, steps):

@@ -15,8 +15,9 @@ from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.mixing import MixedTargets, mixup
 from utils.data.transforms import build_train_transform
+from utils.distill.signal import StoredViews
 from utils.distill.teachers import teacher_cache_key
-from utils.distill.view_cache import CachedTeacher, label_views, prepare_views, view_cache_path
+from utils.distill.view_cache import label_views, prepare_views, view_cache_path
 from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
 from utils.runtime.errors import ConfigError
 
@@ -66,7 +67,7 @@ def test_student_batches_replay_exactly_what_the_teacher_labelled():
     teacher, dataset = _teacher(), _dataset(views=2)
     stored = label_views(teacher, dataset, 2, 32, "cpu")
     assert stored.shape == (2, 10, 3) and stored.dtype == np.float16
-    replay = CachedTeacher(stored, temperature=4.0)
+    replay = StoredViews(stored, temperature=4.0)
     loader = make_loader(dataset, 4, train=True, num_workers=0)
     for epoch in range(3):
         dataset.set_epoch(epoch)
@@ -86,7 +87,7 @@ def test_mixed_teacher_targets_use_the_images_lambda_and_pairs():
     labels = paddle.to_tensor(np.arange(6))
     mixed_images, targets = mixup(images, labels, 0.4, np.random.default_rng(5))
     indices, views = paddle.to_tensor(np.arange(6)), paddle.zeros([6], dtype="int64")
-    out = CachedTeacher(logits, temperature)(mixed_images, indices, views, targets)
+    out = StoredViews(logits, temperature)(mixed_images, indices, views, targets)
 
     probs = F.softmax(paddle.to_tensor(logits[0].astype("float32")) / temperature, axis=1).numpy()
     partner = targets.labels_b.numpy()  # labels are indices here, so also the image pairing
@@ -117,14 +118,14 @@ def test_views_are_reused_only_for_the_same_teacher_and_shape(tmp_path):
     cfg = _config(epochs=2, teacher_views=2)
     teacher, dataset = _teacher(), _dataset()
     teacher_path = tmp_path / "abc.pdparams"
-    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu", 4.0)
+    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
     assert not first.from_cache and first.path.is_file()
-    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu", 4.0)
+    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
     assert again.from_cache
-    np.testing.assert_array_equal(np.asarray(again.teacher.logits), first.teacher.logits)
+    np.testing.assert_array_equal(np.asarray(again.logits), first.logits)
     # A retrained teacher labels again; so does a dataset of another size.
-    assert not prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu", 4.0).from_cache
-    assert not prepare_views(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu", 4.0).from_cache
+    assert not prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu").from_cache
+    assert not prepare_views(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu").from_cache
 
 
 def test_stored_views_stay_within_their_disk_bound(tmp_path):
@@ -133,13 +134,13 @@ def test_stored_views_stay_within_their_disk_bound(tmp_path):
     for i, path in enumerate(old):
         np.save(path, np.zeros(2**20 // 4, np.float16))  # 0.5 MB each
         os.utime(path, (1000 + i, 1000 + i))
-    made = prepare_views(cfg, _teacher(), True, _dataset(), tmp_path / "new.pdparams", 3, "cpu", 4.0)
+    made = prepare_views(cfg, _teacher(), True, _dataset(), tmp_path / "new.pdparams", 3, "cpu")
     kept = sorted(p.name for p in tmp_path.glob("*.views-*.npy"))
     assert made.path.name in kept and "old2.views-x.npy" in kept  # the newest old one survives
     assert "old0.views-x.npy" not in kept and "old1.views-x.npy" not in kept
     with pytest.raises(ConfigError, match="lower --teacher_views"):
         prepare_views(dataclasses.replace(cfg, teacher_cache_max_mb=1), _teacher(), True, _dataset(n=10),
-                      tmp_path / "big.pdparams", 2**17, "cpu", 4.0)
+                      tmp_path / "big.pdparams", 2**17, "cpu")
 
 
 def test_a_run_distils_from_stored_views_and_a_later_run_reuses_them(tiny_data, tmp_path, capsys):

@@ -19,7 +19,7 @@ class ImageDataset(paddle.io.Dataset):
     from random states seeded by (*seed, v, i), the same picture in every
     process and on every run. Epoch e serves view e, or view e % `views` when
     the views cycle; this is what lets a teacher label views once and a student
-    replay them later (utils/view_cache.py).
+    replay them later (utils/distill/view_cache.py).
     """
 
     def __init__(self, images: Sequence[np.ndarray], labels: Sequence[int], transform: Callable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -15,7 +15,15 @@ from utils.runtime.errors import DataError
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Operating-system clutter: never an image, listed as skipped without a warning each.
 SYSTEM_NAMES = {"thumbs.db", "desktop.ini"}
-SPLIT_NAMES = ("train", "val", "test")
+# Split folders as public datasets name them: train/ and val/ are pooled for cross-validation,
+# test/ is held out and scored at the end.
+SPLIT_SYNONYMS = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation", "dev"),
+    "test": ("test", "testing"),
+}
+LAYOUTS = ("class folders; or train/ with class folders, with val/ (or valid/, validation/) and/or test/ "
+           "beside it, each with the same class folders")
 
 
 @dataclasses.dataclass
@@ -115,23 +123,38 @@ def _drop_files_in_two_classes(by_class: dict[str, list[str]]) -> list[SkippedFi
     return skipped
 
 
+def _layout(data_dir: Path) -> tuple[list[Path], Optional[Path]]:
+    """The folders to pool for cross-validation and the held-out test folder, from the
+    layout of `data_dir` (LAYOUTS); anything ambiguous is refused in one line."""
+    folders = _class_folders(data_dir)
+    found: dict[str, list[Path]] = {split: [p for p in folders if p.name.lower() in names]
+                                    for split, names in SPLIT_SYNONYMS.items()}
+    split_folders = [p for paths in found.values() for p in paths]
+    if not split_folders:
+        return [data_dir], None
+    names = ", ".join(f"{p.name}/" for p in split_folders)
+    twice = [paths for paths in found.values() if len(paths) > 1]
+    if twice:
+        raise DataError(f"{data_dir} holds {' and '.join(p.name + '/' for p in twice[0])}, which name the same split; "
+                        f"keep one. Layouts understood: {LAYOUTS}")
+    train = found["train"][0] if found["train"] else None
+    if train is None or not has_class_folders(train):
+        raise DataError(f"{data_dir} holds split folders ({names}) but no train/ with class folders in it; "
+                        f"layouts understood: {LAYOUTS}")
+    others = [p.name for p in folders if p not in split_folders
+              and any(is_image_name(f.name) for f in p.iterdir() if f.is_file())]
+    if others:
+        raise DataError(f"{data_dir} holds split folders ({names}) and also class folders ({', '.join(others)}): "
+                        f"use one layout. Layouts understood: {LAYOUTS}")
+    return [train, *found["val"]], (found["test"][0] if found["test"] else None)
+
+
 def scan_dataset(data_dir: Path) -> DatasetIndex:
-    """Index `data_dir`: class folders, or train/ and val/ (pooled) plus an optional test/."""
+    """Index `data_dir`: class folders, or a train/ split (pooled with a val/ split when there
+    is one) plus an optional held-out test/ split, under the names public datasets use."""
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist")
-    folders = _class_folders(data_dir)
-    splits = {p.name: p for p in folders if p.name in SPLIT_NAMES}
-    if "train" in splits and "val" in splits:
-        others = [p.name for p in folders if p.name not in SPLIT_NAMES and has_class_folders(data_dir)
-                  and any(is_image_name(f.name) for f in p.iterdir() if f.is_file())]
-        if others:
-            raise DataError(f"{data_dir} holds train/ and val/ and also class folders ({', '.join(others)}): "
-                            "use one layout, class folders or train/val(/test) splits")
-        pooled_roots = [splits["train"], splits["val"]]
-        test_root = splits.get("test")
-    else:
-        pooled_roots, test_root = [data_dir], None
-
+    pooled_roots, test_root = _layout(data_dir)
     read_already = {os.path.realpath(data_dir)}
     pooled: dict[str, list[str]] = {}
     skipped: list[SkippedFile] = []
@@ -160,7 +183,7 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
         skipped += test_skipped
         unknown = sorted(set(by_class) - set(classes))
         if unknown:
-            raise DataError(f"{test_root} has class folders not seen in train/val: {', '.join(unknown)}")
+            raise DataError(f"{test_root} has class folders not seen in the training splits: {', '.join(unknown)}")
         trained_on = {os.path.realpath(sample.path) for sample in samples}
         for name, files in by_class.items():
             for path in files:
@@ -171,15 +194,19 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
     return DatasetIndex(classes, samples, test_samples, skipped)
 
 
-def check_class_counts(classes: Sequence[str], labels: Sequence[int], num_folds: int) -> None:
-    """Stratified K-fold needs at least K images of every class."""
-    counts = np.bincount(np.asarray(labels), minlength=len(classes))
+def check_class_counts(classes: Sequence[str], labels: Sequence[int], num_folds: int, batch_size: int) -> None:
+    """Stratified K-fold needs at least K images of every class; a batch larger than the
+    whole dataset is a mistake (and would make the time estimate allocate it)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     for name, count in zip(classes, counts):
         if count < num_folds:
             raise DataError(
                 f"class '{name}' has {count} readable image(s), fewer than num_folds={num_folds}; "
                 "add images or lower --num_folds"
             )
+    if batch_size > counts.sum():
+        raise DataError(f"batch_size {batch_size} is larger than the whole dataset ({counts.sum()} images); "
+                        "lower --batch_size")
 
 
 def write_digits_demo(root: Path) -> Path:

@@ -20,6 +20,7 @@ from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
 from utils.deploy.explain import ensemble_cam, overlay, visible_image
 from utils.deploy.export import EXPORTED_PREFIX, INT8_NAME, ONNX_NAME, exported_model_file, is_exported
+from utils.runtime import layout
 from utils.runtime.errors import UserError
 from utils.runtime.process import cpu_count
 
@@ -32,7 +33,6 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-FINAL_DIR = "final"  # a run's final student, trained on all its images
 
 
 def _run_dir(model_path: Optional[str], output_dir: str) -> Path:
@@ -40,7 +40,7 @@ def _run_dir(model_path: Optional[str], output_dir: str) -> Path:
         if "://" in model_path:
             raise UserError(f"--model_path {model_path}: URLs are not supported; download the model and pass its path")
         return Path(model_path)
-    latest = Path(output_dir) / "latest"
+    latest = layout.latest_pointer(output_dir)
     if not latest.is_file():
         raise UserError(f"no trained run in {output_dir}/ (no 'latest'); train with python main.py "
                         "or pass --model_path")
@@ -85,22 +85,24 @@ def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int]
         if fold is not None or ensemble:
             raise UserError(f"{path} is one model; --fold and --ensemble choose among the models of a run directory")
         return single
-    folds = {int(d.name[4:]): model for d in sorted(path.glob("fold*")) if d.name[4:].isdigit()
-             and (model := _model_in(d))}
+    expected = _expected_folds(path)
+    # In a run of main.py a fold is finished once its result is written (its best.pdparams comes earlier);
+    # an export.py directory holds only finished models.
+    folds = {k: model for k, d in layout.fold_dirs(path).items()
+             if (expected is None or layout.is_finished_fold(d)) and (model := _model_in(d))}
     if fold is not None:
         if fold not in folds:
             raise UserError(f"{path} has no finished fold {fold} (finished: {', '.join(map(str, folds)) or 'none'})")
         return [folds[fold]]
-    final = _model_in(path / FINAL_DIR)
+    final = _model_in(layout.final_dir(path))
     if final and not ensemble:
         return [final]
-    if not folds:
-        raise UserError(f"no trained model in {path} (looked for {FINAL_DIR}/ and fold*/ with {WEIGHTS_NAME} or an "
-                        "exported model)")
-    expected = _expected_folds(path)
-    if expected and len(folds) < expected and not allow_partial:
+    if expected and len(folds) < expected and (not allow_partial or not folds):
         raise UserError(f"{path}: {len(folds)} of {expected} folds finished; finish the run with python main.py "
                         f"--resume {path.name}, or use the finished folds with --allow_partial")
+    if not folds:
+        raise UserError(f"no trained model in {path} (looked for {layout.FINAL_DIR}/ and fold*/ with "
+                        f"{WEIGHTS_NAME} or an exported model)")
     return [folds[k] for k in sorted(folds)]
 
 

@@ -14,10 +14,9 @@ import paddle.nn as nn
 from models.attention import ATTENTIONS
 from models.student import STUDENTS, build_student
 from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
-from utils.runtime.config import Config
+from utils.runtime.config import MAX_IMG_SIZE, MIN_IMG_SIZE, Config, img_size_problem
 from utils.runtime.errors import UserError
 
-MAX_IMG_SIZE = 1024
 MAX_CLASSES = 100_000
 
 
@@ -78,8 +77,8 @@ class ModelSpec:
                             f"must be none or one of {', '.join(ATTENTIONS)}", "none"),
             attention_blocks=str(field("attention_blocks", lambda v: v == "all" or (str(v).isdigit() and int(v) < 1000),
                                        "must be 'all' or a number of blocks", "all")),
-            img_size=field("img_size", lambda v: isinstance(v, int) and not isinstance(v, bool)
-                           and 32 <= v <= MAX_IMG_SIZE, f"must be a whole number from 32 to {MAX_IMG_SIZE}"),
+            img_size=field("img_size", lambda v: img_size_problem(v) is None,
+                           f"must be a whole number from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}"),
             crop=field("crop", lambda v: v in ("random_resized", "pad"), "must be random_resized or pad",
                        "random_resized"),
             mean=tuple(field("mean", triple, "must be three numbers")),

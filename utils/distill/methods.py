@@ -1,8 +1,10 @@
 """Distillation methods, looked up by name (`--kd`). A method is one class: it
 takes the student's and the teacher's logits, the batch's (mixed) hard targets
 and the epoch, and returns the loss to minimise with its unweighted parts, which
-are logged by name. Its settings are keys of configs/default.yaml. To add one,
-write the class (with `from_config`) and add a line to METHODS.
+are logged by name. It declares its own settings (`settings`: key, default,
+meaning, range), which become YAML keys and flags of the same name and reach its
+constructor as keyword arguments. To add one, write the class and add a line to
+METHODS: nothing else changes.
 
 Under Mixup or CutMix the images are mixed; the teacher's logits are those of
 the mixed image (teacher in the loop) or the mixture of its two stored
@@ -11,15 +13,27 @@ need a class label are mixed with the images' lambda.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Optional, Protocol
 
 import paddle
 import paddle.nn.functional as F
 
 from utils.data.mixing import MixedTargets
-from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, LossParts
-from utils.runtime.config import Config
+from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, LossParts, TrainingLoss
+from utils.runtime.config import Config, Setting
+from utils.runtime.errors import ConfigError
 from utils.runtime.registry import lookup
+
+
+class DistillationMethod(TrainingLoss, Protocol):
+    """A method that learns from a teacher: its softmax temperature is also the one at which
+    stored or averaged teacher distributions are mixed (utils/distill/signal.py)."""
+
+    temperature: float
+
+
+def _temperature(name: str) -> Setting:
+    return Setting(name, 4.0, "the softmax temperature T", low=0.0, high=100.0, low_open=True)
 
 
 def kl_divergence(student_logits: paddle.Tensor, teacher_logits: paddle.Tensor, temperature: float) -> paddle.Tensor:
@@ -33,13 +47,13 @@ class KL:
     """alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher || student) (Hinton et al., 2015)."""
 
     needs_teacher = True
+    settings = (
+        Setting("alpha", 0.5, "weight of the hard-label cross-entropy; 1 - alpha goes to the KD term", high=1.0),
+        _temperature("temperature"),
+    )
 
     def __init__(self, hard_loss: HardLabelLoss, alpha: float, temperature: float) -> None:
         self.hard_loss, self.alpha, self.temperature = hard_loss, alpha, temperature
-
-    @classmethod
-    def from_config(cls, cfg: Config, hard_loss: HardLabelLoss) -> KL:
-        return cls(hard_loss, cfg.alpha, cfg.temperature)
 
     def __call__(self, logits: paddle.Tensor, teacher_logits: paddle.Tensor, targets: MixedTargets,
                  epoch: int) -> LossParts:
@@ -82,14 +96,17 @@ class DKD:
     CVPR 2022; mdistiller's defaults for CIFAR-100: alpha 1, beta 8, T 4)."""
 
     needs_teacher = True
+    settings = (
+        Setting("dkd_alpha", 1.0, "target-class term: how sure the teacher is of the right class"),
+        Setting("dkd_beta", 8.0, "non-target term: how the teacher ranks the wrong classes"),
+        _temperature("dkd_temperature"),
+        Setting("dkd_warmup", 5, "epochs over which the terms ramp up to full weight; 0: none", whole=True),
+    )
 
-    def __init__(self, hard_loss: HardLabelLoss, alpha: float, beta: float, temperature: float, warmup: int) -> None:
-        self.hard_loss, self.alpha, self.beta = hard_loss, alpha, beta
-        self.temperature, self.warmup = temperature, warmup
-
-    @classmethod
-    def from_config(cls, cfg: Config, hard_loss: HardLabelLoss) -> DKD:
-        return cls(hard_loss, cfg.dkd_alpha, cfg.dkd_beta, cfg.dkd_temperature, cfg.dkd_warmup)
+    def __init__(self, hard_loss: HardLabelLoss, dkd_alpha: float, dkd_beta: float, dkd_temperature: float,
+                 dkd_warmup: int) -> None:
+        self.hard_loss, self.alpha, self.beta = hard_loss, dkd_alpha, dkd_beta
+        self.temperature, self.warmup = dkd_temperature, dkd_warmup
 
     def __call__(self, logits: paddle.Tensor, teacher_logits: paddle.Tensor, targets: MixedTargets,
                  epoch: int) -> LossParts:
@@ -120,13 +137,15 @@ class DIST:
     relations rather than exact probabilities tolerates a large teacher-student gap."""
 
     needs_teacher = True
+    settings = (
+        Setting("dist_beta", 2.0, "weight of the inter-class relation term"),
+        Setting("dist_gamma", 2.0, "weight of the intra-class relation term"),
+        _temperature("dist_temperature"),
+    )
 
-    def __init__(self, hard_loss: HardLabelLoss, beta: float, gamma: float, temperature: float) -> None:
-        self.hard_loss, self.beta, self.gamma, self.temperature = hard_loss, beta, gamma, temperature
-
-    @classmethod
-    def from_config(cls, cfg: Config, hard_loss: HardLabelLoss) -> DIST:
-        return cls(hard_loss, cfg.dist_beta, cfg.dist_gamma, cfg.dist_temperature)
+    def __init__(self, hard_loss: HardLabelLoss, dist_beta: float, dist_gamma: float,
+                 dist_temperature: float) -> None:
+        self.hard_loss, self.beta, self.gamma, self.temperature = hard_loss, dist_beta, dist_gamma, dist_temperature
 
     def __call__(self, logits: paddle.Tensor, teacher_logits: paddle.Tensor, targets: MixedTargets,
                  epoch: int) -> LossParts:
@@ -138,15 +157,47 @@ class DIST:
         return LossParts(ce + self.beta * inter + self.gamma * intra, {"ce": ce, "inter": inter, "intra": intra})
 
 
-METHODS: dict[str, Callable[[Config, HardLabelLoss], object]] = {
-    "none": lambda cfg, hard_loss: CrossEntropyOnly(hard_loss),
-    "kl": KL.from_config,
-    "dkd": DKD.from_config,
-    "dist": DIST.from_config,
+METHODS: dict[str, type] = {
+    "none": CrossEntropyOnly,
+    "kl": KL,
+    "dkd": DKD,
+    "dist": DIST,
 }
 
 
-def create_method(cfg: Config, hard_loss: Optional[HardLabelLoss] = None):
-    """The `--kd` method, with the hard-label loss (label smoothing, class weights, focal) it adds to."""
+def _declared_settings() -> tuple[Setting, ...]:
+    """Every method's settings, each key declared once."""
+    declared: dict[str, Setting] = {}
+    for name, method in METHODS.items():
+        for setting in getattr(method, "settings", ()):
+            if setting.name in declared:
+                raise AssertionError(f"method {name} declares {setting.name}, which another method declares too")
+            declared[setting.name] = setting
+    return tuple(declared.values())
+
+
+# Their keys are YAML keys and flags (main.py --help lists them), saved with a run's config.yaml.
+METHOD_SETTINGS = _declared_settings()
+
+
+def method_settings(cfg: Config) -> dict[str, Any]:
+    """Every method's settings: the configuration's values, checked, and the declared defaults
+    for the others. A key that no method (and no core setting) declares is refused."""
+    unknown = sorted(set(cfg.method_settings) - {setting.name for setting in METHOD_SETTINGS})
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+    return {setting.name: setting.value(cfg.method_settings.get(setting.name, setting.default))
+            for setting in METHOD_SETTINGS}
+
+
+def needs_teacher(kd: str) -> bool:
+    return lookup(METHODS, kd, "kd").needs_teacher
+
+
+def create_method(cfg: Config, hard_loss: Optional[HardLabelLoss] = None) -> TrainingLoss:
+    """The `--kd` method, with its settings and the hard-label loss (label smoothing, class
+    weights, focal) it adds to."""
+    method = lookup(METHODS, cfg.kd, "kd")
+    values = method_settings(cfg)
     hard_loss = hard_loss or HardLabelLoss(cfg.label_smoothing, None, cfg.focal_gamma)
-    return lookup(METHODS, cfg.kd, "kd")(cfg, hard_loss)
+    return method(hard_loss, **{setting.name: values[setting.name] for setting in getattr(method, "settings", ())})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,12 +17,14 @@ import paddle.nn as nn
 
 from models.teacher import build_teacher, freeze_backbone, freeze_teacher
 from utils.data.manifest import file_digest
+from utils.data.splits import FoldData
 from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
+from utils.runtime import layout
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import write_json_atomic
-from utils.runtime.weights_file import load_weights_file, save_weights_file
+from utils.runtime.weights_file import UnreadableWeights, load_weights_file, save_weights_file
 
 # The settings that change what a teacher learns; anything else (the student,
 # the distillation loss) may differ between runs that share teachers.
@@ -34,10 +37,30 @@ TEACHER_SETTINGS = (
 
 
 @dataclasses.dataclass
+class TeacherKey:
+    """What a run's teachers are keyed by besides their settings: every image's content
+    digest and label, in order (the fold adds its split)."""
+    digests: Sequence[str]
+    labels: np.ndarray
+    num_classes: int
+
+
+@dataclasses.dataclass
 class PreparedTeacher:
     model: nn.Layer
     val_acc: float
     from_cache: bool
+
+
+def teacher_cache_path(cfg: Config, key: TeacherKey, fold: FoldData) -> Path:
+    """Where the fold's trained teacher is cached (its views and training state go beside it)."""
+    name = teacher_cache_key(cfg, key.digests, key.labels, fold.train_indices, fold.fold)
+    return layout.teachers_dir(cfg.output_dir) / f"{name}.pdparams"
+
+
+def is_cached(cache_path: Path) -> bool:
+    """A cached teacher is complete once its .json is written (last)."""
+    return cache_path.is_file() and cache_path.with_suffix(".json").is_file()
 
 
 def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int], train_indices: np.ndarray,
@@ -53,6 +76,23 @@ def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int]
         settings["teacher_weights"] = file_digest(cfg.teacher_weights)
     digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
     return digest.hexdigest()[:20]
+
+
+def _readable(cache_path: Path) -> bool:
+    """Whether the cached teacher's files can be read; a damaged entry is moved aside (to
+    *.damaged), with one line saying so, and the teacher is trained again."""
+    try:
+        load_weights_file(cache_path)
+        meta = json.loads(cache_path.with_suffix(".json").read_text(encoding="utf-8"))
+        float(meta["val_acc"])
+        return True
+    except (UnreadableWeights, OSError, ValueError, TypeError, KeyError):
+        for path in (cache_path, cache_path.with_suffix(".json")):
+            if path.is_file():
+                os.replace(path, path.with_name(path.name + ".damaged"))
+        print(f"the cached teacher {cache_path.name} is damaged: moved aside (*.damaged), training it again",
+              flush=True)
+        return False
 
 
 def teacher_training_settings(cfg: Config) -> TrainingSettings:
@@ -82,7 +122,7 @@ def prepare_teacher(
                 "teacher_epochs is 0, but the teacher weights carry no head trained for these "
                 f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
             )
-        if cache_path.is_file() and meta_path.is_file() and not cfg.retrain_teacher:
+        if is_cached(cache_path) and not cfg.retrain_teacher and _readable(cache_path):
             teacher.set_state_dict(load_weights_file(cache_path))
             freeze_teacher(teacher)
             meta = json.loads(meta_path.read_text(encoding="utf-8"))

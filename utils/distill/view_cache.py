@@ -3,7 +3,7 @@ ECCV 2022). Each fold's frozen teacher labels `teacher_views` augmented views
 of every training image once, in large no-grad batches through Paddle
 Inference, and the logits are stored as float16 beside the cached teacher.
 Student training replays exactly those views (ImageDataset seeds each view's
-augmentation) against the stored logits: the teacher leaves the training loop,
+augmentation) against the stored logits (utils/distill/signal.py): the teacher leaves the training loop,
 and the student still learns from the teacher's reading of the very picture
 it sees."""
 from __future__ import annotations
@@ -20,11 +20,9 @@ from typing import Callable
 import numpy as np
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 from tqdm import tqdm
 
 from utils.data.dataset import ImageDataset, make_loader
-from utils.data.mixing import MixedTargets
 from utils.deploy.export import EXPORTED_PREFIX, exported_model_file, save_inference_model
 from utils.deploy.inference import InferencePredictor
 from utils.runtime.config import Config
@@ -39,34 +37,9 @@ VIEW_SCHEME = 1
 LABELLING_BATCH = 128
 
 
-def mix_stored(stored: paddle.Tensor, targets: MixedTargets, temperature: float) -> paddle.Tensor:
-    """Stored teacher logits for mixed images: the two images' distributions at `temperature`
-    mixed with the images' lambda and pairing. T * log(mixture) are logits whose softmax at
-    temperature T is exactly that mixture, so the distillation loss takes them as it takes a
-    live teacher's logits."""
-    if targets.perm is None:
-        return stored
-    probs = F.softmax(stored / temperature, axis=1)
-    mixed = targets.lam * probs + (1.0 - targets.lam) * paddle.gather(probs, targets.perm)
-    return temperature * paddle.log(paddle.clip(mixed, min=1e-12))
-
-
-class CachedTeacher:
-    """Teacher logits replayed from the view cache, mixed as the images were."""
-
-    def __init__(self, logits: np.ndarray, temperature: float) -> None:
-        self.logits = logits  # (views, images, classes), float16, perhaps memory-mapped
-        self.temperature = temperature
-
-    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor:
-        stored = paddle.to_tensor(self.logits[views.numpy(), indices.numpy()].astype(np.float32))
-        return mix_stored(stored, targets, self.temperature)
-
-
 @dataclasses.dataclass
 class PreparedViews:
-    teacher: CachedTeacher
+    logits: np.ndarray  # (views, images, classes), float16, perhaps memory-mapped
     path: Path
     from_cache: bool
     seconds: float
@@ -138,11 +111,9 @@ def _evict_least_recently_used(directory: Path, keep: Path, max_bytes: int) -> N
 
 
 def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset: ImageDataset, teacher_path: Path,
-                  num_classes: int, device: str, temperature: float) -> PreparedViews:
+                  num_classes: int, device: str) -> PreparedViews:
     """The fold's stored views: reused when this very teacher labelled them before,
-    otherwise labelled now, written atomically and kept within teacher_cache_max_mb.
-    Mixed images get their stored distributions mixed at `temperature`, the
-    distillation method's."""
+    otherwise labelled now, written atomically and kept within teacher_cache_max_mb."""
     start = time.perf_counter()
     views = view_count(cfg)
     path = view_cache_path(teacher_path, views)
@@ -150,7 +121,7 @@ def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset:
         logits = np.load(path, mmap_mode="r")
         if logits.shape == (views, len(dataset), num_classes):
             os.utime(path)  # recently used: the last to be evicted
-            return PreparedViews(CachedTeacher(logits, temperature), path, True, time.perf_counter() - start)
+            return PreparedViews(logits, path, True, time.perf_counter() - start)
     needed_mb = views * len(dataset) * num_classes * 2 / 2**20
     if needed_mb > cfg.teacher_cache_max_mb:
         raise ConfigError(f"{views} teacher views of {len(dataset)} images need {needed_mb:.0f} MB, more than "
@@ -159,4 +130,4 @@ def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset:
     write_array_atomic(path, logits)
     if is_main():
         _evict_least_recently_used(path.parent, path, cfg.teacher_cache_max_mb * 2**20)
-    return PreparedViews(CachedTeacher(logits, temperature), path, False, time.perf_counter() - start)
+    return PreparedViews(logits, path, False, time.perf_counter() - start)

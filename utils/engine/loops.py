@@ -29,7 +29,8 @@ from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
 
 # What the distillation loss learns from: teacher logits for a batch, given the
-# (mixed) images, their dataset indices and views, and the mixing.
+# (mixed) images, their dataset indices and views, and the mixing (the teacher
+# signals of utils/distill/signal.py).
 Teacher = Callable[[paddle.Tensor, paddle.Tensor, paddle.Tensor, MixedTargets], paddle.Tensor]
 
 
@@ -122,18 +123,6 @@ class TrainingSettings:
     cutmix_alpha: float = 0.0
     clip_grad_norm: float = 0.0  # 0: no clipping
     ema_decay: float = 0.0  # 0: no weight average
-
-
-class LiveTeacher:
-    """A frozen teacher run on every batch: it labels exactly the (mixed) images the student sees."""
-
-    def __init__(self, model: nn.Layer) -> None:
-        self.model = model
-
-    @paddle.no_grad()
-    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor:
-        return self.model(images)
 
 
 def grad_scaler(amp: bool) -> paddle.amp.GradScaler:

@@ -20,6 +20,7 @@ from utils.runtime.process import prepare_process
 
 prepare_process()  # must run before anything imports Paddle
 
+from utils.distill.methods import METHOD_SETTINGS  # noqa: E402
 from utils.runtime.config import Config, add_config_flags  # noqa: E402
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 from utils.runtime.files import write_csv_atomic, write_text_atomic  # noqa: E402
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attentions", default="none,eca,simam,cbam,se,coord")
     parser.add_argument("--ablation_name", default="ablation")
-    add_config_flags(parser)  # its --kd is read here as the list of KD settings to compare
+    add_config_flags(parser, METHOD_SETTINGS)  # its --kd is read here as the list of KD settings to compare
     args = parser.parse_args(argv)
     kd_list, args.kd = args.kd or "on,off", None
     from models.attention import check_attention

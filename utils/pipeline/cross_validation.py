@@ -21,20 +21,21 @@ from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, scan_dataset
 from utils.data.images import load_images
 from utils.data.manifest import DigestCache, Manifest, build_manifest, check_same_data
+from utils.data.splits import FoldData, make_folds
 from utils.data.transforms import build_eval_transform, resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
-from utils.deploy.inference import FINAL_DIR
-from utils.distill.methods import create_method
-from utils.distill.view_cache import view_cache_path, view_count
+from utils.distill.methods import create_method, needs_teacher
+from utils.distill.signal import pending_teacher_work
 from utils.engine.loops import predict
 from utils.pipeline.estimate import RunClock, describe, plan_work, quick_preset_note, start_clock
 from utils.pipeline.final_model import train_final_student
-from utils.pipeline.folds import FoldData, FoldInputs, FoldResult, load_fold_result, make_folds, teacher_cache_path
+from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result
 from utils.pipeline.workers import parallel_fold_count, run_folds
 from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.reporting.report import write_report
 from utils.reporting.verdict import distillation_verdict
 from utils.reporting.visual_logging import log_run, visualdl_command
+from utils.runtime import layout
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.runtime.distributed import barrier, init_distributed, is_main, rank, world_size
 from utils.runtime.errors import UserError
@@ -77,7 +78,7 @@ def check_outputs_outside_data(cfg: Config) -> None:
 
 def prepare_run_dir(cfg: Config) -> Path:
     """The run's directory, checked to be writable and roomy before any training."""
-    run_dir = Path(cfg.output_dir) / cfg.run_name
+    run_dir = layout.run_dir(cfg.output_dir, cfg.run_name)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_test.{os.getpid()}"
@@ -98,7 +99,8 @@ def check_same_run(cfg: Config, run_dir: Path) -> None:
     if not saved_path.is_file():
         return
     saved = load_saved_config(saved_path).to_dict()
-    differs = [k for k, v in cfg.to_dict().items() if k not in RUNTIME_SETTINGS and saved.get(k) != v]
+    # Where the run is kept is not what it computes: a moved or copied run resumes (--output_dir).
+    differs = [k for k, v in cfg.to_dict().items() if k not in (*RUNTIME_SETTINGS, "output_dir") and saved.get(k) != v]
     if differs:
         raise UserError(f"run {cfg.run_name} already exists with other settings ({', '.join(differs)}); "
                         f"choose another --run_name, or continue it with --resume {cfg.run_name}")
@@ -121,14 +123,14 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
     loader = make_loader(ImageDataset(images, labels, build_eval_transform(cfg.img_size, cfg.crop)),
                          cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
     probs = np.mean([predict(load_student(path)[0], loader)[0]
-                     for path in sorted(run_dir.glob(f"fold*/{WEIGHTS_NAME}"))], axis=0)
+                     for path in (d / WEIGHTS_NAME for d in layout.fold_dirs(run_dir).values())], axis=0)
     preds = probs.argmax(axis=1)
     write_classification_report(run_dir / "test_classification_report.txt", labels, preds, index.classes)
     save_confusion_matrix(run_dir / "test_confusion_matrix.png", labels, preds, index.classes,
                           "held-out test set, fold ensemble")
     scores = {"n_test": len(samples), "test_acc": accuracy(labels, preds),
               "test_macro_f1": macro_f1(labels, preds, len(index.classes))}
-    final = run_dir / FINAL_DIR / WEIGHTS_NAME
+    final = layout.final_dir(run_dir) / WEIGHTS_NAME
     if final.is_file():
         final_preds = predict(load_student(final)[0], loader)[0].argmax(axis=1)
         scores.update(final_test_acc=accuracy(labels, final_preds),
@@ -176,17 +178,15 @@ def fold_summary(results: list[FoldResult]) -> dict:
 
 def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers: int, device: str) -> RunClock:
     """Time the work the run has left on this machine and say how long it will take."""
-    to_do = [fold for fold in folds if load_fold_result(inputs.run_dir / f"fold{fold.fold}") is None]
-    needs_teacher = create_method(cfg).needs_teacher
+    to_do = [fold for fold in folds if load_fold_result(inputs.fold_dir(fold)) is None]
+    teacher_needed = needs_teacher(cfg.kd)
     teachers = views = 0
-    for fold in to_do if needs_teacher else []:
-        path = teacher_cache_path(cfg, inputs, fold)
-        cached = path.is_file() and path.with_suffix(".json").is_file() and not cfg.retrain_teacher
-        teachers += not cached
-        views += cfg.teacher_cache == "views" and not (cached and view_cache_path(path, view_count(cfg)).is_file())
-    final_to_train = cfg.final_model and not (inputs.run_dir / FINAL_DIR / META_NAME).is_file()
+    for fold in to_do if teacher_needed else []:
+        to_train, to_label = pending_teacher_work(cfg, inputs.teacher_key, fold)
+        teachers, views = teachers + to_train, views + to_label
+    final_to_train = cfg.final_model and not (layout.final_dir(inputs.run_dir) / META_NAME).is_file()
     work = plan_work(cfg, [(len(f.train_indices), len(f.val_indices)) for f in to_do], teachers, views,
-                     needs_teacher, len(inputs.samples) if final_to_train else 0)
+                     teacher_needed, len(inputs.samples) if final_to_train else 0)
     clock = start_clock(cfg, inputs.num_classes, work, workers)
     print(f"estimated time: {describe(clock.total_seconds())} on this machine ({len(to_do)} fold(s) to train, "
           f"{teachers} teacher(s) to train; early stopping can make it shorter)", flush=True)
@@ -224,11 +224,14 @@ def run_cross_validation(cfg: Config) -> dict:
         os.environ["TQDM_DISABLE"] = "1"  # inherited by fold workers too
     if cfg.amp and device != "gpu":
         print("note: --amp (mixed precision) works on a GPU only; training in float32 on the CPU")
-    if cfg.fast_depthwise and device == "cpu" and fast_depthwise_operator() is None:
-        # Built (or found unbuildable) here once, so that fold workers neither build nor fail again.
-        cfg = dataclasses.replace(cfg, fast_depthwise=False)
     index = scan_dataset(Path(cfg.data_dir))
     check_outputs_outside_data(cfg)
+    # Checked on the files found before anything is written, and again on those that decode.
+    check_class_counts(index.classes, [s.label for s in index.samples], cfg.num_folds, cfg.batch_size)
+    if cfg.fast_depthwise and device == "cpu" and fast_depthwise_operator() is None:
+        # Built (or found unbuildable) once the options and data are checked, and here, so that
+        # fold workers neither build nor fail again.
+        cfg = dataclasses.replace(cfg, fast_depthwise=False)
     run_dir = prepare_run_dir(cfg)
     # The run's settings and data are checked (and, the first time, recorded) by one process at a time.
     with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}"):
@@ -249,7 +252,7 @@ def run_cross_validation(cfg: Config) -> dict:
     barrier()
     # Whichever invocation finishes the last fold writes the run's outputs (folds may train elsewhere).
     with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}", wait=True):
-        results = [load_fold_result(run_dir / f"fold{fold.fold}") for fold in folds]
+        results = [load_fold_result(inputs.fold_dir(fold)) for fold in folds]
         missing = [fold.fold for fold, result in zip(folds, results) if result is None]
         if missing:
             print(missing_folds_note(cfg, missing), flush=True)
@@ -265,7 +268,7 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
     skipped = index.skipped + skipped
     digest_of = manifest.digests_by_path(Path(cfg.data_dir))
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    check_class_counts(index.classes, labels, cfg.num_folds)
+    check_class_counts(index.classes, labels, cfg.num_folds, cfg.batch_size)
     counts = np.bincount(labels, minlength=len(index.classes))
     print(f"{len(samples)} images in {len(index.classes)} classes from {cfg.data_dir} "
           f"({', '.join(f'{c}: {n}' for c, n in zip(index.classes, counts))}); "
@@ -317,7 +320,7 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     if cfg.final_model:
         final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"])
         barrier()
-        final = {"path": FINAL_DIR, **{key: value for key, value in read_meta(final_dir / META_NAME)[1].items()
+        final = {"path": layout.FINAL_DIR, **{key: value for key, value in read_meta(final_dir / META_NAME)[1].items()
                                        if key in ("epochs", "trained_on", "expected_val_acc")}}
     test_scores, test_skipped = score_test_set(run_dir, index, cfg)
     skipped = skipped + test_skipped
@@ -331,8 +334,9 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(run_dir / "summary.json", summary)
-    log_run(Path(cfg.log_dir) / cfg.run_name / "run", cfg.to_dict(), summary, run_dir / "confusion_matrix.png")
-    write_text_atomic(Path(cfg.output_dir) / "latest", cfg.run_name + "\n")
+    log_run(layout.log_dir(cfg.log_dir, cfg.run_name, layout.RUN_LOG), cfg.to_dict(), summary,
+            run_dir / "confusion_matrix.png")
+    write_text_atomic(layout.latest_pointer(cfg.output_dir), cfg.run_name + "\n")
     barrier()
     report = write_report(run_dir) if is_main() else None
     print_summary_table(summary)

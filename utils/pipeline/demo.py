@@ -7,6 +7,7 @@ import dataclasses
 import time
 
 from utils.data.folders import has_class_folders, write_digits_demo
+from utils.distill.methods import METHOD_SETTINGS, method_settings
 from utils.pipeline.cross_validation import check_components
 from utils.runtime.config import DEMO_CONFIG, PROJECT_ROOT, Config, resolve_config, resumed_config
 
@@ -15,15 +16,16 @@ DIGITS_DIR = DATA_ROOT / "digits"
 
 
 def resolve_run_config(args: argparse.Namespace) -> Config:
-    """The run's configuration, with its data directory and run name filled in."""
+    """The run's configuration, with its data directory, run name and every distillation
+    method's settings (defaults included, as config.yaml keeps them) filled in."""
     if args.resume:
         return resumed_config(args)
-    cfg = resolve_config(args)
+    cfg = resolve_config(args, component_settings=METHOD_SETTINGS)
     if cfg.data_dir is None:
         if has_class_folders(DATA_ROOT):
             cfg = dataclasses.replace(cfg, data_dir=str(DATA_ROOT))
         else:
-            cfg = dataclasses.replace(resolve_config(args, extra_file=DEMO_CONFIG), data_dir=str(DIGITS_DIR))
+            cfg = dataclasses.replace(resolve_config(args, DEMO_CONFIG, METHOD_SETTINGS), data_dir=str(DIGITS_DIR))
             check_components(cfg)  # options are checked before the demo's images are written
             if not has_class_folders(DIGITS_DIR):
                 write_digits_demo(DIGITS_DIR)
@@ -31,4 +33,4 @@ def resolve_run_config(args: argparse.Namespace) -> Config:
                   f"scikit-learn's handwritten digits (written to {DIGITS_DIR}) with {DEMO_CONFIG.name}.")
     if cfg.run_name is None:
         cfg = dataclasses.replace(cfg, run_name=time.strftime("run-%Y%m%d-%H%M%S"))
-    return cfg
+    return dataclasses.replace(cfg, method_settings=method_settings(cfg))

@@ -10,28 +10,20 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import paddle
-from sklearn.model_selection import StratifiedKFold
 
 from models.fast_depthwise import use_fast_depthwise
 from models.student import build_student
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, Sample
+from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
-from utils.deploy.checkpoint import save_checkpoint
+from utils.deploy.checkpoint import META_NAME, read_meta, save_checkpoint
 from utils.deploy.spec import ModelSpec
 from utils.distill.methods import create_method
-from utils.distill.teachers import prepare_teacher, teacher_cache_key
-from utils.distill.view_cache import prepare_views, view_count
-from utils.engine.loops import (
-    EpochRecord,
-    FitResult,
-    LiveTeacher,
-    Teacher,
-    TrainingDiverged,
-    TrainingSettings,
-    predict,
-    train_model,
-)
+from utils.distill.signal import TeacherSignal, replays_views, teach_fold
+from utils.distill.teachers import TeacherKey
+from utils.distill.view_cache import view_count
+from utils.engine.loops import EpochRecord, FitResult, TrainingDiverged, TrainingSettings, predict, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
 from utils.pipeline.estimate import RunClock, describe
 from utils.reporting.metrics import (
@@ -43,21 +35,14 @@ from utils.reporting.metrics import (
     write_classification_report,
 )
 from utils.reporting.visual_logging import epoch_logger, fold_name, fresh_log, log_augmented_batch, log_best_epoch
+from utils.runtime import layout
 from utils.runtime.config import Config
+from utils.runtime.errors import UserError
 from utils.runtime.files import exclusive_lock, write_array_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import seed_everything
 
-# Separate augmentation streams, so that the teacher never labels the very views it trained on.
-TEACHER_AUGMENTATION, STUDENT_AUGMENTATION = 0, 1
 # The training state after each epoch (utils/engine/training_state.py), kept until the fold is finished.
 STUDENT_STATE, BASELINE_STATE = "training_student.pdparams", "training_baseline.pdparams"
-
-
-@dataclasses.dataclass
-class FoldData:
-    fold: int
-    train_indices: np.ndarray
-    val_indices: np.ndarray
 
 
 @dataclasses.dataclass
@@ -106,24 +91,37 @@ class FoldInputs:
     def num_classes(self) -> int:
         return len(self.index.classes)
 
+    @property
+    def teacher_key(self) -> TeacherKey:
+        return TeacherKey(self.digests, self.labels, self.num_classes)
 
-def make_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[FoldData]:
-    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
-    return [FoldData(k, train, val) for k, (train, val) in enumerate(splitter.split(np.zeros(len(labels)), labels))]
+    def fold_dir(self, fold: FoldData) -> Path:
+        return layout.fold_dir(self.run_dir, fold.fold)
 
 
 def save_fold_result(fold_dir: Path, result: FoldResult) -> None:
     write_array_atomic(fold_dir / "val_probs.npy", result.val_probs)
     # Last: its presence means the fold is complete.
-    write_json_atomic(fold_dir / "result.json", {k: v for k, v in dataclasses.asdict(result).items()
+    write_json_atomic(fold_dir / layout.FOLD_RESULT, {k: v for k, v in dataclasses.asdict(result).items()
                                                  if k != "val_probs"})
 
 
 def load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
-    if not (fold_dir / "result.json").is_file():
+    """The fold's saved result; None while the fold is unfinished. A fold whose files were
+    damaged after it finished (a truncated result.json, best.json or val_probs.npy) counts as
+    unfinished, with one line saying so: its result is the last file written, so training it
+    again repairs it."""
+    if not layout.is_finished_fold(fold_dir):
         return None
-    fields = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
-    return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
+    try:
+        fields = json.loads((fold_dir / layout.FOLD_RESULT).read_text(encoding="utf-8"))
+        read_meta(fold_dir / META_NAME)
+        return FoldResult(**fields, val_probs=np.load(fold_dir / "val_probs.npy"))
+    except (OSError, ValueError, TypeError, UserError) as error:
+        print(f"{fold_dir.name}: its saved files are damaged ({str(error).splitlines()[0][:120]}); "
+              "training the fold again", flush=True)
+        (fold_dir / layout.FOLD_RESULT).unlink(missing_ok=True)
+        return None
 
 
 def hard_label_loss(cfg: Config, train_labels: np.ndarray, num_classes: int) -> HardLabelLoss:
@@ -142,8 +140,8 @@ class FoldLoaders:
 
 
 def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labels: np.ndarray,
-                 replays_views: bool) -> FoldLoaders:
-    """`replays_views`: the student replays the teacher's stored views (the view cache)."""
+                 replay_views: bool) -> FoldLoaders:
+    """`replay_views`: the student replays the teacher's stored views (the view cache)."""
     train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
 
     def train_loader(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
@@ -154,7 +152,7 @@ def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labe
     val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
                            build_eval_transform(cfg.img_size, cfg.crop))
     return FoldLoaders(
-        student=train_loader(STUDENT_AUGMENTATION, view_count(cfg) if replays_views else None),
+        student=train_loader(STUDENT_AUGMENTATION, view_count(cfg) if replay_views else None),
         fresh=train_loader(STUDENT_AUGMENTATION),
         teacher=train_loader(TEACHER_AUGMENTATION),
         val=make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers),
@@ -166,7 +164,7 @@ def student_settings(cfg: Config) -> TrainingSettings:
                             cfg.patience, cfg.cutmix_alpha, cfg.clip_grad_norm, cfg.ema_decay)
 
 
-def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLoss, teacher: Optional[Teacher],
+def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLoss, teacher: Optional[TeacherSignal],
                   train_loader: paddle.io.DataLoader, val_loader: paddle.io.DataLoader,
                   on_epoch: Callable, checkpoint_path: Path) -> FitResult:
     """A freshly built student, trained with `loss_fn` (and `teacher`), with early stopping,
@@ -185,50 +183,25 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLos
                            (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch")
 
 
-def teacher_cache_path(cfg: Config, inputs: FoldInputs, fold: FoldData) -> Path:
-    key = teacher_cache_key(cfg, inputs.digests, inputs.labels, fold.train_indices, fold.fold)
-    return Path(cfg.output_dir) / "teachers" / f"{key}.pdparams"
-
-
-def prepare_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs, loaders: FoldLoaders,
-                         hard_loss: HardLabelLoss, temperature: float, on_epoch: Callable) -> tuple[Teacher, float]:
-    """The fold's frozen teacher (cached or trained now) as the student's source of
-    teacher logits: run on every batch, or replayed from its stored views, mixed at
-    the distillation method's `temperature`."""
-    seed_everything(cfg.seed + fold.fold)
-    num_classes = inputs.num_classes
-    cache_path = teacher_cache_path(cfg, inputs, fold)
-    prepared = prepare_teacher(cfg, num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
-                               (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
-    source = "cached" if prepared.from_cache else "trained"
-    print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {prepared.val_acc:.4f}", flush=True)
-    if cfg.teacher_cache == "off":
-        return LiveTeacher(prepared.model), prepared.val_acc
-    device = "gpu" if paddle.get_device().startswith("gpu") else "cpu"
-    train_set = loaders.student.dataset
-    views = prepare_views(cfg, prepared.model, not prepared.from_cache, train_set, cache_path, num_classes, device,
-                          temperature)
-    count = views.teacher.logits.shape[0]
-    what = "reused" if views.from_cache else f"labelled {count} views of {len(train_set)} images"
-    print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
-    return views.teacher, prepared.val_acc
-
-
 def fold_method(cfg: Config, fold: FoldData, inputs: FoldInputs) -> tuple[HardLabelLoss, TrainingLoss]:
     hard_loss = hard_label_loss(cfg, inputs.labels[fold.train_indices], inputs.num_classes)
     return hard_loss, create_method(cfg, hard_loss)
 
 
+def device_kind() -> str:
+    return "gpu" if paddle.get_device().startswith("gpu") else "cpu"
+
+
 def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
     """Train and cache the fold's teacher (and label its views) ahead of the fold, where
     run_fold then finds it: a separate task, so that the workers keep every core busy."""
-    if load_fold_result(inputs.run_dir / f"fold{fold.fold}") is not None:
+    if load_fold_result(inputs.fold_dir(fold)) is not None:
         return
     hard_loss, method = fold_method(cfg, fold, inputs)
-    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, cfg.teacher_cache == "views")
-    prepare_fold_teacher(cfg, fold, inputs, loaders, hard_loss, method.temperature,
-                         epoch_logger(None, "teacher", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
-                                      inputs.progress("teacher", len(fold.train_indices), cfg.teacher_epochs)))
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg))
+    teach_fold(cfg, method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
+               epoch_logger(None, "teacher", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
+                            inputs.progress("teacher", len(fold.train_indices), cfg.teacher_epochs)))
 
 
 def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
@@ -251,7 +224,7 @@ def check_finite(result: FitResult, fold: int | str, cfg: Config) -> None:
 def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
     """Train and evaluate one fold, or return its saved result when an earlier run of the same
     name finished it. One process trains a fold at a time (its folds may train on other machines)."""
-    fold_dir = inputs.run_dir / f"fold{fold.fold}"
+    fold_dir = inputs.fold_dir(fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(fold_dir / ".lock", f"fold {fold.fold} of run {cfg.run_name}",
                         advice="let it finish, and train other folds with --folds"):
@@ -266,18 +239,17 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
     """The fold's teacher (cached or trained), its student (and CE-only student), and its files."""
     classes = inputs.index.classes
     hard_loss, method = fold_method(cfg, fold, inputs)
-    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels,
-                           method.needs_teacher and cfg.teacher_cache == "views")
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg))
     train_set, val_set = loaders.student.dataset, loaders.val.dataset
 
-    with fresh_log(Path(cfg.log_dir) / cfg.run_name / f"fold{fold.fold}") as writer:
+    with fresh_log(layout.log_dir(cfg.log_dir, cfg.run_name, fold.fold)) as writer:
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, cfg.cutmix_alpha,
                             np.random.default_rng([cfg.seed, fold.fold, 2]), IMAGENET_MEAN, IMAGENET_STD)
         teacher, teacher_acc = None, None
         history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if method.needs_teacher:
-            teacher, teacher_acc = prepare_fold_teacher(
-                cfg, fold, inputs, loaders, hard_loss, method.temperature,
+            teacher, teacher_acc = teach_fold(
+                cfg, method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
                 epoch_logger(writer, "teacher", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet,
                              inputs.progress("teacher", len(train_set), cfg.teacher_epochs)))
 

@@ -9,8 +9,9 @@ import os
 
 import paddle
 
-from utils.distill.methods import create_method
-from utils.pipeline.folds import FoldData, FoldInputs, FoldResult, run_fold, train_fold_teacher
+from utils.data.splits import FoldData
+from utils.distill.methods import needs_teacher
+from utils.pipeline.folds import FoldInputs, FoldResult, run_fold, train_fold_teacher
 from utils.runtime.config import Config
 from utils.runtime.distributed import world_size
 from utils.runtime.process import cpu_count, die_with_parent
@@ -45,7 +46,7 @@ def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, inp
         def start_student(fold: FoldData, student_cfg: Config) -> None:
             students[fold.fold] = pool.apply_async(run_fold, (student_cfg, fold, inputs))
 
-        if create_method(cfg).needs_teacher:
+        if needs_teacher(cfg.kd):
             # Teachers are separate tasks, queued first, and each fold's student follows as soon as its
             # teacher is cached: 5 whole folds on 2 cores would leave one core idle for the last fold.
             # The student must not train the teacher it finds cached once more.

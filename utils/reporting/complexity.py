@@ -23,6 +23,7 @@ import paddle.nn as nn  # noqa: E402
 from models.attention import ATTENTIONS  # noqa: E402
 from models.student import STUDENTS, build_student  # noqa: E402
 from models.teacher import build_teacher  # noqa: E402
+from utils.runtime.config import img_size_problem  # noqa: E402
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 
 
@@ -118,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_speed", action="store_true", help="skip the latency and throughput measurements")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if args.img_size < 32 or args.num_classes < 2:
-        raise UserError("--img_size must be at least 32 and --num_classes at least 2")
+    if img_size_problem(args.img_size):
+        raise UserError(f"--img_size {img_size_problem(args.img_size)}")
+    if args.num_classes < 2:
+        raise UserError("--num_classes must be at least 2")
     speed = not args.no_speed
     if args.all:
         combos = [(s, a) for s in STUDENTS for a in ["none", *ATTENTIONS]]

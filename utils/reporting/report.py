@@ -19,8 +19,9 @@ from utils.data.images import read_image
 from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
 from utils.deploy.explain import grad_cam, overlay, visible_image
 from utils.reporting.metrics import save_figure
+from utils.runtime import layout
 from utils.runtime.errors import UserError
-from utils.runtime.files import write_text_atomic
+from utils.runtime.files import TEXT_ERRORS, write_text_atomic
 
 GALLERY_SIZE = 16
 
@@ -45,12 +46,15 @@ def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict], list[dict]]:
     except (UnicodeDecodeError, ValueError):
         raise _damaged(run_dir / "summary.json") from None
     histories = {}
-    for path in sorted(run_dir.glob("fold*/history.json")):
+    for fold, directory in layout.fold_dirs(run_dir).items():
+        path = directory / "history.json"
+        if not path.is_file():
+            continue
         try:
-            histories[int(path.parent.name[4:])] = json.loads(path.read_text(encoding="utf-8"))
+            histories[fold] = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise _damaged(path) from None
-    with open(run_dir / "oof_predictions.csv", newline="", encoding="utf-8") as handle:
+    with open(run_dir / "oof_predictions.csv", newline="", encoding="utf-8", errors=TEXT_ERRORS) as handle:
         oof_rows = list(csv.DictReader(handle))
     if not oof_rows or not {"path", "label", "pred", "confidence"} <= set(oof_rows[0]):
         raise _damaged(run_dir / "oof_predictions.csv")
@@ -115,7 +119,7 @@ def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
 def _explained(row: dict, run_dir: Path, students: dict) -> Optional[np.ndarray]:
     """The image as its fold's student saw it, with the Grad-CAM map of the class it predicted;
     None when the image or the student is gone."""
-    weights = run_dir / f"fold{row['fold']}" / WEIGHTS_NAME
+    weights = layout.fold_dir(run_dir, int(row["fold"])) / WEIGHTS_NAME
     image = read_image(row["path"], max_short_side=256)
     if image is None or not weights.is_file():
         return None

@@ -144,7 +144,10 @@ HPARAM_METRICS = {"val/cv_accuracy": "student_val_acc_mean", "val/cv_macro_f1": 
 
 def log_run(log_dir: Path, settings: dict, summary: dict, confusion_png: Path) -> None:
     """The run's main settings with its headline metrics (as percentages with one decimal),
-    for VisualDL's hyper-parameter view, and the out-of-fold confusion matrix."""
+    for VisualDL's hyper-parameter view, and the out-of-fold confusion matrix. In a
+    data-parallel job only rank 0 logs: it alone wrote the confusion matrix."""
+    if not is_main():
+        return
     with LogWriter(logdir=str(log_dir)) as writer:
         writer.add_hparams({key: settings[key] for key in HPARAM_KEYS}, list(HPARAM_METRICS))
         for tag, key in HPARAM_METRICS.items():

@@ -2,7 +2,7 @@
 `--config` file, then command-line flags, checked once at start-up.
 
 This module does not import Paddle, so that the CPU environment can be tuned
-before Paddle loads (see utils/runtime.py).
+before Paddle loads (see utils/runtime/process.py).
 """
 from __future__ import annotations
 
@@ -12,21 +12,28 @@ import math
 import re
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import write_text_atomic
+from utils.runtime.layout import RESERVED_RUN_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 RECIPE_DIR = CONFIG_DIR / "recipes"
-# Names inside output_dir that are not runs: the newest run's pointer, the teacher cache.
-RESERVED_RUN_NAMES = ("latest", "teachers")
 RECIPES = ("auto", "finetune", "scratch")
+MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 1024
+
+
+def img_size_problem(value: object) -> Optional[str]:
+    """What is wrong with an input size (training, a saved spec, a benchmark), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_IMG_SIZE <= value <= MAX_IMG_SIZE:
+        return f"must be a whole number from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}, not {value!r}"
+    return None
 
 
 @dataclasses.dataclass
@@ -59,15 +66,6 @@ class Config:
     teacher_views: int
     teacher_cache_max_mb: int
     kd: str
-    alpha: float
-    temperature: float
-    dkd_alpha: float
-    dkd_beta: float
-    dkd_temperature: float
-    dkd_warmup: int
-    dist_beta: float
-    dist_gamma: float
-    dist_temperature: float
     recipe: str
     label_smoothing: float
     class_weights: str
@@ -96,13 +94,48 @@ class Config:
     run_name: Optional[str]
     quiet: bool
     baseline: bool
+    # The distillation methods' own settings (alpha, dkd_beta, ...), by key: each method declares
+    # them beside its class (utils/distill/methods.py), which checks them and fills their defaults.
+    method_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting by key, the methods' among them: what config.yaml holds."""
+        values = dataclasses.asdict(self)
+        own = values.pop("method_settings")
+        return {**values, **own}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """A number a component declares beside its class (a distillation method's settings):
+    its key, default, meaning and range. Its key works in YAML files and as a flag."""
+    name: str
+    default: float
+    help: str
+    low: float = 0.0
+    high: float = math.inf
+    low_open: bool = False  # the range excludes `low`: (low, high]
+    whole: bool = False  # a whole number
+
+    def range_text(self) -> str:
+        if self.low_open:
+            return f"in ({self.low:g}, {self.high:g}]"
+        return f"{self.low:g} or more" if self.high == math.inf else f"between {self.low:g} and {self.high:g}"
+
+    def value(self, raw: Any) -> float:
+        """The raw YAML or flag value, checked: a number in range, or one line saying what is wrong."""
+        number = _coerce(self.name, raw, int if self.whole else float)
+        above_low = number > self.low if self.low_open else number >= self.low
+        if not (above_low and number <= self.high):
+            raise ConfigError(f"{self.name} must be {self.range_text()}, not {raw!r}")
+        return number
 
 
 def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(Config)
+    """The core settings' types (the methods' settings are their own)."""
+    types = typing.get_type_hints(Config)
+    types.pop("method_settings")
+    return types
 
 
 def _coerce(key: str, value: Any, expected: Any) -> Any:
@@ -122,8 +155,11 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
         if text in ("false", "no", "off", "0"):
             return False
         raise ConfigError(f"{key} must be true or false, not {value!r}")
+    if base in (int, float) and isinstance(value, (bool, str)):
+        kind = "a whole number" if base is int else "a number"
+        raise ConfigError(f"{key} must be {kind}, not {value!r}")
     if base is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{key} must be a whole number, not {value!r}")
         try:
             return int(value)
@@ -143,20 +179,43 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
     return str(value)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that 1e-3 (no dot) is a number, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _flag_value(text: str, expected: Any) -> Any:
+    """A command-line value: a number where a number is expected (as Python reads it: 1e-3,
+    inf), a YAML boolean where a boolean is, else the text itself (refused later if wrong)."""
+    for kind in (int, float) if expected in (int, float) else ():
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    if expected is bool:
+        value = yaml.load(text, Loader=_Loader) if text.strip() else text
+        return value if isinstance(value, bool) else text
+    return text
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold 'key: value' lines")
-    unknown = sorted(set(values) - set(_field_types()))
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
     return values
 
 
@@ -168,7 +227,7 @@ def is_run_name(name: str) -> bool:
 def _check_ranges(cfg: Config) -> None:
     """Value checks that need no registry; names are checked where the registries live."""
     rules = [
-        (cfg.img_size >= 32, "img_size must be at least 32"),
+        (img_size_problem(cfg.img_size) is None, f"img_size {img_size_problem(cfg.img_size)}"),
         (2 <= cfg.num_folds <= 100, "num_folds must be between 2 and 100"),
         (cfg.folds == "all" or re.fullmatch(r"\d+(,\d+)*", cfg.folds) is not None,
          "folds must be all or fold numbers separated by commas, such as 0,2"),
@@ -181,13 +240,6 @@ def _check_ranges(cfg: Config) -> None:
         (0.1 <= cfg.student_width <= 4.0, "student_width must be between 0.1 and 4"),
         (cfg.teacher_epochs >= 0, "teacher_epochs must be 0 or more"),
         (0 < cfg.teacher_lr <= 1, "teacher_lr must be in (0, 1]"),
-        (0.0 <= cfg.alpha <= 1.0, "alpha must be between 0 and 1"),
-        (0 < cfg.temperature <= 100, "temperature must be in (0, 100]"),
-        (cfg.dkd_alpha >= 0 and cfg.dkd_beta >= 0, "dkd_alpha and dkd_beta must be 0 or more"),
-        (0 < cfg.dkd_temperature <= 100, "dkd_temperature must be in (0, 100]"),
-        (cfg.dkd_warmup >= 0, "dkd_warmup must be 0 or more"),
-        (cfg.dist_beta >= 0 and cfg.dist_gamma >= 0, "dist_beta and dist_gamma must be 0 or more"),
-        (0 < cfg.dist_temperature <= 100, "dist_temperature must be in (0, 100]"),
         (cfg.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
         (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (cfg.class_weights in ("none", "balanced"), "class_weights must be none or balanced"),
@@ -218,7 +270,6 @@ def _check_ranges(cfg: Config) -> None:
          "attention_blocks must be 'all' or a number of blocks"),
         (cfg.run_name is None or is_run_name(cfg.run_name),
          "run_name must be one folder name (letters, digits, '.', '-', '_'), and not latest or teachers"),
-        (cfg.img_size <= 1024, "img_size must be at most 1024"),
     ]
     for ok, message in rules:
         if not ok:
@@ -226,12 +277,15 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def build_config(values: dict[str, Any]) -> Config:
-    """A checked Config from a complete dict of raw values."""
+    """A checked Config from a complete dict of raw values. Keys that are not core settings
+    are kept, unchecked, in `method_settings`: the methods that declare them check them
+    (utils/distill/methods.py), and refuse keys that no method declares."""
     types = _field_types()
     missing = sorted(set(types) - set(values))
     if missing:
         raise ConfigError(f"missing setting(s) {', '.join(missing)}")
-    cfg = Config(**{key: _coerce(key, values[key], types[key]) for key in types})
+    cfg = Config(**{key: _coerce(key, values[key], types[key]) for key in types},
+                 method_settings={key: value for key, value in values.items() if key not in types})
     _check_ranges(cfg)
     return cfg
 
@@ -267,9 +321,10 @@ def setting_docs(path: Path = DEFAULT_CONFIG) -> list[SettingDoc]:
     return docs
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, component_settings: Sequence[Setting] = ()) -> None:
     """One `--key VALUE` flag per setting, grouped and explained as configs/default.yaml
-    groups and explains them; boolean flags may stand alone (`--amp`)."""
+    groups and explains them; boolean flags may stand alone (`--amp`). The components'
+    settings (the distillation methods') follow in their own group."""
     parser.add_argument("--config", metavar="PATH", help="YAML file whose settings replace configs/default.yaml's")
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue an interrupted run with its saved settings: finished folds are kept and "
@@ -283,6 +338,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{doc.key}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
         else:
             group.add_argument(f"--{doc.key}", default=None, metavar=doc.key.split("_")[-1].upper(), help=help_text)
+    if component_settings:
+        group = parser.add_argument_group("Distillation methods' settings (utils/distill/methods.py)")
+    for setting in component_settings:
+        group.add_argument(f"--{setting.name}", default=None, metavar=setting.name.split("_")[-1].upper(),
+                           help=f"{setting.help} (default: {setting.default:g}; {setting.range_text()})")
 
 
 def recipe_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -308,17 +368,20 @@ def recipe_values(values: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in scratch.items() if from_scratch(key)}
 
 
-def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None) -> Config:
+def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None,
+                   component_settings: Sequence[Setting] = ()) -> Config:
     """default.yaml, then the recipe's values, then `extra_file` (the demo preset), then
-    `--config`, then the flags: what the user chose always wins over the recipe."""
+    `--config`, then the flags (of the core settings and of `component_settings`): what
+    the user chose always wins over the recipe."""
     chosen: dict[str, Any] = {}
     for path in (extra_file, Path(args.config) if args.config else None):
         if path is not None:
             chosen.update(_read_yaml(path))
-    for key in _field_types():
+    types = {**_field_types(), **{setting.name: float for setting in component_settings}}
+    for key, expected in types.items():
         flag = getattr(args, key, None)
         if flag is not None:
-            chosen[key] = flag
+            chosen[key] = _flag_value(flag, expected)
     values = _read_yaml(DEFAULT_CONFIG)
     values.update(recipe_values({**values, **chosen}))
     values.update(chosen)
@@ -331,8 +394,8 @@ RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet",
 
 def resumed_config(args: argparse.Namespace) -> Config:
     """The saved settings of run `args.resume`, with only runtime settings taken from the flags."""
-    others = [key for key in _field_types() if getattr(args, key, None) is not None
-              and key not in (*RUNTIME_SETTINGS, "output_dir")]
+    others = [key for key, value in vars(args).items() if value is not None
+              and key not in (*RUNTIME_SETTINGS, "output_dir", "resume", "config", "report")]
     if others or args.config:
         given = ", ".join(f"--{key}" for key in others or ["config"])
         raise ConfigError(f"--resume continues a run with its saved settings, so {given} cannot be given with it; "
@@ -343,7 +406,9 @@ def resumed_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"there is no run {args.resume} to resume: {saved} does not exist "
                           "(pass --output_dir if the run was saved elsewhere)")
     values = {**load_saved_config(saved).to_dict(), "output_dir": str(output_dir)}
-    values.update({key: getattr(args, key) for key in RUNTIME_SETTINGS if getattr(args, key) is not None})
+    types = _field_types()
+    values.update({key: _flag_value(getattr(args, key), types[key]) for key in RUNTIME_SETTINGS
+                   if getattr(args, key) is not None})
     return build_config(values)
 
 

@@ -29,12 +29,23 @@ class DataError(UserError):
     """A dataset that cannot be trained on as it is."""
 
 
+def continue_with(error: BaseException, command: str) -> None:
+    """Attach the command that continues the interrupted work, for reports_user_errors to print."""
+    error.continue_with = command
+
+
 def reports_user_errors(main: Callable[..., int]) -> Callable[..., int]:
     """For entry points: a UserError (or a full disk) becomes one line on stderr and
-    exit status 2, Ctrl-C a short note and status 130; never a traceback."""
+    exit status 2, Ctrl-C a short note and status 130; never a traceback. A full disk
+    or Ctrl-C that carries a `continue_with` command (a run) says that finished work
+    is saved and how to go on."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        # A file name that is not valid UTF-8 is printed with its odd bytes escaped, never a crash.
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
         try:
             return main(*args, **kwargs)
         except UserError as error:
@@ -44,10 +55,15 @@ def reports_user_errors(main: Callable[..., int]) -> Callable[..., int]:
             trouble = disk_trouble(error)
             if trouble is None:
                 raise
-            print(f"error: {trouble}; make room and try again", file=sys.stderr)
+            command = getattr(error, "continue_with", None)
+            advice = f"finished folds and epochs are saved. Make room, then continue with:\n{command}" if command \
+                else "make room and try again"
+            print(f"error: {trouble}; {advice}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as error:
+            command = getattr(error, "continue_with", None)
+            print(f"interrupted; finished folds and epochs are saved. Continue with:\n{command}" if command
+                  else "interrupted", file=sys.stderr)
             return 130
 
     return wrapper

@@ -41,8 +41,13 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
         partial.unlink(missing_ok=True)
 
 
+# File names that are not valid UTF-8 reach Python as surrogate escapes (os.fsdecode); text files
+# keep them as the bytes the OS gave, so that a path written is the path read back.
+TEXT_ERRORS = "surrogateescape"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
+    write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8", errors=TEXT_ERRORS))
 
 
 def write_json_atomic(path: Path, content: Any) -> None:
@@ -54,7 +59,8 @@ def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     writer = csv.writer(text)
     writer.writerow(header)
     writer.writerows(rows)
-    write_atomically(path, lambda partial: partial.write_text(text.getvalue(), encoding="utf-8", newline=""))
+    write_atomically(path, lambda partial: partial.write_text(text.getvalue(), encoding="utf-8", errors=TEXT_ERRORS,
+                                                                     newline=""))
 
 
 def write_array_atomic(path: Path, array: np.ndarray) -> None:

@@ -1,0 +1,206 @@
+"""The teacher signal: what gives a training batch its teacher logits. There are four
+sources, each one small class with the same call:
+
+    LiveTeacher        a frozen teacher run on every batch (the mixed images themselves)
+    StoredViews        a fold teacher's stored views, replayed (the view cache)
+    FoldViewsTeacher   the final student's: each image's fold teachers' stored views, in turn
+    EnsembleTeacher    the final student's without the cache: the fold teachers on every batch
+
+The pipeline asks for "the teacher signal of this fold" (`teach_fold`) or "of the final
+student" (`teach_final`) and does not know how it is made. The temperature at which
+stored or averaged distributions are mixed is the distillation method's: it goes from
+the configuration to the method, and from the method to the signal, never back up.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from models.teacher import build_teacher, freeze_teacher
+from utils.data.dataset import ImageDataset
+from utils.data.mixing import MixedTargets
+from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
+from utils.data.transforms import seeded_augmentation
+from utils.distill.methods import DistillationMethod, needs_teacher
+from utils.distill.teachers import TeacherKey, is_cached, prepare_teacher, teacher_cache_path
+from utils.distill.view_cache import prepare_views, view_cache_path, view_count
+from utils.engine.loops import EpochRecord
+from utils.engine.losses import HardLabelLoss
+from utils.runtime.config import Config
+from utils.runtime.errors import UserError
+from utils.runtime.process import seed_everything
+from utils.runtime.weights_file import load_weights_file
+
+
+class FoldTeacherLoaders(Protocol):
+    """The loaders of a fold that its teacher needs: its own training stream, the validation
+    split, and the student's stream (whose views a view cache stores)."""
+    teacher: paddle.io.DataLoader
+    val: paddle.io.DataLoader
+    student: paddle.io.DataLoader
+
+
+class TeacherSignal(Protocol):
+    """Teacher logits for a batch, given its (mixed) images, their dataset indices and
+    views, and the mixing."""
+
+    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
+                 targets: MixedTargets) -> paddle.Tensor: ...
+
+
+def logits_of(probs: paddle.Tensor, temperature: float) -> paddle.Tensor:
+    """Logits whose softmax at `temperature` is exactly `probs`: T * log(probs). A mixture or
+    mean of teacher distributions reaches the distillation loss as a live teacher's logits do."""
+    return temperature * paddle.log(paddle.clip(probs, min=1e-12))
+
+
+def mix_stored(stored: paddle.Tensor, targets: MixedTargets, temperature: float) -> paddle.Tensor:
+    """Stored teacher logits for mixed images: the two images' distributions at `temperature`,
+    mixed with the images' lambda and pairing."""
+    if targets.perm is None:
+        return stored
+    probs = F.softmax(stored / temperature, axis=1)
+    return logits_of(targets.lam * probs + (1.0 - targets.lam) * paddle.gather(probs, targets.perm), temperature)
+
+
+class LiveTeacher:
+    """A frozen teacher run on every batch: it labels exactly the (mixed) images the student sees."""
+
+    def __init__(self, model: nn.Layer) -> None:
+        self.model = model
+
+    @paddle.no_grad()
+    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
+                 targets: MixedTargets) -> paddle.Tensor:
+        return self.model(images)
+
+
+class StoredViews:
+    """A fold teacher's logits replayed from the view cache, mixed as the images were."""
+
+    def __init__(self, logits: np.ndarray, temperature: float) -> None:
+        self.logits = logits  # (views, images, classes), float16, perhaps memory-mapped
+        self.temperature = temperature
+
+    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
+                 targets: MixedTargets) -> paddle.Tensor:
+        stored = paddle.to_tensor(self.logits[views.numpy(), indices.numpy()].astype(np.float32))
+        return mix_stored(stored, targets, self.temperature)
+
+
+class FoldViews(ImageDataset):
+    """Every image, shown at epoch e as a view that one of its fold teachers labelled: the
+    folds that trained on the image take turns epoch by epoch, and their views cycle. An
+    item's index is its place in that fold's training split, and its view encodes the fold
+    (fold * views + view), which is how FoldViewsTeacher finds the stored logits."""
+
+    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, transform: Callable, seed: int,
+                 folds: Sequence[FoldData], views: int) -> None:
+        super().__init__(images, labels, transform)
+        self.base_seed, self.stored_views = seed, views
+        self.sources: list[list[tuple[int, int]]] = [[] for _ in images]
+        for fold in folds:
+            for local, image in enumerate(fold.train_indices):
+                self.sources[image].append((fold.fold, local))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64, np.int64, np.int64]:
+        sources = self.sources[index]
+        fold, local = sources[self.view % len(sources)]
+        view = (self.view // len(sources)) % self.stored_views
+        with seeded_augmentation(self.base_seed, fold, STUDENT_AUGMENTATION, view, local):
+            image = self.transform(self.images[index])
+        return image, self.labels[index], np.int64(local), np.int64(fold * self.stored_views + view)
+
+
+class FoldViewsTeacher:
+    """The stored logits of FoldViews' items, from each fold teacher's view cache."""
+
+    def __init__(self, logits_by_fold: dict[int, np.ndarray], views: int, temperature: float) -> None:
+        self.logits_by_fold, self.views, self.temperature = logits_by_fold, views, temperature
+
+    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
+                 targets: MixedTargets) -> paddle.Tensor:
+        rows = [self.logits_by_fold[int(code) // self.views][int(code) % self.views, int(local)]
+                for local, code in zip(indices.numpy(), views.numpy())]
+        return mix_stored(paddle.to_tensor(np.stack(rows).astype(np.float32)), targets, self.temperature)
+
+
+class EnsembleTeacher:
+    """The fold teachers on every batch: their softmaxes at `temperature`, averaged, as logits."""
+
+    def __init__(self, teachers: Sequence[nn.Layer], temperature: float) -> None:
+        self.teachers, self.temperature = teachers, temperature
+
+    @paddle.no_grad()
+    def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
+                 targets: MixedTargets) -> paddle.Tensor:
+        probs = paddle.stack([F.softmax(t(images) / self.temperature, axis=1) for t in self.teachers]).mean(axis=0)
+        return logits_of(probs, self.temperature)
+
+
+def replays_views(cfg: Config) -> bool:
+    """Whether the students replay the teachers' stored views (the view cache)."""
+    return needs_teacher(cfg.kd) and cfg.teacher_cache == "views"
+
+
+def pending_teacher_work(cfg: Config, teacher_key: TeacherKey, fold: FoldData) -> tuple[bool, bool]:
+    """(the fold's teacher still to train, its views still to label)."""
+    cache_path = teacher_cache_path(cfg, teacher_key, fold)
+    cached = is_cached(cache_path) and not cfg.retrain_teacher
+    views_stored = cached and view_cache_path(cache_path, view_count(cfg)).is_file()
+    return not cached, replays_views(cfg) and not views_stored
+
+
+def teach_fold(cfg: Config, method: DistillationMethod, fold: FoldData, teacher_key: TeacherKey,
+               hard_loss: HardLabelLoss, loaders: FoldTeacherLoaders, device: str,
+               on_epoch: Callable[[EpochRecord, bool], None]) -> tuple[TeacherSignal, float]:
+    """The fold's teacher signal for the student's training set, and its teacher's validation
+    accuracy. The teacher comes from the cache or is trained now (its epochs go to `on_epoch`);
+    the student then learns from it on every batch, or from its stored views."""
+    seed_everything(cfg.seed + fold.fold)
+    cache_path = teacher_cache_path(cfg, teacher_key, fold)
+    teacher = prepare_teacher(cfg, teacher_key.num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
+                              (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
+    source = "cached" if teacher.from_cache else "trained"
+    print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher.val_acc:.4f}", flush=True)
+    if not replays_views(cfg):
+        return LiveTeacher(teacher.model), teacher.val_acc
+    train_set = loaders.student.dataset
+    views = prepare_views(cfg, teacher.model, not teacher.from_cache, train_set, cache_path,
+                          teacher_key.num_classes, device)
+    what = "reused" if views.from_cache else f"labelled {views.logits.shape[0]} views of {len(train_set)} images"
+    print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
+    return StoredViews(views.logits, method.temperature), teacher.val_acc
+
+
+def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldData], teacher_key: TeacherKey,
+                images: Sequence[np.ndarray], transform: Callable, seed: Sequence[int],
+                ) -> tuple[ImageDataset, Optional[TeacherSignal]]:
+    """The final student's training images and teacher signal (None for a method without a
+    teacher): the fold teachers' stored views in turn when every fold has them, otherwise the
+    fold teachers' ensemble on every batch."""
+    labels = teacher_key.labels
+    if not method.needs_teacher:
+        return ImageDataset(images, labels, transform, seed), None
+    teacher_paths = [teacher_cache_path(cfg, teacher_key, fold) for fold in folds]
+    missing = [str(path) for path in teacher_paths if not path.is_file()]
+    if missing:
+        raise UserError(f"the final student needs the fold teachers, but {missing[0]} is gone; run again with "
+                        "--final_model false, or with the same settings to train the teachers again")
+    views = view_count(cfg)
+    stored = [view_cache_path(path, views) for path in teacher_paths]
+    if replays_views(cfg) and all(path.is_file() for path in stored):
+        logits = {fold.fold: np.load(path, mmap_mode="r") for fold, path in zip(folds, stored)}
+        return (FoldViews(images, labels, transform, cfg.seed, folds, views),
+                FoldViewsTeacher(logits, views, method.temperature))
+    teachers = []
+    for path in teacher_paths:
+        teacher, _ = build_teacher(teacher_key.num_classes, "none", cfg.teacher)
+        teacher.set_state_dict(load_weights_file(path))
+        freeze_teacher(teacher)
+        teachers.append(teacher)
+    return ImageDataset(images, labels, transform, seed), EnsembleTeacher(teachers, method.temperature)

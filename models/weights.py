@@ -2,6 +2,7 @@
 with its last linear layer sized for this dataset's classes."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -48,13 +49,18 @@ def build_classifier(
     if weights == "none":
         return factory(False, num_classes), False
     if weights == "imagenet":
+        level = logging.root.manager.disable
+        logging.disable(logging.INFO)  # Paddle logs every failed download attempt
         try:
             model = factory(True, IMAGENET_CLASSES)
         except Exception as error:  # any download failure: no network, proxy, bad file
             raise ConfigError(
-                f"could not download the ImageNet weights ({type(error).__name__}); "
-                f"pass a local .pdparams file with --{flag} PATH, or train from scratch with --{flag} none"
+                f"could not download the ImageNet weights for --{flag} ({type(error).__name__}); pass a local "
+                f".pdparams file (--{flag} PATH), or train from scratch, which works offline: "
+                "--teacher_weights none --student_weights none"
             ) from None
+        finally:
+            logging.disable(level)
         replace_head(model, head_path, num_classes)
         return model, False
 

@@ -152,3 +152,13 @@ def test_a_killed_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path):
     start = time.time()
     job.communicate(timeout=120)
     assert job.returncode != 0 and time.time() - start < 120
+
+
+def test_only_rank_0_reads_or_writes_the_run_record(tmp_path, monkeypatch):
+    """Row 3 of round three: rank 1 reached log_run before rank 0 had written the confusion
+    matrix it reads. Another rank neither reads the run's outputs nor writes a log."""
+    import utils.reporting.visual_logging as visual_logging
+
+    monkeypatch.setattr(visual_logging, "is_main", lambda: False)
+    visual_logging.log_run(tmp_path / "logs" / "run", {}, {}, tmp_path / "not_written_yet.png")
+    assert not (tmp_path / "logs").exists()

@@ -91,3 +91,30 @@ def test_export_mistakes_give_one_line_and_exit_2(tiny_run, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "e3").exists()  # nothing written before the mistake was found
+
+
+def test_offline_imagenet_weights_fail_at_once_in_one_line_naming_both_flags(tiny_data, tmp_path, capsys,
+                                                                            monkeypatch):
+    """Weights are resolved once, in the main process, before the estimate and any fold process."""
+    import paddle.vision.models.mobilenetv3 as mobilenetv3
+    import paddle.vision.models.resnet as resnet
+
+    calls = []
+
+    def offline(url, md5sum=None):
+        calls.append(url)
+        raise ConnectionError("Name or service not known")
+
+    for module in (resnet, mobilenetv3):
+        monkeypatch.setattr(module, "get_weights_path_from_url", offline)
+    args = tiny_run_args(tiny_data, tmp_path, "offline")
+    for flag in ("--teacher_weights", "--student_weights"):
+        args[args.index(flag) + 1] = "imagenet"
+    start = time.perf_counter()
+    code = main.main(args)
+    captured = capsys.readouterr()
+    assert code == 2 and time.perf_counter() - start < 15
+    assert "--teacher_weights none --student_weights none" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    assert len(calls) == 1  # the teacher's, once; nothing started that would try again
+    assert not (tmp_path / "models_saved" / "offline").exists()

@@ -52,6 +52,8 @@ def test_run_writes_config_folds_summary_and_oof(tiny_run):
     assert summary["teacher_val_acc_mean"] == pytest.approx(np.mean([f["teacher_val_acc"] for f in summary["folds"]]))
     skipped = {Path(s["path"]).name: s["reason"] for s in summary["skipped_files"]}
     assert set(skipped) == {"corrupt.jpg", "notes.txt"}
+    listed = [line.split("\t") for line in (run_dir / "skipped.txt").read_text().splitlines()]
+    assert {Path(path).name: reason for path, reason in listed} == skipped  # also with --quiet, before training
 
     with open(run_dir / "oof_predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

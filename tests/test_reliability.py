@@ -24,11 +24,12 @@ from utils.data.folders import scan_dataset
 from utils.data.images import MAX_ASPECT_RATIO, load_images
 from utils.data.manifest import DigestCache, build_manifest
 from utils.deploy.checkpoint import read_meta
+from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_key
 from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
 from utils.runtime.errors import UserError
-from utils.runtime.files import SCRATCH_PREFIX, exclusive_lock, scratch_dir
-from utils.runtime.weights_file import UnreadableWeights, load_weights_file
+from utils.runtime.files import SCRATCH_PREFIX, exclusive_lock, scratch_dir, write_csv_atomic
+from utils.runtime.weights_file import UnreadableWeights, load_weights_file, save_weights_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -405,22 +406,27 @@ def test_fuzzed_weights_files_never_run_code_or_give_a_traceback(finished_run, t
 BAD_NAME = os.fsdecode(b"bad\xff\xfe.png")  # not valid UTF-8: a surrogate-escaped str, as os.listdir gives
 
 
-def test_a_file_name_that_is_not_utf8_is_trained_on_and_written_back(tmp_path, capsys):
-    """Row 1 and 2: oof_predictions.csv and inference's --output keep the name's bytes."""
-    data = make_class_folders(tmp_path / "data", per_class=6)
-    shutil.copy(data / "red" / "red_0.png", os.fsencode(data / "red") + b"/bad\xff\xfe.png")
-    assert main.main(tiny_run_args(data, tmp_path, "odd", "--kd", "none")) == 0
-    run_dir = tmp_path / "models_saved" / "odd"
-    raw = (run_dir / "oof_predictions.csv").read_bytes()
-    assert b"bad\xff\xfe.png" in raw
+def test_a_file_name_that_is_not_utf8_is_written_back_with_its_bytes(finished_run, tmp_path, capsys):
+    """Rows 1 and 2: the run's CSV files (oof_predictions.csv, read back by the report) and
+    inference's --output keep such a name's bytes, and every other prediction is written too."""
+    data, run_dir = finished_run
+    oof = run_dir / "oof_predictions.csv"
+    with open(oof, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    rows[1][0] = str(data / "red" / BAD_NAME)
+    write_csv_atomic(oof, rows[0], rows[1:])
+    assert os.fsencode(BAD_NAME) in oof.read_bytes()
+    assert main.main(["--report", str(run_dir)]) == 0
+    odd = tmp_path / "odd"
+    shutil.copytree(data / "red", odd)
+    shutil.copy(odd / "red_0.png", os.fsencode(odd) + b"/bad\xff\xfe.png")
     out = tmp_path / "preds.csv"
     capsys.readouterr()
-    assert inference.main(["--image_path", str(data / "red"), "--model_path", str(run_dir),
-                           "--output", str(out)]) == 0
+    assert inference.main(["--image_path", str(odd), "--model_path", str(run_dir), "--output", str(out)]) == 0
+    assert BAD_NAME.encode("utf-8", "backslashreplace").decode() in capsys.readouterr().out
     with open(out, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         paths = [row["path"] for row in csv.DictReader(handle)]
-    assert len(paths) == 7 and any(path.endswith(BAD_NAME) for path in paths)
-    assert main.main(["--report", str(run_dir)]) == 0  # the report reads the names back
+    assert len(paths) == 7 and str(odd / BAD_NAME) in paths
 
 
 def test_a_fold_without_its_result_is_not_served(finished_run, capsys):
@@ -463,16 +469,17 @@ def test_a_truncated_fold_result_or_spec_means_the_fold_trains_again(finished_ru
                            "--ensemble"]) == 0
 
 
-def test_a_truncated_cached_teacher_is_moved_aside_and_trained_again(tiny_data, tmp_path, capsys):
+def test_a_truncated_cached_teacher_is_moved_aside_and_trained_again(tmp_path, capsys):
     """Row 9: a damaged teacher cache entry no longer blocks every run with its settings."""
-    assert main.main(tiny_run_args(tiny_data, tmp_path, "first", "--folds", "0")) == 0
-    cached = next((tmp_path / "models_saved" / "teachers").glob("*.pdparams"))
-    cached.write_bytes(cached.read_bytes()[:100])
-    capsys.readouterr()
-    assert main.main(tiny_run_args(tiny_data, tmp_path, "second", "--folds", "0")) == 0
+    cached = tmp_path / "teachers" / "0123.pdparams"
+    cached.parent.mkdir()
+    save_weights_file(cached, {"fc.weight": np.zeros((4, 3), np.float32)})
+    cached.with_suffix(".json").write_text(json.dumps({"val_acc": 0.5}))
+    assert teachers._readable(cached)
+    cached.write_bytes(cached.read_bytes()[:60])
+    assert not teachers._readable(cached)
     assert "is damaged: moved aside (*.damaged), training it again" in capsys.readouterr().out
-    assert cached.with_name(cached.name + ".damaged").is_file()
-    load_weights_file(cached)  # trained again and readable
+    assert not teachers.is_cached(cached) and cached.with_name(cached.name + ".damaged").is_file()
 
 
 @pytest.mark.parametrize("extra,message", [

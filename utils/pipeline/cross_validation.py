@@ -14,8 +14,8 @@ import numpy as np
 
 from models.attention import check_attention
 from models.fast_depthwise import fast_depthwise_operator
-from models.student import STUDENTS
-from models.teacher import TEACHERS
+from models.student import STUDENTS, build_student
+from models.teacher import TEACHERS, build_teacher
 from models.weights import check_weights_arg
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, scan_dataset
@@ -59,6 +59,7 @@ def check_components(cfg: Config) -> None:
 DISK_PER_FOLD_MB = 400
 
 
+SKIPPED_LIST = "skipped.txt"  # path<TAB>reason, one skipped file a line
 LOCK_NAME = ".lock"  # held by the process that runs the run
 DIGEST_CACHE_NAME = "file_digests.json"  # in output_dir: content digests of data files, by size and time
 
@@ -66,6 +67,15 @@ DIGEST_CACHE_NAME = "file_digests.json"  # in output_dir: content digests of dat
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def fetch_imagenet_weights(cfg: Config) -> None:
+    """ImageNet weights are fetched (or found in Paddle's cache) once, in this process, before the
+    estimate and before any fold process starts: offline, the run stops at once with one line."""
+    if cfg.teacher_weights == "imagenet" and needs_teacher(cfg.kd):
+        build_teacher(2, "imagenet", cfg.teacher)
+    if cfg.student_weights == "imagenet":
+        build_student(cfg.student, 2, "imagenet")
 
 
 def check_outputs_outside_data(cfg: Config) -> None:
@@ -228,6 +238,7 @@ def run_cross_validation(cfg: Config) -> dict:
     check_outputs_outside_data(cfg)
     # Checked on the files found before anything is written, and again on those that decode.
     check_class_counts(index.classes, [s.label for s in index.samples], cfg.num_folds, cfg.batch_size)
+    fetch_imagenet_weights(cfg)
     if cfg.fast_depthwise and device == "cpu" and fast_depthwise_operator() is None:
         # Built (or found unbuildable) once the options and data are checked, and here, so that
         # fold workers neither build nor fail again.
@@ -272,7 +283,10 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
     counts = np.bincount(labels, minlength=len(index.classes))
     print(f"{len(samples)} images in {len(index.classes)} classes from {cfg.data_dir} "
           f"({', '.join(f'{c}: {n}' for c, n in zip(index.classes, counts))}); "
-          f"{len(skipped)} file(s) skipped; device {device}; run {run_dir}", flush=True)
+          f"{len(skipped)} file(s) skipped{' (listed in skipped.txt)' if skipped else ''}; device {device}; "
+          f"run {run_dir}", flush=True)
+    # Before any training, so that a long run's skipped files can be looked at while it trains.
+    write_text_atomic(run_dir / SKIPPED_LIST, "".join(f"{item.path}\t{item.reason}\n" for item in skipped))
     folds = make_folds(labels, cfg.num_folds, cfg.seed)
     fold_of = {s.path: fold.fold for fold in folds for s in (samples[i] for i in fold.val_indices)}
     write_text_atomic(run_dir / "folds.json", json.dumps({s.path: fold_of[s.path] for s in samples}, indent=1))

@@ -59,7 +59,7 @@ def epoch_logger(writer: Optional[LogWriter], role: str, fold: int | str, epochs
     "baseline") in VisualDL (epoch_scalars), the record
     appended to `history`, and one console line for a newly trained epoch unless `quiet`,
     ending in what `progress` says of the run (its time left)."""
-    best = {"acc": -1.0, "epoch": 0}
+    best: dict = {"acc": -1.0, "epoch": 0}
     name = role or "student"
 
     def on_epoch(record: EpochRecord, replayed: bool) -> None:
@@ -74,7 +74,11 @@ def epoch_logger(writer: Optional[LogWriter], role: str, fold: int | str, epochs
         run_note = progress(record) if progress else ""
         if quiet:
             return
-        average = f" (average {record.ema_val_acc:.4f})" if record.ema_val_acc is not None else ""
+        average = f" (EMA {record.ema_val_acc:.4f})" if record.ema_val_acc is not None else ""
+        if average and not best.get("ema_explained"):
+            best["ema_explained"] = True
+            print("note: EMA is the accuracy of the weights' exponential moving average (--ema_decay), evaluated "
+                  "every epoch beside the weights themselves; the better of the two counts", flush=True)
         validation = (f"val loss {record.val_loss:.4f} acc {record.val_acc:.4f}{average}" if record.val_acc is not None
                       else "no validation images")
         print(f"{fold_name(fold)} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "

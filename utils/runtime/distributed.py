@@ -9,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+from utils.runtime.process import die_with_parent
+
 
 def launched() -> bool:
     """Started by paddle.distributed.launch with more than one process."""
@@ -20,6 +22,8 @@ def init_distributed() -> None:
     import paddle.distributed as dist
 
     if launched() and not dist.is_initialized():
+        # A rank whose launcher is killed (kill -9) stops with it instead of training on alone.
+        die_with_parent()
         dist.init_parallel_env()
 
 

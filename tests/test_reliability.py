@@ -475,9 +475,9 @@ def test_a_truncated_cached_teacher_is_moved_aside_and_trained_again(tmp_path, c
     cached.parent.mkdir()
     save_weights_file(cached, {"fc.weight": np.zeros((4, 3), np.float32)})
     cached.with_suffix(".json").write_text(json.dumps({"val_acc": 0.5}))
-    assert teachers._readable(cached)
+    assert teachers.read_cached(cached)[1] == {"val_acc": 0.5}
     cached.write_bytes(cached.read_bytes()[:60])
-    assert not teachers._readable(cached)
+    assert teachers.read_cached(cached) is None
     assert "is damaged: moved aside (*.damaged), training it again" in capsys.readouterr().out
     assert not teachers.is_cached(cached) and cached.with_name(cached.name + ".damaged").is_file()
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -78,21 +78,23 @@ def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int]
     return digest.hexdigest()[:20]
 
 
-def _readable(cache_path: Path) -> bool:
-    """Whether the cached teacher's files can be read; a damaged entry is moved aside (to
-    *.damaged), with one line saying so, and the teacher is trained again."""
+def read_cached(cache_path: Path) -> Optional[tuple[dict, dict]]:
+    """The cached teacher's weights and record, read once; None when there is none. A damaged
+    entry is moved aside (to *.damaged), with one line saying so, and the teacher is trained again."""
+    if not is_cached(cache_path):
+        return None
     try:
-        load_weights_file(cache_path)
+        state = load_weights_file(cache_path)
         meta = json.loads(cache_path.with_suffix(".json").read_text(encoding="utf-8"))
         float(meta["val_acc"])
-        return True
+        return state, meta
     except (UnreadableWeights, OSError, ValueError, TypeError, KeyError):
         for path in (cache_path, cache_path.with_suffix(".json")):
             if path.is_file():
                 os.replace(path, path.with_name(path.name + ".damaged"))
         print(f"the cached teacher {cache_path.name} is damaged: moved aside (*.damaged), training it again",
               flush=True)
-        return False
+        return None
 
 
 def teacher_training_settings(cfg: Config) -> TrainingSettings:
@@ -122,10 +124,11 @@ def prepare_teacher(
                 "teacher_epochs is 0, but the teacher weights carry no head trained for these "
                 f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
             )
-        if is_cached(cache_path) and not cfg.retrain_teacher and _readable(cache_path):
-            teacher.set_state_dict(load_weights_file(cache_path))
+        cached = None if cfg.retrain_teacher else read_cached(cache_path)
+        if cached is not None:
+            state, meta = cached
+            teacher.set_state_dict(state)
             freeze_teacher(teacher)
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             for record in meta.get("history", []):
                 on_epoch(EpochRecord(**record), True)
             return PreparedTeacher(teacher, meta["val_acc"], True)

@@ -202,7 +202,7 @@ def measure_distillation(bench: Bench) -> dict:
         "distillation_teacher_in_loop": bench.rate(bench.student(cfg, True), cfg, kd_loss, LiveTeacher(teacher),
                                                    loader),
         "distillation_view_cache": bench.rate(bench.student(cfg, True), cfg, kd_loss,
-                                              StoredViews(stored, kd_loss.temperature), loader),
+                                              StoredViews(stored, kd_loss.temperature_at), loader),
         "ce_only_student_paddle_defaults": default_rate,
         f"ce_only_students_{len(side_by_side)}_processes_at_once_total": sum(side_by_side),
     }

@@ -24,6 +24,11 @@ STUDENTS: dict[str, tuple[Callable[..., nn.Layer], str]] = {
 BN_MOMENTUM = 0.9
 
 
+def head_name(name: str) -> str:
+    """The student's classifier head, whose input is its pooled features."""
+    return lookup(STUDENTS, name, "student")[1].split(".")[0]
+
+
 def feature_stages(model: nn.Layer) -> list[nn.Layer]:
     """The feature extractor as an ordered list: stem, inverted-residual blocks, last conv."""
     if hasattr(model, "features"):

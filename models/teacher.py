@@ -28,6 +28,11 @@ def build_teacher(num_classes: int, weights: str, name: str = "resnet50") -> tup
     )
 
 
+def last_stage(teacher: nn.Layer) -> nn.Layer:
+    """The ResNet's last convolutional stage (where Grad-CAM looks)."""
+    return teacher.layer4
+
+
 def freeze_backbone(teacher: nn.Layer) -> None:
     """For `--teacher_train head`: everything but the fc layer is frozen."""
     for name, layer in teacher.named_children():

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 import main
+from utils.distill.features import FEATURE_METHODS
 from utils.distill.methods import DIST, DKD, KL, METHOD_SETTINGS, METHODS, create_method, method_settings
 from utils.pipeline.demo import resolve_run_config
 from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config, save_config
@@ -18,7 +19,8 @@ def _resolved(*flags: str, config: str | None = None):
 
 
 def test_every_method_setting_is_declared_once_and_owned_by_its_class():
-    owned = [s.name for method in METHODS.values() for s in getattr(method, "settings", ())]
+    owned = [s.name for method in [*METHODS.values(), *FEATURE_METHODS.values()]
+             for s in getattr(method, "settings", ())]
     assert sorted(owned) == sorted(s.name for s in METHOD_SETTINGS)
     assert len(owned) == len(set(owned))
     assert "alpha" not in _read_yaml(DEFAULT_CONFIG)  # not repeated in the core configuration

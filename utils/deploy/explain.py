@@ -15,14 +15,18 @@ import paddle.nn.functional as F
 from models.student import feature_stages
 
 
-def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = None) -> tuple[np.ndarray, int]:
+def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = None,
+             stage: Optional[nn.Layer] = None) -> tuple[np.ndarray, int]:
     """The map (H, W) in [0, 1] for one preprocessed image (3, H, W) and the class it explains
-    (by default the predicted one)."""
+    (by default the predicted one), on `stage` (by default a student's last convolutional stage)."""
     model.eval()
     captured: list[paddle.Tensor] = []
-    hook = feature_stages(model)[-1].register_forward_post_hook(lambda layer, inputs, output: captured.append(output))
+    stage = stage or feature_stages(model)[-1]
+    hook = stage.register_forward_post_hook(lambda layer, inputs, output: captured.append(output))
+    inputs = paddle.to_tensor(image[None].astype(np.float32))
+    inputs.stop_gradient = False  # a frozen model's activations still get their gradient
     try:
-        logits = model(paddle.to_tensor(image[None].astype(np.float32)))
+        logits = model(inputs)
     finally:
         hook.remove()
     if class_index is None:
@@ -39,6 +43,25 @@ def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = No
 def ensemble_cam(models: Sequence[nn.Layer], image: np.ndarray, class_index: int) -> np.ndarray:
     """The mean of several students' maps for the same class."""
     return np.mean([grad_cam(model, image, class_index)[0] for model in models], axis=0)
+
+
+def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The Pearson correlation of two maps of the same size (0 when either is flat)."""
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    scale = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / scale) if scale > 0 else 0.0
+
+
+def cam_agreement(student: nn.Layer, teacher: nn.Layer, teacher_stage: nn.Layer, images: Sequence[np.ndarray]
+                  ) -> float:
+    """The mean correlation of the student's Grad-CAM maps with the teacher's, each for the class
+    the teacher predicts (the cats-vs-dogs article's measure of whether a student looks where
+    its teacher looks)."""
+    correlations = []
+    for image in images:
+        teacher_map, class_index = grad_cam(teacher, image, stage=teacher_stage)
+        correlations.append(map_correlation(grad_cam(student, image, class_index)[0], teacher_map))
+    return float(np.mean(correlations))
 
 
 def visible_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

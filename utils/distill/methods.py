@@ -13,12 +13,15 @@ need a class label are mixed with the images' lambda.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Optional, Protocol
 
 import paddle
 import paddle.nn.functional as F
 
 from utils.data.mixing import MixedTargets
+from utils.distill.features import FEATURE_METHODS
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, LossParts, TrainingLoss
 from utils.runtime.config import Config, Setting
 from utils.runtime.errors import ConfigError
@@ -26,10 +29,45 @@ from utils.runtime.registry import lookup
 
 
 class DistillationMethod(TrainingLoss, Protocol):
-    """A method that learns from a teacher: its softmax temperature is also the one at which
-    stored or averaged teacher distributions are mixed (utils/distill/signal.py)."""
+    """A method that learns from a teacher: its softmax temperature at an epoch is also the one
+    at which stored or averaged teacher distributions are mixed (utils/distill/signal.py)."""
 
+    def temperature_at(self, epoch: int) -> float: ...
+
+
+TEMPERATURE_SHAPES = ("constant", "linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperatureSchedule:
+    """The softmax temperature at each epoch (counted from 1): `start` throughout (constant), or
+    from `start` at the first epoch to `end` at the last, along a line or a half cosine (the
+    cats-vs-dogs article's T from about 10 down to about 2, linearly over training)."""
+
+    start: float
+    end: float
+    shape: str = "constant"
+    epochs: int = 1
+
+    def __call__(self, epoch: int) -> float:
+        if self.shape == "constant" or self.epochs <= 1:
+            return self.start
+        progress = min(max((epoch - 1) / (self.epochs - 1), 0.0), 1.0)
+        if self.shape == "cosine":
+            progress = (1.0 - math.cos(math.pi * progress)) / 2.0
+        return self.start + (self.end - self.start) * progress
+
+
+class LearnsFromTeacher:
+    """What every method that learns from a teacher shares: its declared temperature is the
+    start of the run's temperature schedule (constant unless --temperature_schedule says not)."""
+
+    needs_teacher = True
     temperature: float
+    schedule: Optional[TemperatureSchedule] = None  # set by create_method
+
+    def temperature_at(self, epoch: int) -> float:
+        return self.temperature if self.schedule is None else self.schedule(epoch)
 
 
 def _temperature(name: str) -> Setting:
@@ -43,10 +81,9 @@ def kl_divergence(student_logits: paddle.Tensor, teacher_logits: paddle.Tensor, 
     return temperature**2 * F.kl_div(log_student, teacher_probs, reduction="batchmean")
 
 
-class KL:
+class KL(LearnsFromTeacher):
     """alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher || student) (Hinton et al., 2015)."""
 
-    needs_teacher = True
     settings = (
         Setting("alpha", 0.5, "weight of the hard-label cross-entropy; 1 - alpha goes to the KD term", high=1.0),
         _temperature("temperature"),
@@ -58,7 +95,7 @@ class KL:
     def __call__(self, logits: paddle.Tensor, teacher_logits: paddle.Tensor, targets: MixedTargets,
                  epoch: int) -> LossParts:
         ce = self.hard_loss(logits, targets)
-        kl = kl_divergence(logits, teacher_logits, self.temperature)
+        kl = kl_divergence(logits, teacher_logits, self.temperature_at(epoch))
         return LossParts(self.alpha * ce + (1.0 - self.alpha) * kl, {"ce": ce, "kl": kl})
 
 
@@ -90,12 +127,11 @@ def decoupled_kd(logits: paddle.Tensor, teacher_logits: paddle.Tensor, labels: p
     return temperature**2 * tckd, temperature**2 * nckd
 
 
-class DKD:
+class DKD(LearnsFromTeacher):
     """CE(student, y) + w * (dkd_alpha * TCKD + dkd_beta * NCKD), where w rises linearly
     from 1 / dkd_warmup at epoch 1 to 1 at epoch dkd_warmup (Decoupled KD, Zhao et al.,
     CVPR 2022; mdistiller's defaults for CIFAR-100: alpha 1, beta 8, T 4)."""
 
-    needs_teacher = True
     settings = (
         Setting("dkd_alpha", 1.0, "target-class term: how sure the teacher is of the right class"),
         Setting("dkd_beta", 8.0, "non-target term: how the teacher ranks the wrong classes"),
@@ -111,9 +147,10 @@ class DKD:
     def __call__(self, logits: paddle.Tensor, teacher_logits: paddle.Tensor, targets: MixedTargets,
                  epoch: int) -> LossParts:
         ce = self.hard_loss(logits, targets)
-        tckd, nckd = decoupled_kd(logits, teacher_logits, targets.labels_a, self.temperature)
+        temperature = self.temperature_at(epoch)
+        tckd, nckd = decoupled_kd(logits, teacher_logits, targets.labels_a, temperature)
         if targets.lam < 1.0:
-            tckd_b, nckd_b = decoupled_kd(logits, teacher_logits, targets.labels_b, self.temperature)
+            tckd_b, nckd_b = decoupled_kd(logits, teacher_logits, targets.labels_b, temperature)
             tckd = targets.lam * tckd + (1.0 - targets.lam) * tckd_b
             nckd = targets.lam * nckd + (1.0 - targets.lam) * nckd_b
         ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
@@ -129,14 +166,13 @@ def _pearson_distance(a: paddle.Tensor, b: paddle.Tensor, eps: float = 1e-8) -> 
     return 1.0 - correlation.mean()
 
 
-class DIST:
+class DIST(LearnsFromTeacher):
     """CE(student, y) + dist_beta * inter + dist_gamma * intra, each times T^2 (DIST,
     Huang et al., NeurIPS 2022). Inter-class: 1 - the Pearson correlation of the
     student's and the teacher's probabilities over the classes of each image;
     intra-class: the same over the images of the batch for each class. Matching
     relations rather than exact probabilities tolerates a large teacher-student gap."""
 
-    needs_teacher = True
     settings = (
         Setting("dist_beta", 2.0, "weight of the inter-class relation term"),
         Setting("dist_gamma", 2.0, "weight of the intra-class relation term"),
@@ -150,10 +186,11 @@ class DIST:
     def __call__(self, logits: paddle.Tensor, teacher_logits: paddle.Tensor, targets: MixedTargets,
                  epoch: int) -> LossParts:
         ce = self.hard_loss(logits, targets)
-        student = F.softmax(logits / self.temperature, axis=1)
-        teacher = F.softmax(teacher_logits / self.temperature, axis=1)
-        inter = self.temperature**2 * _pearson_distance(student, teacher)
-        intra = self.temperature**2 * _pearson_distance(student.transpose([1, 0]), teacher.transpose([1, 0]))
+        temperature = self.temperature_at(epoch)
+        student = F.softmax(logits / temperature, axis=1)
+        teacher = F.softmax(teacher_logits / temperature, axis=1)
+        inter = temperature**2 * _pearson_distance(student, teacher)
+        intra = temperature**2 * _pearson_distance(student.transpose([1, 0]), teacher.transpose([1, 0]))
         return LossParts(ce + self.beta * inter + self.gamma * intra, {"ce": ce, "inter": inter, "intra": intra})
 
 
@@ -166,9 +203,9 @@ METHODS: dict[str, type] = {
 
 
 def _declared_settings() -> tuple[Setting, ...]:
-    """Every method's settings, each key declared once."""
+    """Every method's settings (the logit methods' and the feature methods'), each key declared once."""
     declared: dict[str, Setting] = {}
-    for name, method in METHODS.items():
+    for name, method in [*METHODS.items(), *FEATURE_METHODS.items()]:
         for setting in getattr(method, "settings", ()):
             if setting.name in declared:
                 raise AssertionError(f"method {name} declares {setting.name}, which another method declares too")
@@ -194,10 +231,16 @@ def needs_teacher(kd: str) -> bool:
     return lookup(METHODS, kd, "kd").needs_teacher
 
 
-def create_method(cfg: Config, hard_loss: Optional[HardLabelLoss] = None) -> TrainingLoss:
-    """The `--kd` method, with its settings and the hard-label loss (label smoothing, class
-    weights, focal) it adds to."""
-    method = lookup(METHODS, cfg.kd, "kd")
+def create_method(cfg: Config, hard_loss: Optional[HardLabelLoss] = None,
+                  epochs: Optional[int] = None) -> TrainingLoss:
+    """The `--kd` method, with its settings, the hard-label loss (label smoothing, class
+    weights, focal) it adds to, and the temperature schedule over `epochs` (cfg.epochs)."""
+    method_class = lookup(METHODS, cfg.kd, "kd")
     values = method_settings(cfg)
     hard_loss = hard_loss or HardLabelLoss(cfg.label_smoothing, None, cfg.focal_gamma)
-    return method(hard_loss, **{setting.name: values[setting.name] for setting in getattr(method, "settings", ())})
+    method = method_class(hard_loss, **{setting.name: values[setting.name]
+                                        for setting in getattr(method_class, "settings", ())})
+    if method.needs_teacher:
+        method.schedule = TemperatureSchedule(method.temperature, cfg.temperature_end, cfg.temperature_schedule,
+                                              epochs or cfg.epochs)
+    return method

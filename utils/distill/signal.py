@@ -9,7 +9,10 @@ sources, each one small class with the same call:
 The pipeline asks for "the teacher signal of this fold" (`teach_fold`) or "of the final
 student" (`teach_final`) and does not know how it is made. The temperature at which
 stored or averaged distributions are mixed is the distillation method's: it goes from
-the configuration to the method, and from the method to the signal, never back up.
+the configuration to the method, and from the method to the signal, never back up;
+it may change epoch by epoch (--temperature_schedule), so signals ask for it by epoch.
+With feature distillation (--feature_kd) every signal also gives the teacher's pooled
+features (`feature_dim` numbers per image; utils/distill/features.py).
 """
 from __future__ import annotations
 
@@ -20,20 +23,20 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from models.teacher import build_teacher, freeze_teacher
+from models.teacher import HEAD
 from utils.data.dataset import ImageDataset
 from utils.data.mixing import MixedTargets
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import seeded_augmentation
+from utils.distill.features import emit_features, mix_features, split_features, wants_features
 from utils.distill.methods import DistillationMethod, needs_teacher
-from utils.distill.teachers import TeacherKey, is_cached, prepare_teacher, teacher_cache_path
-from utils.distill.view_cache import prepare_views, view_cache_path, view_count
-from utils.engine.loops import EpochRecord
+from utils.distill.teachers import TeacherKey, is_cached, load_teacher, prepare_teacher, teacher_cache_path
+from utils.distill.view_cache import features_path, prepare_views, view_cache_path, view_count
+from utils.engine.loops import EpochRecord, Teaching
 from utils.engine.losses import HardLabelLoss
 from utils.runtime.config import Config
 from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
-from utils.runtime.weights_file import load_weights_file
 
 
 class FoldTeacherLoaders(Protocol):
@@ -44,12 +47,17 @@ class FoldTeacherLoaders(Protocol):
     student: paddle.io.DataLoader
 
 
+Temperature = Callable[[int], float]  # the method's temperature at an epoch
+
+
 class TeacherSignal(Protocol):
-    """Teacher logits for a batch, given its (mixed) images, their dataset indices and
-    views, and the mixing."""
+    """The teaching for a batch, given its (mixed) images, their dataset indices and views,
+    the mixing and the epoch. `feature_dim`: the teacher features' size, None without them."""
+
+    feature_dim: Optional[int]
 
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor: ...
+                 targets: MixedTargets, epoch: int) -> Teaching: ...
 
 
 def logits_of(probs: paddle.Tensor, temperature: float) -> paddle.Tensor:
@@ -67,29 +75,50 @@ def mix_stored(stored: paddle.Tensor, targets: MixedTargets, temperature: float)
     return logits_of(targets.lam * probs + (1.0 - targets.lam) * paddle.gather(probs, targets.perm), temperature)
 
 
-class LiveTeacher:
-    """A frozen teacher run on every batch: it labels exactly the (mixed) images the student sees."""
+def _teacher_features(teacher: nn.Layer) -> int:
+    """Make the frozen teacher emit its pooled features beside its logits; their size."""
+    size = getattr(teacher, HEAD).weight.shape[0]
+    emit_features(teacher, HEAD)
+    return size
 
-    def __init__(self, model: nn.Layer) -> None:
-        self.model = model
+
+def _stored(array: np.ndarray, views: np.ndarray, indices: np.ndarray) -> paddle.Tensor:
+    return paddle.to_tensor(array[views, indices].astype(np.float32))
+
+
+class LiveTeacher:
+    """A frozen teacher run on every batch: it labels exactly the (mixed) images the student
+    sees. With `features`, it also gives their pooled features from the same forward pass."""
+
+    def __init__(self, model: nn.Layer, num_classes: int = 0, features: bool = False) -> None:
+        self.model, self.num_classes = model, num_classes
+        self.feature_dim = _teacher_features(model) if features else None
 
     @paddle.no_grad()
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor:
-        return self.model(images)
+                 targets: MixedTargets, epoch: int) -> Teaching:
+        output = self.model(images)
+        if self.feature_dim is None:
+            return Teaching(output)
+        return Teaching(*split_features(output, self.num_classes))
 
 
 class StoredViews:
-    """A fold teacher's logits replayed from the view cache, mixed as the images were."""
+    """A fold teacher's logits (and features) replayed from the view cache, mixed as the images were."""
 
-    def __init__(self, logits: np.ndarray, temperature: float) -> None:
+    def __init__(self, logits: np.ndarray, temperature: Temperature, features: Optional[np.ndarray] = None) -> None:
         self.logits = logits  # (views, images, classes), float16, perhaps memory-mapped
+        self.features = features  # (views, images, channels), float16, or None
         self.temperature = temperature
+        self.feature_dim = None if features is None else features.shape[-1]
 
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor:
-        stored = paddle.to_tensor(self.logits[views.numpy(), indices.numpy()].astype(np.float32))
-        return mix_stored(stored, targets, self.temperature)
+                 targets: MixedTargets, epoch: int) -> Teaching:
+        views, indices = views.numpy(), indices.numpy()
+        logits = mix_stored(_stored(self.logits, views, indices), targets, self.temperature(epoch))
+        if self.features is None:
+            return Teaching(logits)
+        return Teaching(logits, mix_features(_stored(self.features, views, indices), targets))
 
 
 class FoldViews(ImageDataset):
@@ -117,29 +146,46 @@ class FoldViews(ImageDataset):
 
 
 class FoldViewsTeacher:
-    """The stored logits of FoldViews' items, from each fold teacher's view cache."""
+    """The stored logits (and features) of FoldViews' items, from each fold teacher's view cache."""
 
-    def __init__(self, logits_by_fold: dict[int, np.ndarray], views: int, temperature: float) -> None:
+    def __init__(self, logits_by_fold: dict[int, np.ndarray], views: int, temperature: Temperature,
+                 features_by_fold: Optional[dict[int, np.ndarray]] = None) -> None:
         self.logits_by_fold, self.views, self.temperature = logits_by_fold, views, temperature
+        self.features_by_fold = features_by_fold
+        self.feature_dim = next(iter(features_by_fold.values())).shape[-1] if features_by_fold else None
+
+    def _rows(self, by_fold: dict[int, np.ndarray], indices: paddle.Tensor, views: paddle.Tensor) -> paddle.Tensor:
+        rows = [by_fold[int(code) // self.views][int(code) % self.views, int(local)]
+                for local, code in zip(indices.numpy(), views.numpy())]
+        return paddle.to_tensor(np.stack(rows).astype(np.float32))
 
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor:
-        rows = [self.logits_by_fold[int(code) // self.views][int(code) % self.views, int(local)]
-                for local, code in zip(indices.numpy(), views.numpy())]
-        return mix_stored(paddle.to_tensor(np.stack(rows).astype(np.float32)), targets, self.temperature)
+                 targets: MixedTargets, epoch: int) -> Teaching:
+        logits = mix_stored(self._rows(self.logits_by_fold, indices, views), targets, self.temperature(epoch))
+        if self.features_by_fold is None:
+            return Teaching(logits)
+        return Teaching(logits, mix_features(self._rows(self.features_by_fold, indices, views), targets))
 
 
 class EnsembleTeacher:
-    """The fold teachers on every batch: their softmaxes at `temperature`, averaged, as logits."""
+    """The fold teachers on every batch: their softmaxes at the temperature, averaged, as logits
+    (and, with `features`, their pooled features averaged)."""
 
-    def __init__(self, teachers: Sequence[nn.Layer], temperature: float) -> None:
-        self.teachers, self.temperature = teachers, temperature
+    def __init__(self, teachers: Sequence[nn.Layer], temperature: Temperature, num_classes: int,
+                 features: bool = False) -> None:
+        self.teachers, self.temperature, self.num_classes = teachers, temperature, num_classes
+        self.feature_dim = None
+        if features:
+            self.feature_dim = [_teacher_features(teacher) for teacher in teachers][0]
 
     @paddle.no_grad()
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
-                 targets: MixedTargets) -> paddle.Tensor:
-        probs = paddle.stack([F.softmax(t(images) / self.temperature, axis=1) for t in self.teachers]).mean(axis=0)
-        return logits_of(probs, self.temperature)
+                 targets: MixedTargets, epoch: int) -> Teaching:
+        outputs = [split_features(t(images), self.num_classes) for t in self.teachers]
+        temperature = self.temperature(epoch)
+        probs = paddle.stack([F.softmax(logits / temperature, axis=1) for logits, _ in outputs]).mean(axis=0)
+        features = paddle.stack([f for _, f in outputs]).mean(axis=0) if self.feature_dim else None
+        return Teaching(logits_of(probs, temperature), features)
 
 
 def replays_views(cfg: Config) -> bool:
@@ -167,14 +213,16 @@ def teach_fold(cfg: Config, method: DistillationMethod, fold: FoldData, teacher_
                               (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
     source = "cached" if teacher.from_cache else "trained"
     print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher.val_acc:.4f}", flush=True)
+    features = wants_features(cfg)
     if not replays_views(cfg):
-        return LiveTeacher(teacher.model), teacher.val_acc
+        return LiveTeacher(teacher.model, teacher_key.num_classes, features), teacher.val_acc
     train_set = loaders.student.dataset
+    feature_dim = _teacher_features(teacher.model) if features else None
     views = prepare_views(cfg, teacher.model, not teacher.from_cache, train_set, cache_path,
-                          teacher_key.num_classes, device)
+                          teacher_key.num_classes, device, feature_dim)
     what = "reused" if views.from_cache else f"labelled {views.logits.shape[0]} views of {len(train_set)} images"
     print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
-    return StoredViews(views.logits, method.temperature), teacher.val_acc
+    return StoredViews(views.logits, method.temperature_at, views.features), teacher.val_acc
 
 
 def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldData], teacher_key: TeacherKey,
@@ -191,16 +239,15 @@ def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldDat
     if missing:
         raise UserError(f"the final student needs the fold teachers, but {missing[0]} is gone; run again with "
                         "--final_model false, or with the same settings to train the teachers again")
-    views = view_count(cfg)
+    views, features = view_count(cfg), wants_features(cfg)
     stored = [view_cache_path(path, views) for path in teacher_paths]
-    if replays_views(cfg) and all(path.is_file() for path in stored):
+    needed = stored + ([features_path(path) for path in stored] if features else [])
+    if replays_views(cfg) and all(path.is_file() for path in needed):
         logits = {fold.fold: np.load(path, mmap_mode="r") for fold, path in zip(folds, stored)}
+        stored_features = {fold.fold: np.load(features_path(path), mmap_mode="r")
+                           for fold, path in zip(folds, stored)} if features else None
         return (FoldViews(images, labels, transform, cfg.seed, folds, views),
-                FoldViewsTeacher(logits, views, method.temperature))
-    teachers = []
-    for path in teacher_paths:
-        teacher, _ = build_teacher(teacher_key.num_classes, "none", cfg.teacher)
-        teacher.set_state_dict(load_weights_file(path))
-        freeze_teacher(teacher)
-        teachers.append(teacher)
-    return ImageDataset(images, labels, transform, seed), EnsembleTeacher(teachers, method.temperature)
+                FoldViewsTeacher(logits, views, method.temperature_at, stored_features))
+    teachers = [load_teacher(cfg, teacher_key.num_classes, path) for path in teacher_paths]
+    return (ImageDataset(images, labels, transform, seed),
+            EnsembleTeacher(teachers, method.temperature_at, teacher_key.num_classes, features))

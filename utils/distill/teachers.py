@@ -97,6 +97,14 @@ def read_cached(cache_path: Path) -> Optional[tuple[dict, dict]]:
         return None
 
 
+def load_teacher(cfg: Config, num_classes: int, cache_path: Path) -> nn.Layer:
+    """A cached fold teacher, frozen."""
+    teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
+    teacher.set_state_dict(load_weights_file(cache_path))
+    freeze_teacher(teacher)
+    return teacher
+
+
 def teacher_training_settings(cfg: Config) -> TrainingSettings:
     """The teacher trains to its last epoch (no early stopping: it is never selected on validation images)."""
     return TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import paddle
@@ -43,6 +43,7 @@ class PreparedViews:
     path: Path
     from_cache: bool
     seconds: float
+    features: Optional[np.ndarray] = None  # (views, images, teacher channels), float16, with --feature_kd
 
 
 def view_count(cfg: Config) -> int:
@@ -57,6 +58,11 @@ def view_cache_path(teacher_path: Path, views: int) -> Path:
     extra = json.dumps({"views": views, "scheme": VIEW_SCHEME, "paddle": paddle.__version__}, sort_keys=True)
     digest = hashlib.sha256(f"{teacher_path.stem}\n{extra}".encode()).hexdigest()[:12]
     return teacher_path.with_name(f"{teacher_path.stem}.views-{digest}.npy")
+
+
+def features_path(views_path: Path) -> Path:
+    """The teacher's pooled features for the same views (--feature_kd), beside their logits."""
+    return views_path.with_name(views_path.name.replace(".views-", ".features-"))
 
 
 def _fastest_forward(teacher: nn.Layer, img_size: int, device: str, workdir: Path) -> Callable:
@@ -77,7 +83,8 @@ def _fastest_forward(teacher: nn.Layer, img_size: int, device: str, workdir: Pat
 
 def label_views(teacher: nn.Layer, dataset: ImageDataset, views: int, img_size: int, device: str,
                 desc: str = "teacher labels views") -> np.ndarray:
-    """(views, images, classes) float16 teacher logits for views 0..views-1 of every image. In a
+    """(views, images, outputs) float16 teacher outputs for views 0..views-1 of every image: its
+    logits, followed by its pooled features when it emits them (utils/distill/features.py). In a
     data-parallel job each rank labels its share and every rank gets the whole array: each view
     of an image is drawn from its own seeds, so the array is the one a single process would make."""
     loader = make_loader(dataset, LABELLING_BATCH, train=False, num_workers=0)
@@ -99,35 +106,56 @@ def label_views(teacher: nn.Layer, dataset: ImageDataset, views: int, img_size: 
     return flat.reshape(views, len(dataset), -1)
 
 
+def _stored_bytes(views_path: Path) -> int:
+    features = features_path(views_path)
+    return views_path.stat().st_size + (features.stat().st_size if features.is_file() else 0)
+
+
 def _evict_least_recently_used(directory: Path, keep: Path, max_bytes: int) -> None:
+    """Views (with their features) of other teachers go, oldest first, until all fit."""
     caches = sorted(directory.glob("*.views-*.npy"), key=lambda p: p.stat().st_mtime)
-    total = sum(p.stat().st_size for p in caches)
+    total = sum(_stored_bytes(p) for p in caches)
     for path in caches:
         if total <= max_bytes:
             break
         if path != keep:
-            total -= path.stat().st_size
+            total -= _stored_bytes(path)
             path.unlink(missing_ok=True)
+            features_path(path).unlink(missing_ok=True)
+
+
+def _load_stored(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    if not path.is_file():
+        return None
+    stored = np.load(path, mmap_mode="r")
+    return stored if stored.shape == shape else None
 
 
 def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset: ImageDataset, teacher_path: Path,
-                  num_classes: int, device: str) -> PreparedViews:
+                  num_classes: int, device: str, feature_dim: Optional[int] = None) -> PreparedViews:
     """The fold's stored views: reused when this very teacher labelled them before,
-    otherwise labelled now, written atomically and kept within teacher_cache_max_mb."""
+    otherwise labelled now, written atomically and kept within teacher_cache_max_mb. With
+    `feature_dim` (feature distillation), the teacher emits its pooled features beside its
+    logits (utils/distill/features.py), and they are stored too."""
     start = time.perf_counter()
     views = view_count(cfg)
     path = view_cache_path(teacher_path, views)
-    if path.is_file() and not teacher_is_new:
-        logits = np.load(path, mmap_mode="r")
-        if logits.shape == (views, len(dataset), num_classes):
+    if not teacher_is_new:
+        logits = _load_stored(path, (views, len(dataset), num_classes))
+        features = feature_dim and _load_stored(features_path(path), (views, len(dataset), feature_dim))
+        if logits is not None and (feature_dim is None or features is not None):
             os.utime(path)  # recently used: the last to be evicted
-            return PreparedViews(logits, path, True, time.perf_counter() - start)
-    needed_mb = views * len(dataset) * num_classes * 2 / 2**20
+            return PreparedViews(logits, path, True, time.perf_counter() - start, features)
+    needed_mb = views * len(dataset) * (num_classes + (feature_dim or 0)) * 2 / 2**20
     if needed_mb > cfg.teacher_cache_max_mb:
         raise ConfigError(f"{views} teacher views of {len(dataset)} images need {needed_mb:.0f} MB, more than "
                           f"teacher_cache_max_mb={cfg.teacher_cache_max_mb}; lower --teacher_views or raise the bound")
-    logits = label_views(teacher, dataset, views, cfg.img_size, device)
-    write_array_atomic(path, logits)
+    outputs = label_views(teacher, dataset, views, cfg.img_size, device)
+    logits, features = outputs[..., :num_classes], None
+    if feature_dim:
+        features = np.ascontiguousarray(outputs[..., num_classes:])
+        write_array_atomic(features_path(path), features)
+    write_array_atomic(path, np.ascontiguousarray(logits))  # last: the views are complete when it exists
     if is_main():
         _evict_least_recently_used(path.parent, path, cfg.teacher_cache_max_mb * 2**20)
-    return PreparedViews(logits, path, False, time.perf_counter() - start)
+    return PreparedViews(logits, path, False, time.perf_counter() - start, features)

@@ -9,7 +9,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import paddle
@@ -21,17 +21,34 @@ from models.freeze import set_train_mode
 from utils.data.dataset import set_loader_epoch
 from utils.data.mixing import MixedTargets, mix_batch
 from utils.engine.ema import WeightAverage
-from utils.engine.losses import TrainingLoss
+from utils.engine.losses import LossParts, TrainingLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 from utils.engine.training_state import EpochCheckpoint
 from utils.runtime.distributed import average_buffers, gather_rows, rank, world_size
 from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
 
-# What the distillation loss learns from: teacher logits for a batch, given the
-# (mixed) images, their dataset indices and views, and the mixing (the teacher
+
+@dataclasses.dataclass
+class Teaching:
+    """A batch's teacher signal: its logits, and its pooled features when feature
+    distillation asks for them."""
+    logits: paddle.Tensor
+    features: Optional[paddle.Tensor] = None
+
+
+# What the distillation loss learns from: the teaching for a batch, given the (mixed)
+# images, their dataset indices and views, the mixing and the epoch (the teacher
 # signals of utils/distill/signal.py).
-Teacher = Callable[[paddle.Tensor, paddle.Tensor, paddle.Tensor, MixedTargets], paddle.Tensor]
+Teacher = Callable[[paddle.Tensor, paddle.Tensor, paddle.Tensor, MixedTargets, int], Teaching]
+
+
+class FeatureTerm(Protocol):
+    """Feature distillation (utils/distill/features.py): a term added to the loss from the
+    student's features and the teacher's, through a layer that trains with the student."""
+    method: nn.Layer
+
+    def add_to(self, loss: LossParts, teacher_features: paddle.Tensor) -> LossParts: ...
 
 
 class TrainingDiverged(UserError):
@@ -144,6 +161,7 @@ def train_one_epoch(
     average: Optional[WeightAverage] = None,
     desc: str = "train",
     trainer: Optional[nn.Layer] = None,
+    feature_term: Optional[FeatureTerm] = None,
 ) -> EpochStats:
     """One pass over `loader`, whose ImageDataset serves view `epoch` (from 1) of its images.
     `trainer` runs the forward pass: `model`, or its paddle.DataParallel wrapper, whose
@@ -158,9 +176,11 @@ def train_one_epoch(
     for images, labels, indices, views in progress:
         images, targets = mix_batch(images, labels, hyper.mixup_alpha, hyper.cutmix_alpha, rng)
         with paddle.amp.auto_cast(enable=scaler.is_enable()):
-            teacher_logits = None if teacher is None else teacher(images, indices, views, targets)
+            teaching = None if teacher is None else teacher(images, indices, views, targets, epoch)
             logits = trainer(images)
-            loss = loss_fn(logits, teacher_logits, targets, epoch)
+            loss = loss_fn(logits, teaching and teaching.logits, targets, epoch)
+            if feature_term is not None:
+                loss = feature_term.add_to(loss, teaching.features)
         loss_value = float(loss.total)
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
@@ -302,13 +322,15 @@ def train_model(
     on_epoch: Callable[[EpochRecord, bool], None],
     checkpoint_path: Optional[Path] = None,
     desc: str = "train",
+    feature_term: Optional[FeatureTerm] = None,
 ) -> FitResult:
     """AdamW with warmup and cosine decay, then `fit`. Every epoch reseeds Python, NumPy
     and Paddle (shuffling, dropout, Mixup) from `seed_key` and its number, so that a run
     resumed from `checkpoint_path` draws exactly what the uninterrupted run would have.
     Build `model` and call this inside `paddle.utils.unique_name.guard()` (see EpochCheckpoint)."""
     schedule = warmup_cosine(hyper.lr, hyper.epochs, hyper.warmup_epochs, len(train_loader))
-    optimizer = build_optimizer(model, schedule, hyper.weight_decay, hyper.clip_grad_norm)
+    companions = {"feature_term": feature_term.method} if feature_term is not None else {}
+    optimizer = build_optimizer(model, schedule, hyper.weight_decay, hyper.clip_grad_norm, list(companions.values()))
     scaler = grad_scaler(hyper.amp)
     average = WeightAverage(model, hyper.ema_decay) if hyper.ema_decay > 0 else None
     trainer = paddle.DataParallel(model) if world_size() > 1 else model
@@ -319,11 +341,11 @@ def train_model(
         seed_everything(*seed_key, epoch, *rank_key)
         stats = train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper,
                                 np.random.default_rng([*seed_key, epoch, *rank_key]), scaler, epoch, average,
-                                f"{desc} {epoch}", trainer)
+                                f"{desc} {epoch}", trainer, feature_term)
         average_buffers(model)
         if average is not None:
             average.synchronize()
         return stats
 
-    checkpoint = EpochCheckpoint(checkpoint_path, model, optimizer, average) if checkpoint_path else None
+    checkpoint = EpochCheckpoint(checkpoint_path, model, optimizer, average, companions) if checkpoint_path else None
     return fit(model, train_epoch, val_loader, hyper.epochs, hyper.patience, on_epoch, checkpoint, average)

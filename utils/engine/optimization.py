@@ -2,6 +2,8 @@
 stepped once per iteration."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import paddle
 import paddle.nn as nn
 
@@ -20,10 +22,12 @@ def warmup_cosine(base_lr: float, epochs: int, warmup_epochs: int, steps_per_epo
 
 
 def build_optimizer(model: nn.Layer, schedule: paddle.optimizer.lr.LRScheduler, weight_decay: float,
-                    clip_grad_norm: float = 0.0) -> paddle.optimizer.AdamW:
-    """AdamW; with clip_grad_norm > 0, gradients are scaled down so that their global
-    L2 norm is at most that (paddle.nn.ClipGradByGlobalNorm)."""
-    params = trainable_parameters(model)
+                    clip_grad_norm: float = 0.0, companions: Sequence[nn.Layer] = ()) -> paddle.optimizer.AdamW:
+    """AdamW over the model's trainable parameters and its companions' (layers that train with it
+    but are not part of it, like feature distillation's projection); with clip_grad_norm > 0,
+    gradients are scaled down so that their global L2 norm is at most that
+    (paddle.nn.ClipGradByGlobalNorm)."""
+    params = trainable_parameters(model) + [p for layer in companions for p in trainable_parameters(layer)]
     # Weight decay on norm scales and biases (1-D parameters) only shrinks them towards zero for nothing.
     decayed = {p.name for p in params if len(p.shape) > 1}
     return paddle.optimizer.AdamW(

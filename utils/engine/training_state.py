@@ -24,16 +24,19 @@ class EpochCheckpoint:
     """
 
     def __init__(self, path: Path, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
-                 average: Optional[WeightAverage] = None) -> None:
+                 average: Optional[WeightAverage] = None, companions: Optional[dict[str, nn.Layer]] = None) -> None:
         self.path = path
         self.model = model
         self.optimizer = optimizer
         self.average = average
+        self.companions = companions or {}  # layers that train with the model, by name
 
     def save(self, progress: dict[str, Any]) -> None:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "progress": progress}
         if self.average is not None:
             state["average"] = self.average.state_dict()
+        for name, layer in self.companions.items():
+            state[name] = layer.state_dict()
         save_weights_file(self.path, state)  # a process killed while saving leaves the previous epoch's state
 
     def load(self) -> Optional[dict[str, Any]]:
@@ -46,6 +49,8 @@ class EpochCheckpoint:
             self.optimizer.set_state_dict(state["optimizer"])
             if self.average is not None:
                 self.average.set_state_dict(state["average"])
+            for name, layer in self.companions.items():
+                layer.set_state_dict(state[name])
         except Exception as error:  # any unreadable file means the same to the user
             raise UserError(f"the saved training state {self.path} cannot be read ({type(error).__name__}); "
                             "delete it to train this model again from the start") from None

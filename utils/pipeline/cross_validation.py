@@ -24,6 +24,7 @@ from utils.data.manifest import DigestCache, Manifest, build_manifest, check_sam
 from utils.data.splits import FoldData, make_folds
 from utils.data.transforms import build_eval_transform, resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
+from utils.distill.features import wants_features
 from utils.distill.methods import create_method, needs_teacher
 from utils.distill.signal import pending_teacher_work
 from utils.engine.loops import predict
@@ -38,7 +39,7 @@ from utils.reporting.visual_logging import log_run, visualdl_command
 from utils.runtime import layout
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.runtime.distributed import barrier, init_distributed, is_main, rank, world_size
-from utils.runtime.errors import UserError
+from utils.runtime.errors import ConfigError, UserError
 from utils.runtime.files import exclusive_lock, write_csv_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import select_device
 from utils.runtime.registry import lookup
@@ -52,6 +53,12 @@ def check_components(cfg: Config) -> None:
     lookup(TEACHERS, cfg.teacher, "teacher")
     check_attention(cfg.attention)
     create_method(cfg)
+    if wants_features(cfg) and not needs_teacher(cfg.kd):
+        raise ConfigError(f"--feature_kd {cfg.feature_kd} learns from a teacher: choose a --kd method too (kl, dkd "
+                          "or dist), not none")
+    if wants_features(cfg) and world_size() > 1:
+        raise ConfigError("--feature_kd trains a projection beside the student, which data-parallel training does "
+                          "not share yet: train one process per fold (--parallel_folds) or set --feature_kd none")
 
 
 # Disk a fold needs at most: a cached ResNet50 teacher (94 MB) and its training state,
@@ -174,7 +181,7 @@ def fold_summary(results: list[FoldResult]) -> dict:
     summary = {"folds": [{key: value for key, value in dataclasses.asdict(r).items() if key != "val_probs"}
                          for r in results]}
     for name in ("teacher_val_acc", "baseline_val_acc", "student_val_acc", "student_val_macro_f1",
-                 "student_val_acc_tta", "student_val_top5"):
+                 "student_val_acc_tta", "student_val_top5", "student_cam_agreement", "baseline_cam_agreement"):
         values = [getattr(r, name) for r in results]
         mean, std = _mean_std(values) if None not in values else (None, None)
         summary[f"{name}_mean"], summary[f"{name}_std"] = mean, std

@@ -16,8 +16,6 @@ from typing import Optional, Sequence
 import numpy as np
 import paddle
 
-from models.fast_depthwise import use_fast_depthwise
-from models.student import build_student
 from utils.data.dataset import make_loader
 from utils.data.splits import FINAL_SEED_STREAM, STUDENT_AUGMENTATION, FoldData
 from utils.data.transforms import build_train_transform
@@ -26,7 +24,7 @@ from utils.deploy.spec import ModelSpec
 from utils.distill.methods import create_method
 from utils.distill.signal import teach_final
 from utils.engine.loops import train_model
-from utils.pipeline.folds import FoldInputs, FoldResult, check_finite, hard_label_loss, student_settings
+from utils.pipeline.folds import FoldInputs, FoldResult, check_finite, hard_label_loss, new_student, student_settings
 from utils.reporting.visual_logging import epoch_logger, fresh_log
 from utils.runtime import layout
 from utils.runtime.config import Config
@@ -51,7 +49,7 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
     final_dir.mkdir(parents=True, exist_ok=True)
     epochs = final_epochs(results)
     hard_loss = hard_label_loss(cfg, inputs.labels, inputs.num_classes)
-    method = create_method(cfg, hard_loss)
+    method = create_method(cfg, hard_loss, epochs)
     dataset, teacher = teach_final(cfg, method, folds, inputs.teacher_key, inputs.images, build_train_transform(cfg),
                                    (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION))
     loader = make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
@@ -62,15 +60,12 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
     seed_everything(cfg.seed + FINAL_SEED_STREAM)
     log = layout.log_dir(cfg.log_dir, cfg.run_name, layout.FINAL_DIR)
     with paddle.utils.unique_name.guard(), fresh_log(log) as writer:
-        student = build_student(cfg.student, inputs.num_classes, cfg.student_weights, cfg.freeze_student_blocks,
-                                cfg.attention, cfg.attention_blocks, cfg.student_width)
-        if cfg.fast_depthwise:
-            use_fast_depthwise(student)
+        student, feature_term = new_student(cfg, inputs.num_classes, teacher)
         result = train_model(student, teacher, method, loader, None, settings,
                              (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION),
                              epoch_logger(writer, "", "final", epochs, history, cfg.quiet,
                                           inputs.progress("student", len(dataset), epochs)),
-                             final_dir / FINAL_STATE, desc="final epoch")
+                             final_dir / FINAL_STATE, desc="final epoch", feature_term=feature_term)
     check_finite(result, "final", cfg)
     save_checkpoint(final_dir, result.best_state, ModelSpec.from_config(cfg, inputs.index.classes), {
         "kd": cfg.kd,

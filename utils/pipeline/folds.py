@@ -12,18 +12,29 @@ import numpy as np
 import paddle
 
 from models.fast_depthwise import use_fast_depthwise
-from models.student import build_student
+from models.student import build_student, head_name
+from models.teacher import last_stage
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, Sample
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 from utils.deploy.checkpoint import META_NAME, read_meta, save_checkpoint
+from utils.deploy.explain import cam_agreement
 from utils.deploy.spec import ModelSpec
-from utils.distill.methods import create_method
+from utils.distill.features import create_feature_distillation
+from utils.distill.methods import create_method, method_settings
 from utils.distill.signal import TeacherSignal, replays_views, teach_fold
-from utils.distill.teachers import TeacherKey
+from utils.distill.teachers import TeacherKey, load_teacher, teacher_cache_path
 from utils.distill.view_cache import view_count
-from utils.engine.loops import EpochRecord, FitResult, TrainingDiverged, TrainingSettings, predict, train_model
+from utils.engine.loops import (
+    EpochRecord,
+    FeatureTerm,
+    FitResult,
+    TrainingDiverged,
+    TrainingSettings,
+    predict,
+    train_model,
+)
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, TrainingLoss, balanced_class_weights
 from utils.pipeline.estimate import RunClock, describe
 from utils.reporting.metrics import (
@@ -41,6 +52,9 @@ from utils.runtime.errors import UserError
 from utils.runtime.files import exclusive_lock, write_array_atomic, write_json_atomic, write_text_atomic
 from utils.runtime.process import seed_everything
 
+# Validation images on which the students' Grad-CAM maps are compared with the teacher's
+# (a few seconds per model on a CPU).
+CAM_IMAGES = 64
 # The training state after each epoch (utils/engine/training_state.py), kept until the fold is finished.
 STUDENT_STATE, BASELINE_STATE = "training_student.pdparams", "training_baseline.pdparams"
 
@@ -58,6 +72,9 @@ class FoldResult:
     student_val_top5: Optional[float]  # with more than 5 classes
     best_epoch: int
     val_probs: np.ndarray
+    # With `baseline`: the mean correlation of each student's Grad-CAM maps with the teacher's.
+    student_cam_agreement: Optional[float] = None
+    baseline_cam_agreement: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -164,6 +181,20 @@ def student_settings(cfg: Config) -> TrainingSettings:
                             cfg.patience, cfg.cutmix_alpha, cfg.clip_grad_norm, cfg.ema_decay)
 
 
+def new_student(cfg: Config, num_classes: int, teacher: Optional[TeacherSignal]
+                ) -> tuple[paddle.nn.Layer, Optional[FeatureTerm]]:
+    """A freshly built student, and the feature distillation that trains with it when
+    --feature_kd asks for it and the teacher gives features. Call inside
+    `paddle.utils.unique_name.guard()` (EpochCheckpoint: the same parameter names on resumption)."""
+    student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
+                            cfg.attention, cfg.attention_blocks, cfg.student_width)
+    if cfg.fast_depthwise:
+        use_fast_depthwise(student)
+    feature_term = create_feature_distillation(cfg, method_settings(cfg), student, head_name(cfg.student),
+                                               teacher and teacher.feature_dim)
+    return student, feature_term
+
+
 def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLoss, teacher: Optional[TeacherSignal],
                   train_loader: paddle.io.DataLoader, val_loader: paddle.io.DataLoader,
                   on_epoch: Callable, checkpoint_path: Path) -> FitResult:
@@ -174,13 +205,11 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLos
         print(f"fold {fold}: continuing from the training state an interrupted run saved ({checkpoint_path})",
               flush=True)
     seed_everything(cfg.seed + fold)
-    with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
-        student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
-                                cfg.attention, cfg.attention_blocks, cfg.student_width)
-        if cfg.fast_depthwise:
-            use_fast_depthwise(student)
+    with paddle.utils.unique_name.guard():
+        student, feature_term = new_student(cfg, num_classes, teacher)
         return train_model(student, teacher, loss_fn, train_loader, val_loader, student_settings(cfg),
-                           (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch")
+                           (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch",
+                           feature_term=feature_term)
 
 
 def fold_method(cfg: Config, fold: FoldData, inputs: FoldInputs) -> tuple[HardLabelLoss, TrainingLoss]:
@@ -235,6 +264,21 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
         return train_fold(cfg, fold, inputs, fold_dir)
 
 
+def cam_agreements(cfg: Config, fold: FoldData, inputs: FoldInputs, val_set: ImageDataset,
+                   states: Sequence[dict]) -> list[float]:
+    """For each student state, the mean correlation of its Grad-CAM maps with the fold teacher's,
+    on the first CAM_IMAGES validation images, for the class the teacher predicts."""
+    teacher = load_teacher(cfg, inputs.num_classes, teacher_cache_path(cfg, inputs.teacher_key, fold))
+    images = [val_set[i][0] for i in range(min(CAM_IMAGES, len(val_set)))]
+    spec = ModelSpec.from_config(cfg, inputs.index.classes)
+    agreements = []
+    for state in states:
+        student = spec.build()
+        student.set_state_dict(state)
+        agreements.append(cam_agreement(student, teacher, last_stage(teacher), images))
+    return agreements
+
+
 def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) -> FoldResult:
     """The fold's teacher (cached or trained), its student (and CE-only student), and its files."""
     classes = inputs.index.classes
@@ -257,15 +301,17 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
                                epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet,
                                             inputs.progress("student", len(train_set), cfg.epochs)),
                                fold_dir / STUDENT_STATE)
-        baseline_acc = None
+        baseline_acc, agreements = None, [None, None]
         if cfg.baseline and method.needs_teacher:
             # A plain CE student draws fresh views every epoch, as it would on its own.
-            baseline_acc = train_student(
+            baseline = train_student(
                 cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
                 epoch_logger(writer, "baseline", fold.fold, cfg.epochs, history["baseline"], cfg.quiet,
                              inputs.progress("student", len(train_set), cfg.epochs)),
                 fold_dir / BASELINE_STATE,
-            ).best.acc
+            )
+            baseline_acc = baseline.best.acc
+            agreements = cam_agreements(cfg, fold, inputs, val_set, [result.best_state, baseline.best_state])
             if teacher_acc < baseline_acc:
                 print(f"warning: {teacher_warning(fold.fold, teacher_acc, baseline_acc)}", flush=True)
         best = result.best
@@ -292,7 +338,8 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
     fold_result = FoldResult(fold.fold, len(train_set), len(val_set), teacher_acc, baseline_acc, best.acc,
                              macro_f1(best.labels, best.preds, len(classes)),
                              accuracy(best.labels, tta_probs.argmax(axis=1)),
-                             top_k_accuracy(best.labels, best.probs, k) if k else None, result.best_epoch, best.probs)
+                             top_k_accuracy(best.labels, best.probs, k) if k else None, result.best_epoch, best.probs,
+                             *agreements)
     save_fold_result(fold_dir, fold_result)
     for state in (STUDENT_STATE, BASELINE_STATE):
         (fold_dir / state).unlink(missing_ok=True)

@@ -232,6 +232,11 @@ def _verdict_section(summary: dict) -> list[str]:
     if weaker:
         lines += ["", f"The teacher of fold(s) {', '.join(map(str, weaker))} is less accurate than the CE-only "
                       "student: a teacher has to be better than the student alone to help it."]
+    if summary.get("student_cam_agreement_mean") is not None:
+        lines += ["", "Where the students look: the mean correlation of each student's Grad-CAM maps with the "
+                      f"teacher's (on up to 64 validation images per fold, for the class the teacher predicts) is "
+                      f"{summary['baseline_cam_agreement_mean']:.2f} for the CE-only student and "
+                      f"{summary['student_cam_agreement_mean']:.2f} for the distilled one (1: the same maps)."]
     return lines + [""]
 
 

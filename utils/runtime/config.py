@@ -66,6 +66,9 @@ class Config:
     teacher_views: int
     teacher_cache_max_mb: int
     kd: str
+    feature_kd: str
+    temperature_schedule: str
+    temperature_end: float
     recipe: str
     label_smoothing: float
     class_weights: str
@@ -265,6 +268,9 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.teacher_cache in ("off", "views"), "teacher_cache must be off or views"),
         (cfg.teacher_views >= 1, "teacher_views must be at least 1"),
         (cfg.teacher_cache_max_mb >= 1, "teacher_cache_max_mb must be at least 1"),
+        (cfg.temperature_schedule in ("constant", "linear", "cosine"),
+         "temperature_schedule must be constant, linear or cosine"),
+        (0 < cfg.temperature_end <= 100, "temperature_end must be in (0, 100]"),
         (cfg.device in ("auto", "cpu", "gpu"), "device must be auto, cpu or gpu"),
         (cfg.attention_blocks == "all" or cfg.attention_blocks.isdigit(),
          "attention_blocks must be 'all' or a number of blocks"),

@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="for exported models: Paddle Inference, or ONNX Runtime on the model.onnx that "
                              "export.py --format onnx writes, or on its INT8 model.int8.onnx (export.py --quantize "
                              "int8) (default: %(default)s)")
+    parser.add_argument("--min_confidence", type=float, default=0.0, metavar="P",
+                        help="label a prediction whose top probability is below P (0 to 1) 'unsure', its top "
+                             "classes still listed; the run's report.md shows accuracy and coverage at several P")
+    parser.add_argument("--raw_probabilities", action="store_true",
+                        help="the model's probabilities as trained, without the temperature its run fitted on the "
+                             "out-of-fold predictions (calibrated probabilities are the default)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average the predictions for each image and its mirror image")
     parser.add_argument("--explain", metavar="DIR",
@@ -74,6 +80,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Every number and path, before any image is read: a mistake never costs the work."""
     if args.batch_size < 1 or args.topk < 1:
         raise UserError("--batch_size and --topk must be at least 1")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise UserError(f"--min_confidence must be between 0 and 1, not {args.min_confidence}")
     if "://" in args.image_path:
         raise UserError(f"--image_path {args.image_path}: URLs are not supported; download the images first")
     if args.output:
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.use_gpu and device != "gpu":
         print("note: this Paddle has no CUDA GPU; running on the CPU", file=sys.stderr)
     sources = find_weights(args.model_path, args.output_dir, args.fold, args.ensemble, args.allow_partial)
-    classifier = EnsembleClassifier(sources, device == "gpu", args.backend, args.tta)
+    classifier = EnsembleClassifier(sources, device == "gpu", args.backend, args.tta, args.raw_probabilities)
     print(f"model: {sources[0]}" if len(sources) == 1 else
           f"model: the ensemble of {len(sources)} students in {os.path.commonpath(sources)}", file=sys.stderr)
     if args.categories:
@@ -125,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     predictions, failed = [], []
     start = time.perf_counter()
     # A progress bar on large folders only; lines go through tqdm.write so that they do not break it.
-    results = tqdm(classify(classifier, paths, args.batch_size, topk), total=len(paths), unit="img",
-                   leave=False, disable=None if len(paths) > PROGRESS_BAR_FROM else True)
+    results = tqdm(classify(classifier, paths, args.batch_size, topk, args.min_confidence), total=len(paths),
+                   unit="img", leave=False, disable=None if len(paths) > PROGRESS_BAR_FROM else True)
     for path, prediction in results:
         if isinstance(prediction, str):
             failed.append(path)

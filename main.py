@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_config_flags(parser, METHOD_SETTINGS)
     parser.add_argument("--report", metavar="RUN_DIR",
-                        help="rebuild RUN_DIR/report.md from its saved files, without training")
+                        help="rebuild RUN_DIR/report.md from its saved files, without training (the label issues "
+                             "and calibration too, from its out-of-fold probabilities)")
     return parser.parse_args(argv)
 
 
@@ -35,8 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        from utils.reporting.report import write_report
+        from utils.reporting.report import reanalyse, write_report
 
+        reanalyse(Path(args.report))
         print(f"wrote {write_report(Path(args.report))}")
         return 0
     from utils.pipeline.cross_validation import run_cross_validation

@@ -97,3 +97,46 @@ def test_show_writes_annotated_copies(tiny_run, tmp_path, capsys):
     annotated = cv2.imread(str(shown / f"{image.stem}.png"))
     original = cv2.imread(str(image))
     assert annotated.shape == original.shape and not np.array_equal(annotated, original)
+
+
+def test_the_specs_temperature_calibrates_every_backend_alike_and_min_confidence_says_unsure(tiny_run, tmp_path):
+    """A final model whose best.json carries temperature 3: the dynamic graph, Paddle Inference
+    and ONNX Runtime give the same calibrated probabilities, softmax(logits / 3), and
+    --raw_probabilities the model's own."""
+    import shutil
+
+    from scipy.special import softmax
+
+    import export
+
+    out, run_dir, data, _ = tiny_run
+    model = tmp_path / "final"
+    shutil.copytree(run_dir / "final", model)
+    spec = json.loads((model / "best.json").read_text())
+    spec["temperature"] = 3.0
+    (model / "best.json").write_text(json.dumps(spec))
+    assert export.main(["--model_path", str(model), "--export_dir", str(tmp_path / "exported"),
+                        "--format", "onnx"]) == 0
+    images = str(data / "green")
+
+    def probabilities(name: str, *flags: str) -> np.ndarray:
+        output = tmp_path / f"{name}.json"
+        assert inference.main(["--image_path", images, "--output", str(output), "--topk", "3", *flags]) == 0
+        rows = json.loads(output.read_text())
+        return np.array([[dict(row["top"])[c] for c in ("blue", "green", "red")] for row in rows])
+
+    raw = probabilities("raw", "--model_path", str(model), "--raw_probabilities")
+    dynamic = probabilities("dynamic", "--model_path", str(model))
+    paddle_inference = probabilities("paddle", "--model_path", str(tmp_path / "exported"))
+    onnx = probabilities("onnx", "--model_path", str(tmp_path / "exported"), "--backend", "onnxruntime")
+    np.testing.assert_allclose(dynamic, softmax(np.log(raw) / 3.0, axis=1), atol=1e-4)
+    assert np.abs(dynamic - raw).max() > 1e-3  # the temperature changed them
+    np.testing.assert_allclose(paddle_inference, dynamic, atol=1e-4)
+    np.testing.assert_allclose(onnx, dynamic, atol=1e-4)
+
+    output = tmp_path / "unsure.csv"
+    assert inference.main(["--image_path", images, "--model_path", str(model), "--min_confidence", "1",
+                           "--output", str(output), "--topk", "2"]) == 0
+    rows = list(csv.DictReader(open(output, newline="")))
+    assert rows and all(r["label"] == "unsure" and len(r["topk"].split(";")) == 2 for r in rows)
+    assert inference.main(["--image_path", images, "--model_path", str(model), "--min_confidence", "1.5"]) == 2

@@ -125,6 +125,13 @@ def test_held_out_test_split_is_scored_by_the_fold_ensemble(tmp_path):
     assert main.main(tiny_run_args(tmp_path / "split", tmp_path, "split", "--kd", "none")) == 0
     summary = json.loads((tmp_path / "models_saved" / "split" / "summary.json").read_text())
     assert summary["n_test"] == 6 and 0.0 <= summary["test_acc"] <= 1.0
+    run = tmp_path / "models_saved" / "split"
+    probs = np.load(run / "test_probs.npy")
+    with open(run / "test_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert probs.shape == (6, 3) and len(rows) == 6 and all("/test/" in r["path"] for r in rows)
+    assert [summary["classes"][i] for i in probs.argmax(axis=1)] == [r["pred"] for r in rows]
+    assert np.mean([r["pred"] == r["label"] for r in rows]) == pytest.approx(summary["test_acc"])
     assert sum(f["n_train"] + f["n_val"] for f in summary["folds"]) == 2 * 18
     assert summary["teacher_val_acc_mean"] is None  # --kd none trains no teacher
 
@@ -188,6 +195,36 @@ def test_reads_grey_rgba_and_non_ascii_paths(tmp_path):
     assert read_image(str(rgba)).shape == (10, 12, 3)
     assert read_image(str(big), max_short_side=30).shape == (40, 30, 3)
     assert read_image(str(empty)) is None
+
+
+def test_run_writes_out_of_fold_probabilities_label_issues_and_calibration(tiny_run):
+    out, run_dir, _, _ = tiny_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "oof_predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    probs = np.load(run_dir / "oof_probs.npy")
+    assert probs.shape == (30, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert [summary["classes"][i] for i in probs.argmax(axis=1)] == [r["pred"] for r in rows]
+
+    calibration = summary["calibration"]
+    assert len(calibration["fold_temperatures"]) == 2 and calibration["temperature"] > 0
+    assert 0 <= calibration["ece_before"] <= 1 and 0 <= calibration["ece_after"] <= 1
+    assert [row["min_confidence"] for row in calibration["coverage"]][0] == 0.0
+    assert calibration["coverage"][0]["coverage"] == 1.0
+    final_spec = json.loads((run_dir / "final" / "best.json").read_text())
+    assert final_spec["temperature"] == pytest.approx(calibration["temperature"])
+    assert cv2.imread(str(run_dir / "reliability.png")) is not None
+
+    with open(run_dir / "label_issues.csv", newline="") as handle:
+        issues = list(csv.DictReader(handle))
+    assert summary["label_issues"]["count"] == len(issues)
+    paths = {r["path"] for r in rows}
+    assert all(i["path"] in paths and i["given"] in summary["classes"] and i["suggested"] in summary["classes"]
+               for i in issues)
+    report = (run_dir / "report.md").read_text()
+    assert "## Can the confidence be trusted?" in report and "![reliability diagram](reliability.png)" in report
+    assert "--min_confidence" in report
+    assert ("## Labels worth a second look" in report) == bool(issues)
 
 
 def test_run_writes_a_report_that_report_rebuilds(tiny_run, capsys):

@@ -24,6 +24,8 @@ from utils.runtime import layout
 from utils.runtime.errors import UserError
 from utils.runtime.process import cpu_count
 
+UNSURE = "unsure"  # the label of a prediction below --min_confidence
+
 
 @dataclasses.dataclass
 class Prediction:
@@ -186,12 +188,13 @@ def load_model(path: Path, use_gpu: bool, backend: str = "paddle") -> DynamicMod
 
 class EnsembleClassifier:
     """The mean softmax of one or more students that share classes and preprocessing; with
-    `tta`, of each image and its mirror image too."""
+    `tta`, of each image and its mirror image too. Each student's logits are divided by its
+    spec's temperature (calibrated probabilities), unless `raw_probabilities`."""
 
     def __init__(self, sources: Sequence[Path], use_gpu: bool = False, backend: str = "paddle",
-                 tta: bool = False) -> None:
+                 tta: bool = False, raw_probabilities: bool = False) -> None:
         self.models = [load_model(p, use_gpu, backend) for p in sources]
-        self.tta = tta
+        self.tta, self.raw_probabilities = tta, raw_probabilities
         self.spec = self.models[0].spec
         for path, model in zip(sources, self.models):
             if (model.spec.classes, model.spec.img_size, model.spec.crop, model.spec.mean, model.spec.std) != \
@@ -206,7 +209,11 @@ class EnsembleClassifier:
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         batch = self.preprocess(images)
         views = [batch, np.ascontiguousarray(batch[..., ::-1])] if self.tta else [batch]
-        return np.mean([softmax(model.logits(view), axis=1) for model in self.models for view in views], axis=0)
+        return np.mean([softmax(model.logits(view) / self.temperature(model), axis=1)
+                        for model in self.models for view in views], axis=0)
+
+    def temperature(self, model: DynamicModel | ExportedModel | OnnxModel) -> float:
+        return 1.0 if self.raw_probabilities else model.spec.temperature
 
 
 def list_images(path: Path, recursive: bool) -> list[Path]:
@@ -248,7 +255,7 @@ def save_explanation(classifier: EnsembleClassifier, prediction: Prediction, exp
     the image as the students saw it."""
     models = [model.model for model in classifier.models if isinstance(model, DynamicModel)]
     image = classifier.preprocess([read_image(prediction.path)])[0]
-    cam = ensemble_cam(models, image, classifier.classes.index(prediction.label))
+    cam = ensemble_cam(models, image, classifier.classes.index(prediction.top[0][0]))  # an unsure one's best guess
     picture = overlay(visible_image(image, classifier.spec.mean, classifier.spec.std), cam)
     shown = shown_path(prediction, explain_dir, image_root)
     out = shown.with_name(f"{shown.name}.png")  # x.jpg.png: x.jpg and x.png stay apart
@@ -261,9 +268,11 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start:start + size]
 
 
-def classify(classifier: EnsembleClassifier, paths: Sequence[Path], batch_size: int, topk: int
-             ) -> Iterator[tuple[Path, Prediction | str]]:
-    """(path, prediction) for every path, in order; for a file that cannot be read, why."""
+def classify(classifier: EnsembleClassifier, paths: Sequence[Path], batch_size: int, topk: int,
+             min_confidence: float = 0.0) -> Iterator[tuple[Path, Prediction | str]]:
+    """(path, prediction) for every path, in order; for a file that cannot be read, why. A
+    prediction whose top probability is below `min_confidence` is labelled UNSURE (its top
+    classes still listed)."""
     max_side = resize_size(classifier.spec.img_size)
     for batch in _batches(list(paths), batch_size):
         images = [decoded_or_reason(os.fspath(p), max_side) for p in batch]
@@ -273,6 +282,7 @@ def classify(classifier: EnsembleClassifier, paths: Sequence[Path], batch_size: 
         for (path, _), row in zip(good, probs):
             order = np.argsort(-row)[:topk]
             top = [(classifier.classes[i], float(row[i])) for i in order]
-            outcome[path] = Prediction(os.fspath(path), top[0][0], top[0][1], top)
+            label = top[0][0] if top[0][1] >= min_confidence else UNSURE
+            outcome[path] = Prediction(os.fspath(path), label, top[0][1], top)
         for path in batch:
             yield path, outcome[path]

@@ -35,11 +35,14 @@ class ModelSpec:
     crop: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Softmax temperature that calibrates the probabilities: softmax(logits / temperature),
+    # fitted on the run's out-of-fold predictions (utils/reporting/calibration.py); 1: as trained.
+    temperature: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg: Config, classes: Sequence[str]) -> ModelSpec:
+    def from_config(cls, cfg: Config, classes: Sequence[str], temperature: float = 1.0) -> ModelSpec:
         return cls(tuple(classes), cfg.student, cfg.student_width, cfg.attention, cfg.attention_blocks, cfg.img_size,
-                   cfg.crop, IMAGENET_MEAN, IMAGENET_STD)
+                   cfg.crop, IMAGENET_MEAN, IMAGENET_STD, temperature)
 
     def to_json(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value
@@ -83,6 +86,8 @@ class ModelSpec:
                        "random_resized"),
             mean=tuple(field("mean", triple, "must be three numbers")),
             std=tuple(field("std", lambda v: triple(v) and min(v) > 0, "must be three positive numbers")),
+            temperature=float(field("temperature", lambda v: number(v) and 0.01 <= v <= 100,
+                                    "must be a number between 0.01 and 100", 1.0)),
         )
 
     def build(self) -> nn.Layer:

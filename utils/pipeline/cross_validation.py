@@ -33,6 +33,7 @@ from utils.pipeline.final_model import train_final_student
 from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result
 from utils.pipeline.workers import parallel_fold_count, run_folds
 from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
+from utils.reporting.out_of_fold import analyse_out_of_fold, save_oof_probs
 from utils.reporting.report import write_report
 from utils.reporting.verdict import distillation_verdict
 from utils.reporting.visual_logging import log_run, visualdl_command
@@ -40,7 +41,13 @@ from utils.runtime import layout
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.runtime.distributed import barrier, init_distributed, is_main, rank, world_size
 from utils.runtime.errors import ConfigError, UserError
-from utils.runtime.files import exclusive_lock, write_csv_atomic, write_json_atomic, write_text_atomic
+from utils.runtime.files import (
+    exclusive_lock,
+    write_array_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from utils.runtime.process import select_device
 from utils.runtime.registry import lookup
 
@@ -142,6 +149,10 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
     probs = np.mean([predict(load_student(path)[0], loader)[0]
                      for path in (d / WEIGHTS_NAME for d in layout.fold_dirs(run_dir).values())], axis=0)
     preds = probs.argmax(axis=1)
+    write_array_atomic(run_dir / "test_probs.npy", probs.astype(np.float32))
+    write_csv_atomic(run_dir / "test_predictions.csv", ["path", "label", "pred", "confidence"],
+                     [[s.path, index.classes[labels[i]], index.classes[preds[i]], f"{probs[i, preds[i]]:.6f}"]
+                      for i, s in enumerate(samples)])
     write_classification_report(run_dir / "test_classification_report.txt", labels, preds, index.classes)
     save_confusion_matrix(run_dir / "test_confusion_matrix.png", labels, preds, index.classes,
                           "held-out test set, fold ensemble")
@@ -333,13 +344,18 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     rows = [[sample.path, index.classes[labels[i]], index.classes[oof_preds[i]], int(fold_of[i]),
              f"{oof_probs[i, oof_preds[i]]:.6f}"] for i, sample in enumerate(samples)]
     write_csv_atomic(run_dir / "oof_predictions.csv", ["path", "label", "pred", "fold", "confidence"], rows)
+    save_oof_probs(run_dir, oof_probs)
     write_classification_report(run_dir / "classification_report.txt", labels, oof_preds, index.classes)
     save_confusion_matrix(run_dir / "confusion_matrix.png", labels, oof_preds, index.classes,
                           f"out-of-fold predictions, {cfg.num_folds} folds")
+    out_of_fold = analyse_out_of_fold(run_dir, [s.path for s in samples], index.classes, labels, fold_of, oof_probs,
+                                      cfg.find_label_issues) if is_main() else {}
     folds_summary = fold_summary(results)
     final = None
     if cfg.final_model:
-        final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"])
+        temperature = out_of_fold["calibration"]["temperature"] if out_of_fold else 1.0
+        final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"],
+                                        temperature)
         barrier()
         final = {"path": layout.FINAL_DIR, **{key: value for key, value in read_meta(final_dir / META_NAME)[1].items()
                                        if key in ("epochs", "trained_on", "expected_val_acc")}}
@@ -350,6 +366,7 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
         **folds_summary,
         "final_model": final,
         "oof_acc": accuracy(labels, oof_preds),
+        **out_of_fold,
         **(test_scores or {}),
         "skipped_files": [dataclasses.asdict(s) for s in skipped],
         "seconds": round(time.perf_counter() - start, 1),

@@ -40,8 +40,9 @@ def final_epochs(results: Sequence[FoldResult]) -> int:
 
 
 def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInputs, results: Sequence[FoldResult],
-                        expected_acc: float) -> Optional[Path]:
-    """Train (or find, when an earlier run of the same name finished it) run_dir/final/."""
+                        expected_acc: float, temperature: float = 1.0) -> Optional[Path]:
+    """Train (or find, when an earlier run of the same name finished it) run_dir/final/. Its spec
+    carries `temperature`, fitted on the out-of-fold predictions, which inference applies."""
     final_dir = layout.final_dir(inputs.run_dir)
     if (final_dir / META_NAME).is_file():
         print(f"the final student was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
@@ -67,7 +68,7 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
                                           inputs.progress("student", len(dataset), epochs)),
                              final_dir / FINAL_STATE, desc="final epoch", feature_term=feature_term)
     check_finite(result, "final", cfg)
-    save_checkpoint(final_dir, result.best_state, ModelSpec.from_config(cfg, inputs.index.classes), {
+    save_checkpoint(final_dir, result.best_state, ModelSpec.from_config(cfg, inputs.index.classes, temperature), {
         "kd": cfg.kd,
         "fold": "final",
         "epochs": epochs,

@@ -18,10 +18,12 @@ from matplotlib.ticker import MaxNLocator
 from utils.data.images import read_image
 from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
 from utils.deploy.explain import grad_cam, overlay, visible_image
+from utils.reporting.label_issues import GALLERY_DIR
 from utils.reporting.metrics import save_figure
+from utils.reporting.out_of_fold import OOF_PROBS, analyse_out_of_fold, load_oof_probs
 from utils.runtime import layout
 from utils.runtime.errors import UserError
-from utils.runtime.files import TEXT_ERRORS, write_text_atomic
+from utils.runtime.files import TEXT_ERRORS, write_json_atomic, write_text_atomic
 
 GALLERY_SIZE = 16
 
@@ -240,6 +242,76 @@ def _verdict_section(summary: dict) -> list[str]:
     return lines + [""]
 
 
+def _label_issues_section(run_dir: Path, summary: dict) -> list[str]:
+    found = summary.get("label_issues")
+    if not found:
+        return []
+    lines = ["## Labels worth a second look", "",
+             f"{found['count']} image(s) whose folder the out-of-fold predictions disagree with (confident "
+             "learning, cleanlab; every image was predicted by a model that never trained on it). These are "
+             "**candidates to look at, not errors proven**: a hard or unusual photo of the right class lands here "
+             f"too. All of them, most suspect first: `{found['file']}` (path, given, suggested, score: the "
+             "out-of-fold probability of the given label).", ""]
+    rows = _read_csv(run_dir / found["file"])
+    shown = sorted((run_dir / GALLERY_DIR).glob("*.jpg"))
+    if shown:
+        lines += ["| image | given | suggested | score |", "|---|---|---|---|"]
+        for path, row in zip(shown, rows):
+            lines.append(f"| ![{row['given']} or {row['suggested']}?]({GALLERY_DIR}/{path.name}) | {row['given']} "
+                         f"| {row['suggested']} | {float(row['score']):.3f} |")
+        lines.append("")
+    return lines
+
+
+def _calibration_section(summary: dict) -> list[str]:
+    calibration = summary.get("calibration")
+    if not calibration:
+        return []
+    lines = ["## Can the confidence be trusted?", "",
+             "Expected calibration error (ECE, 15 bins: how far the top probability is from the accuracy it "
+             "promises) of the out-of-fold predictions, as trained and after temperature scaling. Each fold's "
+             "temperature was fitted on the other folds' predictions, so the figure after is honest.", "",
+             "| fold | temperature | ECE as trained | ECE scaled |", "|---|---|---|---|"]
+    for fold, (temperature, before, after) in enumerate(zip(calibration["fold_temperatures"],
+                                                            calibration["fold_ece_before"],
+                                                            calibration["fold_ece_after"])):
+        lines.append(f"| {fold} | {temperature:.2f} | {100 * before:.1f}% | {100 * after:.1f}% |")
+    lines += [f"| all | {calibration['temperature']:.2f} (the final model's) | {100 * calibration['ece_before']:.1f}% "
+              f"| {100 * calibration['ece_after']:.1f}% |", "",
+              "![reliability diagram](reliability.png)", "",
+              "Choosing `inference.py --min_confidence P`: the share of images answered (the rest are labelled "
+              "`unsure`) and the accuracy on them, out of fold, with scaled probabilities.", "",
+              "| P | answered | accuracy on those |", "|---|---|---|"]
+    for row in calibration["coverage"]:
+        accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
+        lines.append(f"| {row['min_confidence']:.2f} | {100 * row['coverage']:.1f}% | {accuracy} |")
+    return lines + [""]
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as handle:
+        return list(csv.DictReader(handle))
+
+
+def reanalyse(run_dir: Path) -> None:
+    """Label issues and calibration again, from the saved out-of-fold probabilities, into
+    summary.json (a run from before they were saved is left as it is)."""
+    summary, _, _, oof_rows = _load(run_dir)
+    classes = summary["classes"]
+    probs = load_oof_probs(run_dir, len(oof_rows), len(classes))
+    if probs is None:
+        print(f"{run_dir}: no {OOF_PROBS} (a run from an earlier version), so no label issues or calibration")
+        return
+    position = {name: i for i, name in enumerate(classes)}
+    labels = np.array([position[row["label"]] for row in oof_rows])
+    fold_of = np.array([int(row["fold"]) for row in oof_rows])
+    summary.update(analyse_out_of_fold(run_dir, [row["path"] for row in oof_rows], classes, labels, fold_of, probs,
+                                       find_issues=True))
+    write_json_atomic(run_dir / "summary.json", summary)
+
+
 def write_report(run_dir: Path) -> Path:
     """report.md (and its figures) from the run's saved files."""
     summary, config, histories, oof_rows = _load(run_dir)
@@ -301,6 +373,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
     ]
     if histories:
         lines += ["## Training curves", "", "![training curves](training_curves.png)", ""]
+    lines += [*_label_issues_section(run_dir, summary), *_calibration_section(summary)]
     lines += [f"## Most confidently misclassified ({mistakes})", "",
               "Each image as its fold's student saw it, coloured by Grad-CAM where the student found the class "
               "it wrongly predicted (red: most).", "", "![misclassified](misclassified.png)", "",

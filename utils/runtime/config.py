@@ -97,6 +97,7 @@ class Config:
     run_name: Optional[str]
     quiet: bool
     baseline: bool
+    find_label_issues: bool
     # The distillation methods' own settings (alpha, dkd_beta, ...), by key: each method declares
     # them beside its class (utils/distill/methods.py), which checks them and fills their defaults.
     method_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -395,7 +396,8 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None,
 
 
 # Settings that change how a run is carried out, not what it computes: a run may continue with other values.
-RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise", "folds")
+RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise", "folds",
+                    "find_label_issues")
 
 
 def resumed_config(args: argparse.Namespace) -> Config:

@@ -15,10 +15,10 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from models.teacher import build_teacher, freeze_backbone, freeze_teacher
+from models.teacher import HEAD, build_teacher, freeze_backbone, freeze_teacher
 from utils.data.manifest import file_digest
 from utils.data.splits import FoldData
-from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, train_model
+from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, fine_tuning_settings, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.runtime import layout
 from utils.runtime.config import Config
@@ -72,6 +72,11 @@ def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int]
         digest.update(f"{content}\t{int(label)}\n".encode())
     digest.update(np.asarray(sorted(train_indices), dtype=np.int64).tobytes())
     settings = {key: getattr(cfg, key) for key in TEACHER_SETTINGS}
+    tuning = fine_tuning_settings(cfg, HEAD)
+    # In the key only when they change the teacher's training, so that teachers cached before
+    # these settings existed keep their keys.
+    if tuning["head_epochs"] or tuning["restart_epochs"] or tuning["backbone_lr_scale"] != 1.0:
+        settings["fine_tuning"] = tuning
     if cfg.teacher_weights not in ("imagenet", "none"):
         settings["teacher_weights"] = file_digest(cfg.teacher_weights)
     digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
@@ -109,7 +114,8 @@ def teacher_training_settings(cfg: Config) -> TrainingSettings:
     """The teacher trains to its last epoch (no early stopping: it is never selected on validation images)."""
     return TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,
                             cfg.mixup_alpha, cfg.amp, patience=None, cutmix_alpha=cfg.cutmix_alpha,
-                            clip_grad_norm=cfg.clip_grad_norm, ema_decay=cfg.ema_decay)
+                            clip_grad_norm=cfg.clip_grad_norm, ema_decay=cfg.ema_decay,
+                            **fine_tuning_settings(cfg, HEAD))
 
 
 def prepare_teacher(

@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from models.freeze import set_train_mode
+from models.freeze import hold_backbone, set_train_mode
 from utils.data.dataset import set_loader_epoch
 from utils.data.mixing import MixedTargets, mix_batch
 from utils.engine.ema import WeightAverage
@@ -140,6 +140,19 @@ class TrainingSettings:
     cutmix_alpha: float = 0.0
     clip_grad_norm: float = 0.0  # 0: no clipping
     ema_decay: float = 0.0  # 0: no weight average
+    # Fine-tuning: the name of the model's classifier layer; the first head_epochs epochs train it
+    # alone on a held backbone; the backbone learns at backbone_lr_scale x the learning rate.
+    head: str = ""
+    head_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    restart_epochs: int = 0  # > 0: cosine with warm restarts of this period (after warmup)
+
+
+def fine_tuning_settings(cfg: Any, head: str) -> dict[str, Any]:
+    """TrainingSettings' fine-tuning fields from a run's configuration, for a model whose
+    classifier layer is `head`."""
+    return {"head": head, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale,
+            "restart_epochs": cfg.restart_epochs if cfg.lr_schedule == "cosine_restarts" else 0}
 
 
 def grad_scaler(amp: bool) -> paddle.amp.GradScaler:
@@ -328,9 +341,10 @@ def train_model(
     and Paddle (shuffling, dropout, Mixup) from `seed_key` and its number, so that a run
     resumed from `checkpoint_path` draws exactly what the uninterrupted run would have.
     Build `model` and call this inside `paddle.utils.unique_name.guard()` (see EpochCheckpoint)."""
-    schedule = warmup_cosine(hyper.lr, hyper.epochs, hyper.warmup_epochs, len(train_loader))
+    schedule = warmup_cosine(hyper.lr, hyper.epochs, hyper.warmup_epochs, len(train_loader), hyper.restart_epochs)
     companions = {"feature_term": feature_term.method} if feature_term is not None else {}
-    optimizer = build_optimizer(model, schedule, hyper.weight_decay, hyper.clip_grad_norm, list(companions.values()))
+    optimizer = build_optimizer(model, schedule, hyper.weight_decay, hyper.clip_grad_norm, list(companions.values()),
+                                hyper.head, hyper.backbone_lr_scale)
     scaler = grad_scaler(hyper.amp)
     average = WeightAverage(model, hyper.ema_decay) if hyper.ema_decay > 0 else None
     trainer = paddle.DataParallel(model) if world_size() > 1 else model
@@ -338,6 +352,8 @@ def train_model(
     rank_key = (rank(),) if world_size() > 1 else ()
 
     def train_epoch(epoch: int) -> EpochStats:
+        if hyper.head_epochs > 0:  # staged fine-tuning: the stage follows the epoch, so a resumed run is in it too
+            hold_backbone(model, hyper.head, held=epoch <= hyper.head_epochs)
         seed_everything(*seed_key, epoch, *rank_key)
         stats = train_one_epoch(model, teacher, train_loader, optimizer, schedule, loss_fn, hyper,
                                 np.random.default_rng([*seed_key, epoch, *rank_key]), scaler, epoch, average,

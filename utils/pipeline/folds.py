@@ -32,6 +32,7 @@ from utils.engine.loops import (
     FitResult,
     TrainingDiverged,
     TrainingSettings,
+    fine_tuning_settings,
     predict,
     train_model,
 )
@@ -178,7 +179,8 @@ def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labe
 
 def student_settings(cfg: Config) -> TrainingSettings:
     return TrainingSettings(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.mixup_alpha, cfg.amp,
-                            cfg.patience, cfg.cutmix_alpha, cfg.clip_grad_norm, cfg.ema_decay)
+                            cfg.patience, cfg.cutmix_alpha, cfg.clip_grad_norm, cfg.ema_decay,
+                            **fine_tuning_settings(cfg, head_name(cfg.student)))
 
 
 def new_student(cfg: Config, num_classes: int, teacher: Optional[TeacherSignal]

@@ -79,6 +79,10 @@ class Config:
     lr: float
     weight_decay: float
     warmup_epochs: int
+    lr_schedule: str
+    restart_epochs: int
+    head_epochs: int
+    backbone_lr_scale: float
     patience: int
     mixup_alpha: float
     cutmix_alpha: float
@@ -269,6 +273,10 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.teacher_cache in ("off", "views"), "teacher_cache must be off or views"),
         (cfg.teacher_views >= 1, "teacher_views must be at least 1"),
         (cfg.teacher_cache_max_mb >= 1, "teacher_cache_max_mb must be at least 1"),
+        (cfg.lr_schedule in ("cosine", "cosine_restarts"), "lr_schedule must be cosine or cosine_restarts"),
+        (cfg.restart_epochs >= 1, "restart_epochs must be at least 1"),
+        (cfg.head_epochs >= 0, "head_epochs must be 0 or more"),
+        (0 < cfg.backbone_lr_scale <= 1, "backbone_lr_scale must be in (0, 1]"),
         (cfg.temperature_schedule in ("constant", "linear", "cosine"),
          "temperature_schedule must be constant, linear or cosine"),
         (0 < cfg.temperature_end <= 100, "temperature_end must be in (0, 100]"),

@@ -129,6 +129,18 @@ def test_views_are_reused_only_for_the_same_teacher_and_shape(tmp_path):
     assert not prepare_views(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu").from_cache
 
 
+def test_damaged_stored_views_or_features_are_labelled_again(tmp_path, capsys):
+    cfg = _config(epochs=2, teacher_views=2)
+    teacher, dataset = _teacher(), _dataset()
+    teacher_path = tmp_path / "abc.pdparams"
+    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
+    first.path.write_bytes(first.path.read_bytes()[:90])  # cut short, as by a full disk
+    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
+    assert not again.from_cache and "are damaged (ValueError): not used" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.asarray(again.logits), np.asarray(first.logits))
+    assert prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu").from_cache  # repaired
+
+
 def test_stored_views_stay_within_their_disk_bound(tmp_path):
     cfg = _config(epochs=2, teacher_views=2, teacher_cache_max_mb=1)
     old = [tmp_path / f"old{i}.views-x.npy" for i in range(3)]

@@ -31,7 +31,7 @@ from utils.data.transforms import seeded_augmentation
 from utils.distill.features import emit_features, mix_features, split_features, wants_features
 from utils.distill.methods import DistillationMethod, needs_teacher
 from utils.distill.teachers import TeacherKey, is_cached, load_teacher, prepare_teacher, teacher_cache_path
-from utils.distill.view_cache import features_path, prepare_views, view_cache_path, view_count
+from utils.distill.view_cache import features_path, prepare_views, read_stored, view_cache_path, view_count
 from utils.engine.loops import EpochRecord, Teaching
 from utils.engine.losses import HardLabelLoss
 from utils.runtime.config import Config
@@ -241,13 +241,12 @@ def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldDat
                         "--final_model false, or with the same settings to train the teachers again")
     views, features = view_count(cfg), wants_features(cfg)
     stored = [view_cache_path(path, views) for path in teacher_paths]
-    needed = stored + ([features_path(path) for path in stored] if features else [])
-    if replays_views(cfg) and all(path.is_file() for path in needed):
-        logits = {fold.fold: np.load(path, mmap_mode="r") for fold, path in zip(folds, stored)}
-        stored_features = {fold.fold: np.load(features_path(path), mmap_mode="r")
-                           for fold, path in zip(folds, stored)} if features else None
-        return (FoldViews(images, labels, transform, cfg.seed, folds, views),
-                FoldViewsTeacher(logits, views, method.temperature_at, stored_features))
+    if replays_views(cfg):
+        logits = {fold.fold: read_stored(path) for fold, path in zip(folds, stored)}
+        stored_features = {fold.fold: read_stored(features_path(path)) for fold, path in zip(folds, stored)}
+        if all(value is not None for value in [*logits.values(), *(stored_features.values() if features else [])]):
+            return (FoldViews(images, labels, transform, cfg.seed, folds, views),
+                    FoldViewsTeacher(logits, views, method.temperature_at, stored_features if features else None))
     teachers = [load_teacher(cfg, teacher_key.num_classes, path) for path in teacher_paths]
     return (ImageDataset(images, labels, transform, seed),
             EnsembleTeacher(teachers, method.temperature_at, teacher_key.num_classes, features))

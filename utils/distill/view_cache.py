@@ -124,11 +124,21 @@ def _evict_least_recently_used(directory: Path, keep: Path, max_bytes: int) -> N
             features_path(path).unlink(missing_ok=True)
 
 
-def _load_stored(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+def read_stored(path: Path) -> Optional[np.ndarray]:
+    """Stored teacher outputs (memory-mapped), or None when there are none. A damaged file (cut
+    short, overwritten) is said in one line and counts as missing, so that it is made again."""
     if not path.is_file():
         return None
-    stored = np.load(path, mmap_mode="r")
-    return stored if stored.shape == shape else None
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        print(f"the stored teacher outputs {path.name} are damaged ({type(error).__name__}): not used", flush=True)
+        return None
+
+
+def _load_stored(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
+    stored = read_stored(path)
+    return stored if stored is not None and stored.shape == shape else None
 
 
 def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset: ImageDataset, teacher_path: Path,

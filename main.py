@@ -17,7 +17,8 @@ prepare_process()  # must run before anything imports Paddle
 
 from utils.distill.methods import METHOD_SETTINGS  # noqa: E402
 from utils.runtime.config import add_config_flags  # noqa: E402
-from utils.runtime.errors import continue_with, reports_user_errors  # noqa: E402
+from utils.runtime.distributed import collective_timeout  # noqa: E402
+from utils.runtime.errors import UserError, continue_with, reports_user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run_cross_validation(cfg)
-    except (KeyboardInterrupt, OSError) as error:
-        continue_with(error, resume)
-        raise
+    except BaseException as error:
+        continue_with(error, resume)  # what Ctrl-C and a full disk print
+        # A data-parallel wait that ran out of time is said in one line; anything else goes on up.
+        message = collective_timeout(error) if isinstance(error, Exception) else None
+        if message is None:
+            raise
+        raise UserError(message) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -162,3 +162,35 @@ def test_only_rank_0_reads_or_writes_the_run_record(tmp_path, monkeypatch):
     monkeypatch.setattr(visual_logging, "is_main", lambda: False)
     visual_logging.log_run(tmp_path / "logs" / "run", {}, {}, tmp_path / "not_written_yet.png")
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_collective_timeout_is_said_in_one_line_with_what_to_change(monkeypatch):
+    from utils.runtime.distributed import collective_timeout
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting "
+                        "1800000ms for recv operation to complete")
+    assert collective_timeout(gloo) is None  # not launched: nothing to say
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    monkeypatch.setenv("PADDLE_PG_TIMEOUT", "5400000")
+    message = collective_timeout(gloo)
+    assert "\n" not in message and "process 1 waited more than 90 minutes" in message
+    assert "--dist_timeout_minutes" in message
+    assert collective_timeout(ValueError("a shape mismatch")) is None
+
+
+def test_the_timeout_reaches_paddle_unless_the_user_set_it(monkeypatch):
+    import paddle.distributed as dist
+
+    from utils.runtime import distributed
+
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.delenv("PADDLE_PG_TIMEOUT", raising=False)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_parallel_env", lambda: None)
+    monkeypatch.setattr(distributed, "die_with_parent", lambda: None)
+    distributed.init_distributed(timeout_minutes=90)
+    assert os.environ["PADDLE_PG_TIMEOUT"] == "5400000"
+    monkeypatch.setenv("PADDLE_PG_TIMEOUT", "1000")
+    distributed.init_distributed(timeout_minutes=90)
+    assert os.environ["PADDLE_PG_TIMEOUT"] == "1000"

@@ -247,7 +247,7 @@ def run_cross_validation(cfg: Config) -> dict:
     check_components(cfg)
     start = time.perf_counter()
     device = select_device(cfg.device)
-    init_distributed()
+    init_distributed(cfg.dist_timeout_minutes)
     if cfg.quiet or not is_main():
         os.environ["TQDM_DISABLE"] = "1"  # inherited by fold workers too
     if cfg.amp and device != "gpu":

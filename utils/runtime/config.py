@@ -100,6 +100,7 @@ class Config:
     log_dir: str
     run_name: Optional[str]
     quiet: bool
+    dist_timeout_minutes: float
     baseline: bool
     find_label_issues: bool
     # The distillation methods' own settings (alpha, dkd_beta, ...), by key: each method declares
@@ -273,6 +274,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.teacher_cache in ("off", "views"), "teacher_cache must be off or views"),
         (cfg.teacher_views >= 1, "teacher_views must be at least 1"),
         (cfg.teacher_cache_max_mb >= 1, "teacher_cache_max_mb must be at least 1"),
+        (0 < cfg.dist_timeout_minutes <= 10_000, "dist_timeout_minutes must be in (0, 10000]"),
         (cfg.lr_schedule in ("cosine", "cosine_restarts"), "lr_schedule must be cosine or cosine_restarts"),
         (cfg.restart_epochs >= 1, "restart_epochs must be at least 1"),
         (cfg.head_epochs >= 0, "head_epochs must be 0 or more"),
@@ -405,7 +407,7 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None,
 
 # Settings that change how a run is carried out, not what it computes: a run may continue with other values.
 RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise", "folds",
-                    "find_label_issues")
+                    "find_label_issues", "dist_timeout_minutes")
 
 
 def resumed_config(args: argparse.Namespace) -> Config:

@@ -17,14 +17,34 @@ def launched() -> bool:
     return int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
 
 
-def init_distributed() -> None:
-    """Join the job's process group (gloo on CPU, NCCL on GPUs), once, when launched."""
+def init_distributed(timeout_minutes: float = 60.0) -> None:
+    """Join the job's process group (gloo on CPU, NCCL on GPUs), once, when launched. A
+    collective that waits more than `timeout_minutes` for the other processes fails (Paddle's
+    PADDLE_PG_TIMEOUT, which a user's own value overrides); see collective_timeout."""
     import paddle.distributed as dist
 
     if launched() and not dist.is_initialized():
         # A rank whose launcher is killed (kill -9) stops with it instead of training on alone.
         die_with_parent()
+        os.environ.setdefault("PADDLE_PG_TIMEOUT", str(int(timeout_minutes * 60_000)))
         dist.init_parallel_env()
+
+
+# How gloo and Paddle's stores word a wait that ran out of time.
+_TIMEOUT_WORDS = ("timed out", "timeout")
+
+
+def collective_timeout(error: BaseException) -> Optional[str]:
+    """One line for a data-parallel process that gave up waiting for the others, with what to
+    change; None for any other error."""
+    text = str(error).lower()
+    if not launched() or not any(word in text for word in _TIMEOUT_WORDS):
+        return None
+    minutes = int(os.environ.get("PADDLE_PG_TIMEOUT", "0")) / 60_000
+    return (f"process {os.environ.get('PADDLE_TRAINER_ID', '?')} waited more than {minutes:g} minutes for the other "
+            "processes of the data-parallel job and gave up (a gloo timeout): on a slow or loaded machine raise "
+            "--dist_timeout_minutes, or give the job the machine to itself; finished folds and epochs are saved, "
+            "so the same command continues the run")
 
 
 def world_size() -> int:

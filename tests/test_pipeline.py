@@ -279,7 +279,9 @@ def test_a_run_name_is_not_reused_with_other_settings(tiny_data, tmp_path, capsy
     assert "run taken already exists with other settings (lr)" in capsys.readouterr().err
 
 
-def test_sigterm_stops_a_real_run_which_then_continues(tiny_data, tmp_path):
+def test_sigterm_stops_a_real_run_quietly_which_then_continues(tiny_data, tmp_path):
+    """Two folds side by side in worker processes, stopped mid-training: one line saying how to
+    go on, and no report from Paddle's C++ signal handler or Python's resource tracker."""
     import signal
     import subprocess
     import sys
@@ -287,24 +289,24 @@ def test_sigterm_stops_a_real_run_which_then_continues(tiny_data, tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    args = tiny_run_args(tiny_data, tmp_path, "killed", "--kd", "none", "--epochs", "6")
+    args = tiny_run_args(tiny_data, tmp_path, "killed", "--kd", "none", "--epochs", "6", "--parallel_folds", "2")
     process = subprocess.Popen([sys.executable, str(root / "main.py"), *args], cwd=root,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first_fold = tmp_path / "models_saved" / "killed" / "fold0" / "result.json"
+    mid_training = tmp_path / "models_saved" / "killed" / "fold0" / "training_student.pdparams"
     deadline = time.time() + 120
-    while not first_fold.exists() and process.poll() is None and time.time() < deadline:
+    while not mid_training.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=60)
     if process.returncode == 0:
         pytest.skip("the run finished before it could be stopped")
     assert process.returncode == 130
     assert f"python main.py --resume killed --output_dir {tmp_path / 'models_saved'}" in err
-    assert "Traceback" not in err
+    for noise in ("Traceback", "Termination signal", "resource_tracker", "Warning"):
+        assert noise not in err and noise not in out, noise
     resumed = subprocess.run([sys.executable, str(root / "main.py"), *args], cwd=root, capture_output=True,
                              text=True, timeout=300)
-    assert resumed.returncode == 0
-    assert "fold 0 was finished by an earlier run of killed: reusing it" in resumed.stdout
+    assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "models_saved" / "killed" / "summary.json").is_file()
 
 

@@ -30,6 +30,9 @@ def _init_fold_worker(device: str) -> None:
     # Progress bars of folds running side by side would overwrite each other.
     os.environ["TQDM_DISABLE"] = "1"
     die_with_parent()
+    # An interrupted run ends its workers with SIGTERM: without Paddle's own handler they stop
+    # quietly, where it would print a C++ "Termination signal" report for each.
+    paddle.disable_signal_handler()
     paddle.set_device(device)
 
 

@@ -19,6 +19,8 @@ QUIET_WARNINGS = (
     "There are some unused values in state_dict",
     # Matplotlib, for class names in scripts its font lacks (CJK): the plot shows boxes instead.
     "Glyph",
+    # Python's multiprocessing after an interrupted run ends its fold workers: nothing is lost.
+    "resource_tracker",
 )
 
 

@@ -225,6 +225,13 @@ def test_run_writes_out_of_fold_probabilities_label_issues_and_calibration(tiny_
     assert "## Can the confidence be trusted?" in report and "![reliability diagram](reliability.png)" in report
     assert "--min_confidence" in report
     assert ("## Labels worth a second look" in report) == bool(issues)
+    # A run from before oof_probs.npy existed: --report assembles it from the folds' own probabilities.
+    (run_dir / "oof_probs.npy").unlink()
+    (run_dir / "label_issues.csv").unlink()
+    assert main.main(["--report", str(run_dir)]) == 0
+    np.testing.assert_allclose(np.load(run_dir / "oof_probs.npy"), probs, atol=1e-6)
+    with open(run_dir / "label_issues.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == issues
 
 
 def test_run_writes_a_report_that_report_rebuilds(tiny_run, capsys):

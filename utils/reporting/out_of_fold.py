@@ -22,13 +22,28 @@ def save_oof_probs(run_dir: Path, probs: np.ndarray) -> None:
     write_array_atomic(run_dir / OOF_PROBS, probs.astype(np.float32))
 
 
-def load_oof_probs(run_dir: Path, images: int, classes: int) -> Optional[np.ndarray]:
-    """The saved matrix, or None for a run from before it was saved (or a damaged one)."""
+def load_oof_probs(run_dir: Path, oof_rows: Sequence[dict], classes: Sequence[str]) -> Optional[np.ndarray]:
+    """The saved matrix; for a run from before it was saved, the folds' own validation
+    probabilities (fold{k}/val_probs.npy, in the order of that fold's rows of
+    oof_predictions.csv), when they agree with its predictions; otherwise None."""
+    shape = (len(oof_rows), len(classes))
     try:
         probs = np.load(run_dir / OOF_PROBS)
+        return probs if probs.shape == shape else None
     except (OSError, ValueError):
-        return None
-    return probs if probs.shape == (images, classes) else None
+        pass
+    probs = np.zeros(shape, dtype=np.float32)
+    folds = np.array([int(row["fold"]) for row in oof_rows])
+    for fold in sorted(set(folds.tolist())):
+        try:
+            fold_probs = np.load(run_dir / f"fold{fold}" / "val_probs.npy")
+        except (OSError, ValueError):
+            return None
+        if fold_probs.shape != ((folds == fold).sum(), len(classes)):
+            return None
+        probs[folds == fold] = fold_probs
+    predicted = [classes[i] for i in probs.argmax(axis=1)]
+    return probs if predicted == [row["pred"] for row in oof_rows] else None
 
 
 def analyse_out_of_fold(run_dir: Path, paths: Sequence[str], classes: Sequence[str], labels: np.ndarray,

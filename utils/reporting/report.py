@@ -20,7 +20,7 @@ from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
 from utils.deploy.explain import grad_cam, overlay, visible_image
 from utils.reporting.label_issues import GALLERY_DIR
 from utils.reporting.metrics import save_figure
-from utils.reporting.out_of_fold import OOF_PROBS, analyse_out_of_fold, load_oof_probs
+from utils.reporting.out_of_fold import OOF_PROBS, analyse_out_of_fold, load_oof_probs, save_oof_probs
 from utils.runtime import layout
 from utils.runtime.errors import UserError
 from utils.runtime.files import TEXT_ERRORS, write_json_atomic, write_text_atomic
@@ -300,10 +300,12 @@ def reanalyse(run_dir: Path) -> None:
     summary.json (a run from before they were saved is left as it is)."""
     summary, _, _, oof_rows = _load(run_dir)
     classes = summary["classes"]
-    probs = load_oof_probs(run_dir, len(oof_rows), len(classes))
+    probs = load_oof_probs(run_dir, oof_rows, classes)
     if probs is None:
-        print(f"{run_dir}: no {OOF_PROBS} (a run from an earlier version), so no label issues or calibration")
+        print(f"{run_dir}: no {OOF_PROBS} and no fold probabilities that match its predictions, so no label "
+              "issues or calibration")
         return
+    save_oof_probs(run_dir, probs)
     position = {name: i for i, name in enumerate(classes)}
     labels = np.array([position[row["label"]] for row in oof_rows])
     fold_of = np.array([int(row["fold"]) for row in oof_rows])

@@ -1,6 +1,8 @@
 """What the out-of-fold predictions tell: label issues on a constructed case, temperature
 scaling recovering a known temperature, the ECE against a hand computation, and the
 cross-fitting that keeps each fold's temperature away from its own images."""
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.special import softmax
@@ -61,6 +63,10 @@ def test_cross_fitting_halves_the_ece_of_an_overconfident_model_and_reports_each
     assert len(calibration.fold_temperatures) == 3
     assert all(t == pytest.approx(3.0, rel=0.15) for t in calibration.fold_temperatures)
     assert calibration.ece_after < calibration.ece_before / 2
+    assert calibration.applied_temperature == calibration.temperature
+    # Where the cross-fitted error went up, the final model keeps its own probabilities.
+    worse = dataclasses.replace(calibration, ece_after=calibration.ece_before + 0.01)
+    assert worse.applied_temperature == 1.0 and worse.to_dict()["applied_temperature"] == 1.0
     table = coverage_table(calibration.calibrated_probs, labels, (0.0, 0.9))
     assert table[0]["coverage"] == 1.0 and table[1]["coverage"] < 1.0
     assert table[1]["accuracy"] > table[0]["accuracy"]

@@ -212,7 +212,8 @@ def test_run_writes_out_of_fold_probabilities_label_issues_and_calibration(tiny_
     assert [row["min_confidence"] for row in calibration["coverage"]][0] == 0.0
     assert calibration["coverage"][0]["coverage"] == 1.0
     final_spec = json.loads((run_dir / "final" / "best.json").read_text())
-    assert final_spec["temperature"] == pytest.approx(calibration["temperature"])
+    assert final_spec["temperature"] == pytest.approx(calibration["applied_temperature"])
+    assert calibration["applied_temperature"] in (calibration["temperature"], 1.0)
     assert cv2.imread(str(run_dir / "reliability.png")) is not None
 
     with open(run_dir / "label_issues.csv", newline="") as handle:

@@ -353,7 +353,7 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     folds_summary = fold_summary(results)
     final = None
     if cfg.final_model:
-        temperature = out_of_fold["calibration"]["temperature"] if out_of_fold else 1.0
+        temperature = out_of_fold["calibration"]["applied_temperature"] if out_of_fold else 1.0
         final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"],
                                         temperature)
         barrier()

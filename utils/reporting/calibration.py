@@ -69,8 +69,15 @@ class Calibration:
     ece_after: float  # out of fold, each fold scaled by its cross-fitted temperature
     calibrated_probs: np.ndarray  # the cross-fitted probabilities
 
+    @property
+    def applied_temperature(self) -> float:
+        """The final model's: the fitted temperature where cross-fitting shows that it lowers the
+        out-of-fold ECE, otherwise 1 (a scaling that does not help is not applied)."""
+        return self.temperature if self.ece_after < self.ece_before else 1.0
+
     def to_dict(self) -> dict:
-        return {key: value for key, value in dataclasses.asdict(self).items() if key != "calibrated_probs"}
+        return {**{key: value for key, value in dataclasses.asdict(self).items() if key != "calibrated_probs"},
+                "applied_temperature": self.applied_temperature}
 
 
 def cross_fitted_calibration(probs: np.ndarray, labels: np.ndarray, fold_of: np.ndarray) -> Calibration:

@@ -276,8 +276,12 @@ def _calibration_section(summary: dict) -> list[str]:
                                                             calibration["fold_ece_before"],
                                                             calibration["fold_ece_after"])):
         lines.append(f"| {fold} | {temperature:.2f} | {100 * before:.1f}% | {100 * after:.1f}% |")
-    lines += [f"| all | {calibration['temperature']:.2f} (the final model's) | {100 * calibration['ece_before']:.1f}% "
-              f"| {100 * calibration['ece_after']:.1f}% |", "",
+    applied = calibration.get("applied_temperature", calibration["temperature"])
+    verdict = (f"The final model divides its logits by {applied:.2f}." if applied != 1.0 else
+               "Scaling did not lower the error here, so the final model keeps its own probabilities "
+               "(temperature 1).")
+    lines += [f"| all | {calibration['temperature']:.2f} | {100 * calibration['ece_before']:.1f}% "
+              f"| {100 * calibration['ece_after']:.1f}% |", "", verdict, "",
               "![reliability diagram](reliability.png)", "",
               "Choosing `inference.py --min_confidence P`: the share of images answered (the rest are labelled "
               "`unsure`) and the accuracy on them, out of fold, with scaled probabilities.", "",

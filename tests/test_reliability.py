@@ -273,7 +273,8 @@ def test_a_bad_best_json_gives_one_line(finished_run, capsys, changes, message):
     _error(capsys, code, message)
 
 
-@pytest.mark.parametrize("content", [b"", b"not weights at all", random.Random(0).randbytes(3000), pickle.dumps([1, 2, 3])])
+@pytest.mark.parametrize("content", [b"", b"not weights at all", random.Random(0).randbytes(3000),
+                                     pickle.dumps([1, 2, 3])])
 def test_an_unreadable_weights_file_gives_one_line(finished_run, capsys, content):
     _, run_dir = finished_run
     (run_dir / "fold0" / "best.pdparams").write_bytes(content)

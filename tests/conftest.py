@@ -39,6 +39,18 @@ def make_class_folders(root: Path, per_class: int, size: int = 40, seed: int = 0
     return root
 
 
+def random_tensor_loaders():
+    """Twelve random 32x32 tensors in 3 classes: a training loader (batches of 4) and an
+    evaluation loader, for tests that drive train_model directly."""
+    from utils.data.dataset import ImageDataset, make_loader
+
+    rng = np.random.default_rng(0)
+    images = list(rng.normal(size=(12, 3, 32, 32)).astype("float32"))
+    labels = rng.integers(0, 3, size=12).astype("int64")
+    dataset = ImageDataset(images, labels, transform=lambda image: image)
+    return make_loader(dataset, 4, train=True, num_workers=0), make_loader(dataset, 12, train=False, num_workers=0)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_class_folders(tmp_path_factory.mktemp("tiny") / "data", per_class=10)

@@ -12,21 +12,13 @@ import pytest
 
 from models.freeze import freeze, hold_backbone
 from models.student import build_student
-from utils.data.dataset import ImageDataset, make_loader
+from tests.conftest import random_tensor_loaders
 from utils.engine.loops import TrainingSettings, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 
 STAGED = TrainingSettings(lr=0.01, epochs=3, warmup_epochs=0, weight_decay=0.01, mixup_alpha=0.0, amp=False,
                           patience=None, head="classifier", head_epochs=1, backbone_lr_scale=0.1)
-
-
-def _loaders():
-    rng = np.random.default_rng(0)
-    images = list(rng.normal(size=(12, 3, 32, 32)).astype("float32"))
-    labels = rng.integers(0, 3, size=12).astype("int64")
-    dataset = ImageDataset(images, labels, transform=lambda image: image)
-    return make_loader(dataset, 4, train=True, num_workers=0), make_loader(dataset, 12, train=False, num_workers=0)
 
 
 def _state(model) -> dict[str, np.ndarray]:
@@ -38,8 +30,8 @@ def _train(settings: TrainingSettings, checkpoint: Path | None = None, on_epoch=
     with paddle.utils.unique_name.guard():
         model = build_student("mobilenet_v3_small", 3, "none")
         before = _state(model)
-        result = train_model(model, None, CrossEntropyOnly(HardLabelLoss()), *_loaders(), settings, (1, 2, 3),
-                             on_epoch, checkpoint)
+        result = train_model(model, None, CrossEntropyOnly(HardLabelLoss()), *random_tensor_loaders(), settings,
+                             (1, 2, 3), on_epoch, checkpoint)
     return model, before, result
 
 

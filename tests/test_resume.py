@@ -13,8 +13,7 @@ import paddle
 import pytest
 
 from models.student import build_student
-from tests.conftest import tiny_run_args
-from utils.data.dataset import ImageDataset, make_loader
+from tests.conftest import random_tensor_loaders, tiny_run_args
 from utils.engine.loops import TrainingSettings, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 
@@ -23,21 +22,13 @@ SETTINGS = TrainingSettings(lr=0.01, epochs=3, warmup_epochs=1, weight_decay=0.0
                             patience=None)
 
 
-def _loaders():
-    rng = np.random.default_rng(0)
-    images = list(rng.normal(size=(12, 3, 32, 32)).astype("float32"))
-    labels = rng.integers(0, 3, size=12).astype("int64")
-    dataset = ImageDataset(images, labels, transform=lambda image: image)
-    return make_loader(dataset, 4, train=True, num_workers=0), make_loader(dataset, 12, train=False, num_workers=0)
-
-
 def _train(checkpoint: Path, on_epoch=lambda record, replayed: None):
     """MobileNetV3-Small (it has dropout) with Mixup, trained as the pipeline trains it."""
     paddle.seed(0)
     with paddle.utils.unique_name.guard():
         model = build_student("mobilenet_v3_small", 3, "none")
-        result = train_model(model, None, CrossEntropyOnly(HardLabelLoss()), *_loaders(), SETTINGS, (1, 2, 3),
-                             on_epoch, checkpoint)
+        result = train_model(model, None, CrossEntropyOnly(HardLabelLoss()), *random_tensor_loaders(), SETTINGS,
+                             (1, 2, 3), on_epoch, checkpoint)
     return model, result
 
 

@@ -243,10 +243,11 @@ def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldDat
     stored = [view_cache_path(path, views) for path in teacher_paths]
     if replays_views(cfg):
         logits = {fold.fold: read_stored(path) for fold, path in zip(folds, stored)}
-        stored_features = {fold.fold: read_stored(features_path(path)) for fold, path in zip(folds, stored)}
-        if all(value is not None for value in [*logits.values(), *(stored_features.values() if features else [])]):
+        stored_features = ({fold.fold: read_stored(features_path(path)) for fold, path in zip(folds, stored)}
+                           if features else None)
+        if all(value is not None for value in [*logits.values(), *(stored_features or {}).values()]):
             return (FoldViews(images, labels, transform, cfg.seed, folds, views),
-                    FoldViewsTeacher(logits, views, method.temperature_at, stored_features if features else None))
+                    FoldViewsTeacher(logits, views, method.temperature_at, stored_features))
     teachers = [load_teacher(cfg, teacher_key.num_classes, path) for path in teacher_paths]
     return (ImageDataset(images, labels, transform, seed),
             EnsembleTeacher(teachers, method.temperature_at, teacher_key.num_classes, features))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +27,7 @@ from utils.distill.features import wants_features
 from utils.distill.methods import create_method, needs_teacher
 from utils.distill.signal import pending_teacher_work
 from utils.engine.loops import predict
+from utils.pipeline.disk import RemainingWork, check_room, needed_mb
 from utils.pipeline.estimate import RunClock, describe, plan_work, quick_preset_note, start_clock
 from utils.pipeline.final_model import train_final_student
 from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result
@@ -68,11 +68,6 @@ def check_components(cfg: Config) -> None:
                           "not share yet: train one process per fold (--parallel_folds) or set --feature_kd none")
 
 
-# Disk a fold needs at most: a cached ResNet50 teacher (94 MB) and its training state,
-# the student's training state and checkpoint; stored teacher views come on top.
-DISK_PER_FOLD_MB = 400
-
-
 SKIPPED_LIST = "skipped.txt"  # path<TAB>reason, one skipped file a line
 LOCK_NAME = ".lock"  # held by the process that runs the run
 DIGEST_CACHE_NAME = "file_digests.json"  # in output_dir: content digests of data files, by size and time
@@ -101,7 +96,7 @@ def check_outputs_outside_data(cfg: Config) -> None:
 
 
 def prepare_run_dir(cfg: Config) -> Path:
-    """The run's directory, checked to be writable and roomy before any training."""
+    """The run's directory, checked to be writable (the room it needs is checked once the work left is known)."""
     run_dir = layout.run_dir(cfg.output_dir, cfg.run_name)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,10 +105,6 @@ def prepare_run_dir(cfg: Config) -> Path:
         probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write to {run_dir}: {error.strerror}; choose another --output_dir") from None
-    free_mb = shutil.disk_usage(run_dir).free // 2**20
-    if free_mb < DISK_PER_FOLD_MB * cfg.num_folds:
-        raise UserError(f"only {free_mb} MB free for {run_dir}; a {cfg.num_folds}-fold run needs up to "
-                        f"{DISK_PER_FOLD_MB * cfg.num_folds} MB: free some space or choose another --output_dir")
     return run_dir
 
 
@@ -205,7 +196,8 @@ def fold_summary(results: list[FoldResult]) -> dict:
 
 
 def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers: int, device: str) -> RunClock:
-    """Time the work the run has left on this machine and say how long it will take."""
+    """Check that the disk has room for the work the run has left, then time that work on this
+    machine and say how long it will take."""
     to_do = [fold for fold in folds if load_fold_result(inputs.fold_dir(fold)) is None]
     teacher_needed = needs_teacher(cfg.kd)
     teachers = views = 0
@@ -213,6 +205,11 @@ def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers
         to_train, to_label = pending_teacher_work(cfg, inputs.teacher_key, fold)
         teachers, views = teachers + to_train, views + to_label
     final_to_train = cfg.final_model and not (layout.final_dir(inputs.run_dir) / META_NAME).is_file()
+    students = len(to_do) * (1 + (cfg.baseline and teacher_needed)) + final_to_train
+    n_train_mean = float(np.mean([len(f.train_indices) for f in to_do])) if to_do else 0.0
+    remaining = RemainingWork(students, teachers, views * n_train_mean, workers)
+    check_room(Path(cfg.output_dir), needed_mb(cfg, inputs.num_classes, remaining),
+               f"the work left ({len(to_do)} fold(s), {teachers} teacher(s){', the final model' * final_to_train})")
     work = plan_work(cfg, [(len(f.train_indices), len(f.val_indices)) for f in to_do], teachers, views,
                      teacher_needed, len(inputs.samples) if final_to_train else 0)
     clock = start_clock(cfg, inputs.num_classes, work, workers)

@@ -37,6 +37,12 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     try:
         write(partial)
         os.replace(partial, path)
+    except OSError as error:
+        # A write cut short by a full disk reaches here without a file name (paddle.save, np.save),
+        # and the message is to name the file; made anew so that it survives a fold worker's pickling.
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     finally:
         partial.unlink(missing_ok=True)
 

@@ -104,6 +104,21 @@ def test_a_photo_replaced_by_another_of_the_same_size_is_seen(finished_run, caps
     _error(capsys, _resume(run_dir), "1 image(s) changed (blue/blue_1.png)")
 
 
+def test_a_photo_replaced_with_its_old_time_copied_back_is_seen_with_verify_data(finished_run, capsys):
+    # Size and modification time unchanged: taken as unchanged (the documented trade-off), unless
+    # --verify_data reads every file again.
+    data, run_dir = finished_run
+    photo = data / "blue" / "blue_1.png"
+    before = photo.stat()
+    content = (data / "blue" / "blue_2.png").read_bytes()[:before.st_size].ljust(before.st_size, b"\0")
+    photo.write_bytes(content)
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert _resume(run_dir) == 0
+    capsys.readouterr()
+    _error(capsys, main.main(["--resume", run_dir.name, "--output_dir", str(run_dir.parent), "--verify_data"]),
+           "1 image(s) changed (blue/blue_1.png)")
+
+
 def test_teachers_are_cached_by_content_not_by_path_and_size(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=3)
     cfg = build_config(_read_yaml(DEFAULT_CONFIG))

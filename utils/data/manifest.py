@@ -29,10 +29,10 @@ def file_digest(path: str) -> str:
 
 class DigestCache:
     """Content digests of files, recomputed only when a file's size or modification time
-    changed; kept in one JSON file (in output_dir) across runs."""
+    changed (or always, with `verify`); kept in one JSON file (in output_dir) across runs."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, verify: bool = False) -> None:
+        self.path, self.verify = path, verify
         try:
             self.known = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -43,7 +43,7 @@ class DigestCache:
     def digest(self, path: str, size: int, mtime_ns: int) -> str:
         key = os.path.abspath(path)
         cached = self.known.get(key)
-        if isinstance(cached, list) and cached[:2] == [size, mtime_ns]:
+        if not self.verify and isinstance(cached, list) and cached[:2] == [size, mtime_ns]:
             return cached[2]
         value = file_digest(path)
         self.known[key] = [size, mtime_ns, value]

@@ -262,7 +262,8 @@ def run_cross_validation(cfg: Config) -> dict:
     # The run's settings and data are checked (and, the first time, recorded) by one process at a time.
     with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}"):
         check_same_run(cfg, run_dir)
-        manifest = build_manifest(index, Path(cfg.data_dir), DigestCache(Path(cfg.output_dir) / DIGEST_CACHE_NAME))
+        manifest = build_manifest(index, Path(cfg.data_dir), DigestCache(Path(cfg.output_dir) / DIGEST_CACHE_NAME,
+                                                                        cfg.verify_data))
         check_same_data(manifest, run_dir, cfg.run_name)
         save_config(cfg, run_dir / "config.yaml")
     inputs, skipped, folds = decode(cfg, index, manifest, run_dir, device)

@@ -103,6 +103,7 @@ class Config:
     dist_timeout_minutes: float
     baseline: bool
     find_label_issues: bool
+    verify_data: bool
     # The distillation methods' own settings (alpha, dkd_beta, ...), by key: each method declares
     # them beside its class (utils/distill/methods.py), which checks them and fills their defaults.
     method_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -407,7 +408,7 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None,
 
 # Settings that change how a run is carried out, not what it computes: a run may continue with other values.
 RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet", "device", "fast_depthwise", "folds",
-                    "find_label_issues", "dist_timeout_minutes")
+                    "find_label_issues", "dist_timeout_minutes", "verify_data")
 
 
 def resumed_config(args: argparse.Namespace) -> Config:

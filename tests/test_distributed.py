@@ -42,9 +42,9 @@ def _settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
                          "--crop", "pad", "--mixup_alpha", "0", "--rotation", "0", "--erasing", "0", "--quiet")
 
 
-def _launch(args: list[str], log_dir: Path, **kwargs) -> subprocess.Popen:
+def _launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", **kwargs) -> subprocess.Popen:
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-               str(log_dir), str(ROOT / "main.py"), *args]
+               str(log_dir), str(script), *args]
     env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=log_dir.parent, **kwargs)
@@ -52,10 +52,13 @@ def _launch(args: list[str], log_dir: Path, **kwargs) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run launched on 2 data-parallel processes and in one process with twice the batch."""
+    """The same run launched on 2 data-parallel processes and in one process with twice the batch.
+    The launched run's rank 0 writes its run outputs late (tests/slow_rank0_main.py): rank 1 must
+    neither read them before they exist nor time out waiting."""
     out = tmp_path_factory.mktemp("distributed")
     data = make_class_folders(out / "data", per_class=45)
-    launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs")
+    launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs",
+                       ROOT / "tests" / "slow_rank0_main.py")
     output, _ = launched.communicate(timeout=600)
     assert launched.returncode == 0, output[-3000:]
     assert main.main(_settings(data, out / "single", "one", 2 * BATCH)) == 0

@@ -48,18 +48,30 @@ def write_classification_report(path: Path, labels: np.ndarray, preds: np.ndarra
     return report
 
 
+ANNOTATED_CLASSES = 30
+MAX_FIGURE_INCHES = 20.0
+
+
 def save_confusion_matrix(path: Path, labels: np.ndarray, preds: np.ndarray, classes: Sequence[str],
                           title: str) -> None:
     """Counts in large type, so that the image reads without zooming where VisualDL shows it
-    (about 400 pixels wide) as well as in report.md."""
-    size = max(5.0, 0.55 * len(classes) + 2.5)
+    (about 400 pixels wide) as well as in report.md. Beyond ANNOTATED_CLASSES the counts are
+    colour only, every k-th class is named and the image stops growing: 200 classes would
+    otherwise take minutes to draw 40,000 numbers on a 9,000-pixel image."""
+    many = len(classes) > ANNOTATED_CLASSES
+    size = min(MAX_FIGURE_INCHES, max(5.0, 0.55 * len(classes) + 2.5))
     font = 16 if len(classes) <= 8 else 12 if len(classes) <= 20 else 8
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay.from_predictions(
-        labels, preds, labels=list(range(len(classes))), display_labels=list(classes),
-        ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues", text_kw={"fontsize": font},
+        labels, preds, labels=list(range(len(classes))), display_labels=list(classes), include_values=not many,
+        ax=ax, colorbar=many, xticks_rotation=45, cmap="Blues", text_kw={"fontsize": font},
     )
     ax.tick_params(labelsize=font - 2)
+    if many:  # every class named would be unreadable and slow to draw: every k-th, as many as fit
+        every = -(-len(classes) // ANNOTATED_CLASSES)
+        ticks = list(range(0, len(classes), every))
+        ax.set_xticks(ticks, [classes[k] for k in ticks], rotation=90)
+        ax.set_yticks(ticks, [classes[k] for k in ticks])
     ax.set_xlabel("predicted", fontsize=font - 2)
     ax.set_ylabel("true", fontsize=font - 2)
     ax.set_title(title, fontsize=font - 3)

@@ -145,8 +145,20 @@ def test_class_with_fewer_images_than_folds_stops_before_training(tmp_path, caps
     code = main.main(tiny_run_args(data, tmp_path, "few", "--num_folds", "3"))
     err = capsys.readouterr().err
     assert code == 2
-    assert "class 'green' has 1 readable image(s)" in err and "Traceback" not in err
+    assert "class 'green' (1) has fewer readable images than num_folds=3" in err and "Traceback" not in err
     assert not (tmp_path / "models_saved" / "few" / "fold0").exists()
+
+
+def test_many_classes_short_of_images_are_counted_in_one_line():
+    from utils.data.folders import check_class_counts
+    from utils.runtime.errors import DataError
+
+    classes = [f"c{k:03d}" for k in range(200)]
+    with pytest.raises(DataError) as refused:
+        check_class_counts(classes, np.repeat(np.arange(200), 2), num_folds=5, batch_size=32)
+    message = str(refused.value)
+    assert message.startswith("200 classes 'c000' (2), 'c001' (2)") and "and 195 more" in message
+    assert "the smallest class has 2" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -194,16 +194,20 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
     return DatasetIndex(classes, samples, test_samples, skipped)
 
 
+SHORT_CLASSES_NAMED = 5  # in the message that refuses them
+
+
 def check_class_counts(classes: Sequence[str], labels: Sequence[int], num_folds: int, batch_size: int) -> None:
     """Stratified K-fold needs at least K images of every class; a batch larger than the
     whole dataset is a mistake (and would make the time estimate allocate it)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
-    for name, count in zip(classes, counts):
-        if count < num_folds:
-            raise DataError(
-                f"class '{name}' has {count} readable image(s), fewer than num_folds={num_folds}; "
-                "add images or lower --num_folds"
-            )
+    short = [f"'{name}' ({count})" for name, count in zip(classes, counts) if count < num_folds]
+    if short:
+        named = ", ".join(short[:SHORT_CLASSES_NAMED]) + (f" and {len(short) - SHORT_CLASSES_NAMED} more"
+                                                          if len(short) > SHORT_CLASSES_NAMED else "")
+        which = "class" if len(short) == 1 else f"{len(short)} classes"
+        raise DataError(f"{which} {named} {'has' if len(short) == 1 else 'have'} fewer readable images than "
+                        f"num_folds={num_folds}; add images or lower --num_folds (the smallest class has {min(counts)})")
     if batch_size > counts.sum():
         raise DataError(f"batch_size {batch_size} is larger than the whole dataset ({counts.sum()} images); "
                         "lower --batch_size")

@@ -139,22 +139,42 @@ def _worker_pids(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
-def test_a_killed_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path):
+def _training_job(tmp_path: Path, name: str) -> tuple[subprocess.Popen, dict[int, int]]:
+    """A launched 2-rank job, once its ranks are training; its launcher and rank -> pid."""
     data = make_class_folders(tmp_path / "data", per_class=10)
-    args = tiny_run_args(data, tmp_path / "job", "killed", "--epochs", "50", "--kd", "none", "--quiet")
+    args = tiny_run_args(data, tmp_path / "job", name, "--epochs", "50", "--kd", "none", "--quiet")
     (tmp_path / "logs").mkdir()
     job = _launch(args, tmp_path / "logs")
-    state = tmp_path / "job" / "models_saved" / "killed" / "fold0" / "training_student.pdparams"
+    state = tmp_path / "job" / "models_saved" / name / "fold0" / "training_student.pdparams"
     deadline = time.time() + 300
     while not state.exists():
         assert job.poll() is None and time.time() < deadline, "the job did not start training"
         time.sleep(0.5)
     ranks = _worker_pids(job.pid)
     assert set(ranks) == {0, 1}
+    return job, ranks
+
+
+def test_a_killed_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path):
+    job, ranks = _training_job(tmp_path, "killed")
     os.kill(ranks[1], signal.SIGKILL)
     start = time.time()
     job.communicate(timeout=120)
     assert job.returncode != 0 and time.time() - start < 120
+
+
+def test_the_ranks_of_a_killed_launcher_stop_within_seconds(tmp_path):
+    """Row 5: SIGKILL of paddle.distributed.launch used to leave both ranks training to the end."""
+    import psutil
+
+    job, ranks = _training_job(tmp_path, "orphans")
+    job.kill()
+    job.communicate(timeout=30)
+    deadline = time.time() + 20
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+              for pid in ranks.values()):
+        assert time.time() < deadline, "a rank outlived its launcher by 20 s"
+        time.sleep(0.5)
 
 
 def test_only_rank_0_reads_or_writes_the_run_record(tmp_path, monkeypatch):

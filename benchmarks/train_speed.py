@@ -64,7 +64,7 @@ from utils.distill.view_cache import label_views  # noqa: E402
 from utils.engine.loops import TrainingSettings, grad_scaler, train_one_epoch  # noqa: E402
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss  # noqa: E402
 from utils.engine.optimization import build_optimizer, warmup_cosine  # noqa: E402
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config  # noqa: E402
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml  # noqa: E402
 from utils.runtime.distributed import init_distributed, rank, world_size  # noqa: E402
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
 from utils.runtime.process import cpu_count  # noqa: E402
@@ -94,7 +94,7 @@ class Bench:
         self.labels = [s.label for s in kept]
 
     def config(self, img_size: int, student: str):
-        return build_config({**_read_yaml(DEFAULT_CONFIG), "data_dir": self.args.data_dir, "img_size": img_size,
+        return build_config({**read_yaml(DEFAULT_CONFIG), "data_dir": self.args.data_dir, "img_size": img_size,
                              "batch_size": self.args.batch_size, "student": student})
 
     def loader(self, cfg, count: int | None = None, views: int | None = None):

@@ -12,7 +12,7 @@ import utils.pipeline.folds as folds
 from models.teacher import build_teacher
 from tests.conftest import tiny_run_args
 from utils.pipeline.disk import SMALL_FILES_MB, RemainingWork, needed_mb, weights_bytes
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.errors import disk_trouble
 from utils.runtime.weights_file import save_weights_file
 
@@ -40,7 +40,7 @@ def test_a_nearly_full_disk_stops_before_training(tiny_data, tmp_path, capsys, m
 def test_the_disk_needed_is_counted_from_the_work_left():
     # A ResNet50 teacher (23.5 M parameters, 90 MB a copy) kept once and checkpointed while it
     # trains (8 copies at the peak); stored views; finished work needs room for small files only.
-    cfg = build_config({**_read_yaml(DEFAULT_CONFIG), "teacher": "resnet50", "teacher_views": 4, "epochs": 10})
+    cfg = build_config({**read_yaml(DEFAULT_CONFIG), "teacher": "resnet50", "teacher_views": 4, "epochs": 10})
     teacher_mb = weights_bytes(build_teacher(3, "none", "resnet50")[0]) / 2**20
     one_teacher = needed_mb(cfg, 3, RemainingWork(students=0, teachers=1, labelled_images=0, processes=1))
     assert 9 * teacher_mb < one_teacher - SMALL_FILES_MB < 9 * teacher_mb + 2

@@ -6,7 +6,7 @@ import pytest
 from utils.data.mixing import MixedTargets
 from utils.distill.methods import DIST, DKD, KL, METHODS, create_method, decoupled_kd, kl_divergence
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, balanced_class_weights
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 
 
 def _softmax(z):
@@ -176,7 +176,7 @@ def test_class_weights_are_balanced_and_weigh_each_image_by_its_class(batch):
 
 
 def test_every_method_is_found_by_name_and_says_whether_it_needs_a_teacher():
-    values = _read_yaml(DEFAULT_CONFIG)
+    values = read_yaml(DEFAULT_CONFIG)
     for name in METHODS:
         method = create_method(build_config({**values, "kd": name}))
         assert method.needs_teacher == (name != "none")

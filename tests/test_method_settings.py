@@ -9,7 +9,7 @@ import main
 from utils.distill.features import FEATURE_METHODS
 from utils.distill.methods import DIST, DKD, KL, METHOD_SETTINGS, METHODS, create_method, method_settings
 from utils.pipeline.demo import resolve_run_config
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config, save_config
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml, save_config
 from utils.runtime.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def test_every_method_setting_is_declared_once_and_owned_by_its_class():
              for s in getattr(method, "settings", ())]
     assert sorted(owned) == sorted(s.name for s in METHOD_SETTINGS)
     assert len(owned) == len(set(owned))
-    assert "alpha" not in _read_yaml(DEFAULT_CONFIG)  # not repeated in the core configuration
+    assert "alpha" not in read_yaml(DEFAULT_CONFIG)  # not repeated in the core configuration
 
 
 def test_flags_and_yaml_keys_reach_the_method(tmp_path):
@@ -69,7 +69,7 @@ def test_a_run_saves_every_method_setting_and_reads_them_back(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert {s.name for s in METHOD_SETTINGS} <= set(saved) and saved["dkd_beta"] == 3.0 and saved["alpha"] == 0.5
-    again = build_config({**_read_yaml(DEFAULT_CONFIG), **saved})
+    again = build_config({**read_yaml(DEFAULT_CONFIG), **saved})
     assert method_settings(again) == method_settings(cfg)
 
 

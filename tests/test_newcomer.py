@@ -12,7 +12,7 @@ import inference
 import main
 from tests.conftest import make_class_folders, tiny_run_args
 from utils.pipeline.estimate import QUICK_PRESET, RunClock, describe, plan_work, quick_preset_note
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,16 +30,18 @@ def test_the_clock_sums_each_kind_of_work_at_its_speed_over_the_workers():
 
 def test_a_run_over_an_hour_on_a_cpu_names_the_quick_preset_which_loads():
     long_run = RunClock({"teacher": 3.6e6}, {"teacher": 500.0}, workers=1)
-    assert quick_preset_note(RunClock({"teacher": 100.0}, {"teacher": 1.0}, 1), "cpu") is None
-    assert quick_preset_note(long_run, "gpu") is None
-    assert QUICK_PRESET in quick_preset_note(long_run, "cpu")
-    preset = build_config({**_read_yaml(DEFAULT_CONFIG), **_read_yaml(ROOT / QUICK_PRESET)})
+    cfg = build_config(read_yaml(DEFAULT_CONFIG))
+    assert quick_preset_note(RunClock({"teacher": 100.0}, {"teacher": 1.0}, 1), "cpu", cfg) is None
+    assert quick_preset_note(long_run, "gpu", cfg) is None
+    assert QUICK_PRESET in quick_preset_note(long_run, "cpu", cfg)
+    preset = build_config({**read_yaml(DEFAULT_CONFIG), **read_yaml(ROOT / QUICK_PRESET)})
+    assert quick_preset_note(long_run, "cpu", preset) is None  # already on it: the machine is slow or busy
     assert (preset.num_folds, preset.img_size, preset.student, preset.teacher) == (3, 64, "mobilenet_v3_small",
                                                                                    "resnet18")
 
 
 def test_planned_work_counts_every_student_epoch_and_the_final_model():
-    cfg = build_config({**_read_yaml(DEFAULT_CONFIG), "epochs": 10, "teacher_epochs": 3, "baseline": True,
+    cfg = build_config({**read_yaml(DEFAULT_CONFIG), "epochs": 10, "teacher_epochs": 3, "baseline": True,
                         "teacher_cache": "views", "teacher_views": 4})
     work = plan_work(cfg, [(80, 20), (80, 20)], teachers_to_train=2, views_to_label=2, needs_teacher=True,
                      final_images=100)

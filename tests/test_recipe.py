@@ -15,7 +15,7 @@ from utils.data.mixing import cutmix, mix_batch
 from utils.data.transforms import seeded_augmentation
 from utils.engine.ema import WeightAverage
 from utils.engine.optimization import build_optimizer, warmup_cosine
-from utils.runtime.config import DEFAULT_CONFIG, RECIPE_DIR, _read_yaml, add_config_flags, resolve_config
+from utils.runtime.config import DEFAULT_CONFIG, RECIPE_DIR, add_config_flags, read_yaml, resolve_config
 
 
 def test_weight_average_update_arithmetic():
@@ -121,7 +121,7 @@ def _resolve(*flags: str):
 
 
 def test_recipe_defaults_follow_the_weights_and_never_override_the_user():
-    defaults, scratch = _read_yaml(DEFAULT_CONFIG), _read_yaml(RECIPE_DIR / "scratch.yaml")
+    defaults, scratch = read_yaml(DEFAULT_CONFIG), read_yaml(RECIPE_DIR / "scratch.yaml")
     assert scratch["epochs"] != defaults["epochs"] and scratch["teacher_epochs"] != defaults["teacher_epochs"]
     finetune = _resolve()
     assert finetune.epochs == defaults["epochs"] and finetune.teacher_epochs == defaults["teacher_epochs"]

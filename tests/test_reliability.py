@@ -27,7 +27,7 @@ from utils.data.manifest import DigestCache, build_manifest
 from utils.deploy.checkpoint import read_meta
 from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_key
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.errors import UserError
 from utils.runtime.files import SCRATCH_PREFIX, exclusive_lock, scratch_dir, write_csv_atomic
 from utils.runtime.weights_file import UnreadableWeights, load_weights_file, save_weights_file
@@ -121,7 +121,7 @@ def test_a_photo_replaced_with_its_old_time_copied_back_is_seen_with_verify_data
 
 def test_teachers_are_cached_by_content_not_by_path_and_size(tmp_path):
     data = make_class_folders(tmp_path / "data", per_class=3)
-    cfg = build_config(_read_yaml(DEFAULT_CONFIG))
+    cfg = build_config(read_yaml(DEFAULT_CONFIG))
     index = scan_dataset(data)
 
     def key() -> str:

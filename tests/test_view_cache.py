@@ -18,12 +18,12 @@ from utils.data.transforms import build_train_transform
 from utils.distill.signal import StoredViews
 from utils.distill.teachers import teacher_cache_key
 from utils.distill.view_cache import label_views, prepare_views, view_cache_path
-from utils.runtime.config import DEFAULT_CONFIG, _read_yaml, build_config
+from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.errors import ConfigError
 
 
 def _config(**overrides):
-    return build_config({**_read_yaml(DEFAULT_CONFIG), "img_size": 32, "teacher_cache": "views", **overrides})
+    return build_config({**read_yaml(DEFAULT_CONFIG), "img_size": 32, "teacher_cache": "views", **overrides})
 
 
 def _dataset(n=10, views=None, seed=(42, 0, 1)):

@@ -215,7 +215,7 @@ def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers
     clock = start_clock(cfg, inputs.num_classes, work, workers)
     print(f"estimated time: {describe(clock.total_seconds())} on this machine ({len(to_do)} fold(s) to train, "
           f"{teachers} teacher(s) to train; early stopping can make it shorter)", flush=True)
-    note = quick_preset_note(clock, device)
+    note = quick_preset_note(clock, device, cfg)
     if note:
         print(note, flush=True)
     return clock

@@ -19,7 +19,7 @@ from models.fast_depthwise import use_fast_depthwise
 from models.student import build_student
 from models.teacher import build_teacher
 from utils.engine.optimization import build_optimizer, warmup_cosine
-from utils.runtime.config import Config
+from utils.runtime.config import PROJECT_ROOT, Config, read_yaml
 
 # A quick preset for a first model on a CPU (README, "How long a run takes").
 QUICK_PRESET = "configs/cpu.yaml"
@@ -131,8 +131,15 @@ def start_clock(cfg: Config, num_classes: int, work: dict[str, float], workers: 
     return RunClock(work, measure_rates(cfg, num_classes, kinds), workers)
 
 
-def quick_preset_note(clock: RunClock, device: str) -> Optional[str]:
-    if device != "cpu" or clock.total_seconds() <= QUICK_NOTE_AFTER:
+def uses_quick_preset(cfg: Config) -> bool:
+    """Every setting of the quick preset already in force (given by --config or by hand)."""
+    return all(getattr(cfg, key) == value for key, value in read_yaml(PROJECT_ROOT / QUICK_PRESET).items())
+
+
+def quick_preset_note(clock: RunClock, device: str, cfg: Config) -> Optional[str]:
+    """On a CPU, a run over an hour points to the quick preset, unless it is using it already
+    (then the machine is slow or busy, and the note would send the user in a circle)."""
+    if device != "cpu" or clock.total_seconds() <= QUICK_NOTE_AFTER or uses_quick_preset(cfg):
         return None
     return (f"note: this run will take more than an hour on this CPU; for a first model in about 20 minutes "
             f"(on 2,500 photos), try --config {QUICK_PRESET} (README, \"How long a run takes\")")

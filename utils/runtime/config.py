@@ -215,7 +215,7 @@ def _flag_value(text: str, expected: Any) -> Any:
     return text
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -376,7 +376,7 @@ def recipe_values(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
     if recipe == "finetune":
         return {}
-    scratch = _read_yaml(RECIPE_DIR / "scratch.yaml")
+    scratch = read_yaml(RECIPE_DIR / "scratch.yaml")
     if recipe == "scratch":
         return scratch
 
@@ -394,13 +394,13 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None,
     chosen: dict[str, Any] = {}
     for path in (extra_file, Path(args.config) if args.config else None):
         if path is not None:
-            chosen.update(_read_yaml(path))
+            chosen.update(read_yaml(path))
     types = {**_field_types(), **{setting.name: float for setting in component_settings}}
     for key, expected in types.items():
         flag = getattr(args, key, None)
         if flag is not None:
             chosen[key] = _flag_value(flag, expected)
-    values = _read_yaml(DEFAULT_CONFIG)
+    values = read_yaml(DEFAULT_CONFIG)
     values.update(recipe_values({**values, **chosen}))
     values.update(chosen)
     return build_config(values)
@@ -419,7 +419,7 @@ def resumed_config(args: argparse.Namespace) -> Config:
         given = ", ".join(f"--{key}" for key in others or ["config"])
         raise ConfigError(f"--resume continues a run with its saved settings, so {given} cannot be given with it; "
                           f"only --{', --'.join(RUNTIME_SETTINGS)} and --output_dir may")
-    output_dir = Path(args.output_dir or _read_yaml(DEFAULT_CONFIG)["output_dir"])
+    output_dir = Path(args.output_dir or read_yaml(DEFAULT_CONFIG)["output_dir"])
     saved = output_dir / args.resume / "config.yaml"
     if not saved.is_file():
         raise ConfigError(f"there is no run {args.resume} to resume: {saved} does not exist "
@@ -437,6 +437,6 @@ def save_config(cfg: Config, path: Path) -> None:
 
 def load_saved_config(path: Path) -> Config:
     """A config.yaml written by save_config, merged over today's defaults."""
-    values = _read_yaml(DEFAULT_CONFIG)
-    values.update(_read_yaml(path))
+    values = read_yaml(DEFAULT_CONFIG)
+    values.update(read_yaml(path))
     return build_config(values)

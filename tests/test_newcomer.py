@@ -2,6 +2,7 @@
 and inference outputs that never overwrite each other."""
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import inference
 import main
 from tests.conftest import make_class_folders, tiny_run_args
 from utils.pipeline.estimate import QUICK_PRESET, RunClock, describe, plan_work, quick_preset_note
-from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
+from utils.runtime.config import DEFAULT_CONFIG, add_config_flags, build_config, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,3 +121,17 @@ def test_offline_imagenet_weights_fail_at_once_in_one_line_naming_both_flags(tin
     assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
     assert len(calls) == 1  # the teacher's, once; nothing started that would try again
     assert not (tmp_path / "models_saved" / "offline").exists()
+
+
+def test_help_entries_read_as_sentences_and_show_the_scratch_recipe_defaults():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    help_of = {action.dest: action.help for action in parser._actions}
+    # the comment above a key and the one beside it no longer run together
+    assert "2.5x slower. true | false" in help_of["fast_depthwise"]
+    assert "(linear or cosine). constant | linear | cosine" in help_of["temperature_schedule"]
+    assert help_of["recipe"].startswith("The values of configs/default.yaml suit fine-tuning")
+    # weights `none` train with the scratch recipe's values, and --help says so
+    assert help_of["lr"].endswith("(default: 0.001; scratch recipe: 0.003)")
+    assert help_of["label_smoothing"].endswith("(default: 0.0; scratch recipe: 0.1)")
+    assert help_of["weight_decay"].endswith("(default: 0.05)")

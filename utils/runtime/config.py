@@ -321,6 +321,13 @@ _SECTION = re.compile(r"^# --- (.+?) -*$")
 _SETTING = re.compile(r"^(\w+):\s*(.*?)\s*(?:#\s*(.*))?$")
 
 
+def _sentences(*parts: str) -> str:
+    """Comments joined as sentences: the one above a key and the one beside it would otherwise
+    run together in --help ("... 2.5x slower true | false")."""
+    parts = [part.strip() for part in parts if part.strip()]
+    return " ".join(part if part[-1] in ".:;" or part is parts[-1] else part + "." for part in parts)
+
+
 def setting_docs(path: Path = DEFAULT_CONFIG) -> list[SettingDoc]:
     """Every key of default.yaml with its value, its inline comment and the comment lines
     right above it, under the section header it follows."""
@@ -332,7 +339,7 @@ def setting_docs(path: Path = DEFAULT_CONFIG) -> list[SettingDoc]:
             above.append(line.lstrip("# ").strip())
         elif match := _SETTING.match(line):
             key, default, inline = match.groups()
-            docs.append(SettingDoc(section, key, default, " ".join([*above, inline or ""]).strip()))
+            docs.append(SettingDoc(section, key, default, _sentences(" ".join(above), inline or "")))
             above = []
         else:
             above = []
@@ -348,10 +355,13 @@ def add_config_flags(parser: argparse.ArgumentParser, component_settings: Sequen
                         help="continue an interrupted run with its saved settings: finished folds are kept and "
                              "an unfinished fold goes on from its last finished epoch")
     types = _field_types()
+    scratch = read_yaml(RECIPE_DIR / "scratch.yaml")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for doc in setting_docs():
         group = groups.get(doc.section) or groups.setdefault(doc.section, parser.add_argument_group(doc.section))
-        help_text = f"{doc.comment} (default: {doc.default})".replace("%", "%%")
+        # Weights `none` take the scratch recipe's value (recipe: auto): both are shown.
+        from_scratch = f"; scratch recipe: {scratch[doc.key]}" if doc.key in scratch else ""
+        help_text = f"{doc.comment} (default: {doc.default}{from_scratch})".replace("%", "%%")
         if types[doc.key] is bool:
             group.add_argument(f"--{doc.key}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
         else:

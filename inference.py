@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "out-of-fold predictions (calibrated probabilities are the default)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: average the predictions for each image and its mirror image")
+    parser.add_argument("--labels_from_folders", choices=("auto", "true", "false"), default="auto",
+                        help="score the predictions against the class sub-folders the images are in (accuracy, "
+                             "per-class report, confusion matrix); auto: when every sub-folder is one of the model's "
+                             "classes (default: %(default)s)")
+    parser.add_argument("--score_dir", default="inference_scores",
+                        help="where the report and confusion matrix of a labelled folder go (default: %(default)s)")
     parser.add_argument("--explain", metavar="DIR",
                         help="write Grad-CAM overlays (where the student looked) to DIR, at the images' paths")
     return parser.parse_args(argv)
@@ -110,10 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         save_annotated,
         save_explanation,
     )
+    from utils.deploy.scoring import folder_labels, score
     from utils.runtime.process import select_device
 
     check_arguments(args)
     paths = list_images(Path(args.image_path), args.recursive)
+    if not paths and not args.recursive and Path(args.image_path).is_dir():
+        # A folder of class folders (a labelled test split): read them, rather than find nothing.
+        paths = list_images(Path(args.image_path), recursive=True)
     if not paths:
         raise UserError(f"no images in {args.image_path}" + ("" if args.recursive else " (try --recursive)"))
     device = select_device("auto" if args.use_gpu else "cpu")
@@ -129,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--categories names {len(names)} classes, the model has {len(classifier.classes)}")
         classifier.classes = names
     topk = min(args.topk, len(classifier.classes))
+    labels = folder_labels(Path(args.image_path), paths, classifier.classes, args.labels_from_folders)
+    if labels is not None:
+        print(f"labels: the class folders under {args.image_path}", file=sys.stderr)
 
     predictions, failed = [], []
     start = time.perf_counter()
@@ -155,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(predictions)} classified, {len(failed)} failed"
           + (": " + ", ".join(f"{label} {n}" for label, n in counts) if counts else "")
           + f" ({per_image:.1f} ms per image, reading included)")
+    if labels is not None and predictions:
+        print(score(predictions, labels, classifier.classes, Path(args.score_dir)))
     return 1 if failed else 0
 
 

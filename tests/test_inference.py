@@ -46,9 +46,10 @@ def test_default_model_is_the_latest_run_and_single_fold_differs_from_ensemble(t
     assert ensemble["confidence"] != single["confidence"]
 
 
-def test_recursive_folder_and_usage_errors(tiny_run, capsys):
+def test_recursive_folder_and_usage_errors(tiny_run, tmp_path, capsys):
     out, run_dir, data, _ = tiny_run
-    assert inference.main(["--image_path", str(data), "--model_path", str(run_dir)]) == 2
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert inference.main(["--image_path", str(tmp_path / "empty"), "--model_path", str(run_dir)]) == 2
     assert "no images in" in capsys.readouterr().err
     assert inference.main(["--image_path", str(data), "--model_path", str(run_dir), "--recursive"]) == 1
     assert "30 classified, 1 failed" in capsys.readouterr().out  # the tiny run's corrupt.jpg
@@ -140,3 +141,30 @@ def test_the_specs_temperature_calibrates_every_backend_alike_and_min_confidence
     rows = list(csv.DictReader(open(output, newline="")))
     assert rows and all(r["label"] == "unsure" and len(r["topk"].split(";")) == 2 for r in rows)
     assert inference.main(["--image_path", images, "--model_path", str(model), "--min_confidence", "1.5"]) == 2
+
+
+def test_a_labelled_folder_is_scored_by_its_class_folders(tiny_run, tmp_path, capsys):
+    out, run_dir, data, _ = tiny_run
+    labelled = tmp_path / "test"
+    for path in sorted(data.rglob("*.png")):
+        target = labelled / path.relative_to(data)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    output, scores = tmp_path / "preds.csv", tmp_path / "scores"
+    # class folders and no --recursive: the sub-folders are read, and are the labels
+    assert inference.main(["--image_path", str(labelled), "--model_path", str(run_dir), "--output", str(output),
+                           "--score_dir", str(scores)]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(output, newline="")))
+    expected = np.mean([row["label"] == row["path"].split("/")[-2] for row in rows])
+    assert len(rows) == 30 and f"accuracy {expected:.4f} on 30 images labelled by their folders" in printed
+    assert "precision" in printed and (scores / "confusion_matrix.png").is_file()
+    assert (scores / "classification_report.txt").is_file()
+    # a folder that is not one of the model's classes: not scored by default, refused when asked for
+    (labelled / "purple").mkdir()
+    (labelled / "purple" / "p.png").write_bytes(next(labelled.rglob("*.png")).read_bytes())
+    assert inference.main(["--image_path", str(labelled), "--model_path", str(run_dir)]) == 0
+    assert "accuracy" not in capsys.readouterr().out
+    assert inference.main(["--image_path", str(labelled), "--model_path", str(run_dir),
+                           "--labels_from_folders", "true"]) == 2
+    assert "purple under" in capsys.readouterr().err

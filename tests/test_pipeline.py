@@ -255,6 +255,8 @@ def test_run_writes_a_report_that_report_rebuilds(tiny_run, capsys):
                     "![confusion matrix](confusion_matrix.png)", "![training curves](training_curves.png)",
                     "## Most confidently misclassified", "## Configuration", "run_name: tiny"):
         assert section in report
+    # one epoch: every fold's best epoch was its last
+    assert "Fold(s) 0, 1: the best epoch was the last (1): more epochs may help" in report
     for png in ("training_curves.png", "misclassified.png", "confusion_matrix.png"):
         assert cv2.imread(str(run_dir / png)) is not None
     history = json.loads((run_dir / "fold0" / "history.json").read_text())

@@ -10,6 +10,7 @@ from typing import Optional
 
 import matplotlib
 import numpy as np
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -82,10 +83,12 @@ def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
     with_kd = any(_distillation_terms(r) for h in histories.values() for r in h["student"])
     fig, axes = plt.subplots(1, 3 if with_kd else 2, figsize=(16 if with_kd else 11, 4.2))
     ce_ax, acc_ax = axes[0], axes[1]
-    colours = {"train": "tab:blue", "val": "tab:orange", "teacher train": "tab:green", "teacher val": "tab:red"}
+    colours = {"train": "tab:blue", "val": "tab:orange", "teacher train": "tab:green", "teacher val": "tab:red",
+               "CE-only train": "tab:gray", "CE-only val": "tab:brown"}
     for fold, history in sorted(histories.items()):
         marker = FOLD_MARKERS[fold % len(FOLD_MARKERS)]
-        for who, records in (("", history["student"]), ("teacher ", history.get("teacher", []))):
+        for who, records in (("", history["student"]), ("teacher ", history.get("teacher", [])),
+                             ("CE-only ", history.get("baseline", []))):
             if not records:
                 continue
             epochs = [r["epoch"] for r in records]
@@ -99,13 +102,19 @@ def plot_training_curves(histories: dict[int, dict], out: Path) -> None:
                          [_distillation_terms(r) for r in history["student"]], "-", color="tab:purple",
                          marker=marker, markersize=4, label=f"fold {fold}")
     ce_ax.set_title("cross-entropy with the true labels")
-    acc_ax.set_title("accuracy")
-    with_teacher = any(h.get("teacher") for h in histories.values())
-    handles = [plt.Line2D([], [], color=colour, linestyle="--" if "train" in name else "-", label=name)
-               for name, colour in colours.items() if with_teacher or "teacher" not in name]
+    # Training accuracy is measured on the augmented (and, with Mixup or CutMix, mixed) images, so it
+    # can sit below the validation accuracy.
+    acc_ax.set_title("accuracy (train: on augmented, mixed images)")
+    drawn = {"teacher ": any(h.get("teacher") for h in histories.values()),
+             "CE-only ": any(h.get("baseline") for h in histories.values())}
+    handles = [plt.Line2D([], [], color=colour, linestyle="--" if "train" in name else "-",
+                          label=name if name.startswith(("teacher", "CE-only")) else f"student {name}")
+               for name, colour in colours.items()
+               if all(drawn[who] or not name.startswith(who) for who in drawn)]
     handles += [plt.Line2D([], [], color="grey", marker=FOLD_MARKERS[f % len(FOLD_MARKERS)], linestyle="none",
                            label=f"fold {f}") for f in sorted(histories)]
-    acc_ax.legend(handles=handles, fontsize=7)
+    for ax in (ce_ax, acc_ax):
+        ax.legend(handles=handles, fontsize=7)
     if with_kd:
         axes[2].set_title("distillation terms (sum of the method's non-CE parts)")
         axes[2].legend(fontsize=7)
@@ -203,6 +212,15 @@ def _fold_table(summary: dict) -> list[str]:
                  + (f"{_mean_std(summary, 'student_val_top5')} | " if top5 else "")
                  + f"{_mean_std(summary, 'student_val_macro_f1')} | |")
     return lines
+
+
+def _last_epoch_note(summary: dict, epochs: Optional[int]) -> list[str]:
+    """Folds whose best epoch was their last were still improving when training stopped."""
+    still_improving = [str(f["fold"]) for f in summary["folds"] if epochs and f["best_epoch"] == epochs]
+    if not still_improving:
+        return []
+    return [f"Fold(s) {', '.join(still_improving)}: the best epoch was the last ({epochs}): more epochs may help "
+            "(`--epochs`).", ""]
 
 
 def _final_model_section(summary: dict) -> list[str]:
@@ -356,6 +374,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         "",
         *_fold_table(summary),
         "",
+        *_last_epoch_note(summary, yaml.safe_load(config).get("epochs")),
         *_verdict_section(summary),
         f"Out-of-fold accuracy (every image predicted by the fold that did not train on it): "
         f"{summary['oof_acc']:.4f}.",

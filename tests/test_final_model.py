@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import paddle
 import pytest
@@ -77,7 +78,11 @@ def test_grad_cam_has_the_inputs_size_and_is_finite_and_not_constant(trained_run
     explained = tmp_path / "cams"
     assert inference.main(["--image_path", str(data), "--recursive", "--model_path", str(run_dir),
                            "--explain", str(explained)]) == 0
-    assert len(list(explained.rglob("*.png.png"))) == 90  # one per image, at its path: red/red_0.png.png
+    shown = sorted(explained.rglob("*.png"))
+    assert len(shown) == 90 and (explained / "red" / "red_0.png").is_file()  # one per image, at its path
+    # the image beside its map, enlarged from the model's input to at least 224 px, under a caption bar
+    picture = cv2.imread(str(explained / "red" / "red_0.png"))
+    assert picture.shape[0] >= 224 + 32 and picture.shape[1] >= 2 * 224
 
 
 def test_int8_model_agrees_with_the_float_model(trained_run, tmp_path):

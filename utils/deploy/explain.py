@@ -70,7 +70,29 @@ def visible_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]
     return np.clip(pixels * 255, 0, 255).astype(np.uint8)
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, strength: float = 0.45) -> np.ndarray:
-    """The map in the jet colours over the image (RGB uint8)."""
+SHOWN_SIZE = 224  # pixels: the side an explanation is shown at, however small the model's input
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, strength: float = 0.35) -> np.ndarray:
+    """The map in the jet colours over the image (RGB uint8), light enough to see the image through."""
     heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     return np.uint8((1 - strength) * rgb + strength * heat)
+
+
+def upscaled(rgb: np.ndarray, side: int = SHOWN_SIZE) -> np.ndarray:
+    """A small input (64 px) enlarged to be read: its short side at least `side`."""
+    scale = side / min(rgb.shape[:2])
+    if scale <= 1:
+        return rgb
+    return cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_CUBIC)
+
+
+def explanation(rgb: np.ndarray, cam: np.ndarray, caption: str) -> np.ndarray:
+    """The image beside its Grad-CAM overlay, both enlarged, with `caption` (the predicted label
+    and confidence) on a bar above them (RGB uint8)."""
+    image = upscaled(rgb)
+    heat = cv2.resize(cam.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    pair = np.concatenate([image, np.full((image.shape[0], 8, 3), 255, np.uint8), overlay(image, heat)], axis=1)
+    bar = np.full((32, pair.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, caption, (6, 23), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([bar, pair], axis=0)

@@ -18,7 +18,7 @@ from utils.data.folders import is_image_name
 from utils.data.images import decoded_or_reason, read_image
 from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
-from utils.deploy.explain import ensemble_cam, overlay, visible_image
+from utils.deploy.explain import ensemble_cam, explanation, visible_image
 from utils.deploy.export import EXPORTED_PREFIX, INT8_NAME, ONNX_NAME, exported_model_file, is_exported
 from utils.runtime import layout
 from utils.runtime.errors import UserError
@@ -251,14 +251,16 @@ def shown_path(prediction: Prediction, out_dir: Path, image_root: Path) -> Path:
 
 def save_explanation(classifier: EnsembleClassifier, prediction: Prediction, explain_dir: Path,
                      image_root: Path) -> Path:
-    """The Grad-CAM map of the predicted class (the mean over the ensemble's students) over
-    the image as the students saw it."""
+    """The image as the students saw it, beside the Grad-CAM map of the predicted class (the mean
+    over the ensemble's students), enlarged and captioned. Saved as PNG at the image's path under
+    `explain_dir`: x.jpg becomes x.cam.png, so that x.jpg and x.png stay apart."""
     models = [model.model for model in classifier.models if isinstance(model, DynamicModel)]
     image = classifier.preprocess([read_image(prediction.path)])[0]
     cam = ensemble_cam(models, image, classifier.classes.index(prediction.top[0][0]))  # an unsure one's best guess
-    picture = overlay(visible_image(image, classifier.spec.mean, classifier.spec.std), cam)
+    caption = f"{prediction.top[0][0]} {prediction.top[0][1]:.2f}" + (" (unsure)" if prediction.label == UNSURE else "")
+    picture = explanation(visible_image(image, classifier.spec.mean, classifier.spec.std), cam, caption)
     shown = shown_path(prediction, explain_dir, image_root)
-    out = shown.with_name(f"{shown.name}.png")  # x.jpg.png: x.jpg and x.png stay apart
+    out = shown.with_name(f"{shown.stem}.cam.png" if shown.suffix.lower() != ".png" else f"{shown.stem}.png")
     cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tofile(str(out))
     return out
 

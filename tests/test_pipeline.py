@@ -72,7 +72,7 @@ def test_run_logs_every_fold_to_visualdl(tiny_run):
         logs = list((out / "logs" / "tiny" / f"fold{fold}").glob("vdlrecords.*.log"))
         assert len(logs) == 1 and logs[0].stat().st_size > 0
         content = logs[0].read_bytes()
-        for tag in (b"train/loss", b"train/acc", b"val/loss", b"val/acc", b"train/lr", b"train/teacher_loss",
+        for tag in (b"train/loss", b"train/acc", b"val/loss", b"val/acc", b"train/lr_x1000", b"train/teacher_loss",
                     b"train/augmented_batch", b"val/confusion_matrix", b"val/pr_curve/red"):
             assert tag in content
     run_logs = list((out / "logs" / "tiny" / "run").glob("vdlrecords.*.log"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -42,10 +43,11 @@ def _settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
                          "--crop", "pad", "--mixup_alpha", "0", "--rotation", "0", "--erasing", "0", "--quiet")
 
 
-def _launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", **kwargs) -> subprocess.Popen:
+def _launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", extra_env: Optional[dict] = None,
+            **kwargs) -> subprocess.Popen:
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
                str(log_dir), str(script), *args]
-    env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    env = {key: value for key, value in {**os.environ, **(extra_env or {})}.items() if key != "CUDA_VISIBLE_DEVICES"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=log_dir.parent, **kwargs)
 
@@ -53,12 +55,12 @@ def _launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", **k
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same run launched on 2 data-parallel processes and in one process with twice the batch.
-    The launched run's rank 0 writes its run outputs late (tests/slow_rank0_main.py): rank 1 must
+    The launched run's rank 0 writes its run outputs late (tests/delayed_rank_main.py): rank 1 must
     neither read them before they exist nor time out waiting."""
     out = tmp_path_factory.mktemp("distributed")
     data = make_class_folders(out / "data", per_class=45)
     launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs",
-                       ROOT / "tests" / "slow_rank0_main.py")
+                       ROOT / "tests" / "delayed_rank_main.py")
     output, _ = launched.communicate(timeout=600)
     assert launched.returncode == 0, output[-3000:]
     assert main.main(_settings(data, out / "single", "one", 2 * BATCH)) == 0
@@ -175,6 +177,20 @@ def test_the_ranks_of_a_killed_launcher_stop_within_seconds(tmp_path):
               for pid in ranks.values()):
         assert time.time() < deadline, "a rank outlived its launcher by 20 s"
         time.sleep(0.5)
+
+
+def test_a_rank_later_than_the_timeout_ends_the_job_in_one_line(tmp_path):
+    """Row 4, with real gloo processes: rank 1 reaches the end-of-folds barrier 60 s late, past
+    --dist_timeout_minutes 0.2; rank 0 gives up with the one line that says what to change."""
+    data = make_class_folders(tmp_path / "data", per_class=4)
+    (tmp_path / "logs").mkdir()
+    args = tiny_run_args(data, tmp_path / "job", "late", "--kd", "none", "--quiet", "--dist_timeout_minutes", "0.2")
+    delay = {"DELAYED_RANK": "1", "DELAY_AT": "barrier", "DELAY_SECONDS": "60"}
+    job = _launch(args, tmp_path / "logs", ROOT / "tests" / "delayed_rank_main.py", delay)
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert "error: process 0 waited more than 0.2 minutes for the other processes" in output
+    assert "--dist_timeout_minutes" in output and "Traceback" not in output and "C++" not in output
 
 
 def test_only_rank_0_reads_or_writes_the_run_record(tmp_path, monkeypatch):

@@ -42,7 +42,8 @@ def epoch_scalars(record: EpochRecord, role: str = "") -> dict[str, float]:
     times 1000 (VisualDL's axis cuts 0.00299 short; 2.99 reads whole)."""
     name = f"{role}_" if role else ""
     scalars = {f"train/{name}loss": record.train_loss, f"train/{name}acc": record.train_acc,
-               f"train/{name}lr_x1000": 1000 * record.lr, f"val/{name}loss": record.val_loss, f"val/{name}acc": record.val_acc}
+               f"train/{name}lr_x1000": 1000 * record.lr, f"val/{name}loss": record.val_loss,
+               f"val/{name}acc": record.val_acc}
     if len(record.train_parts) > 1:
         scalars.update({f"train/{name}{part}": value for part, value in record.train_parts.items()})
     if record.ema_val_acc is not None:

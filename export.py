@@ -1,5 +1,5 @@
-"""Export trained students as Paddle inference models (one per fold), for
-`inference.py --model_path <output_dir>` or your own paddle.inference code;
+"""Export a run's final student (or, with --ensemble, every fold's) as a Paddle inference
+model, for `inference.py --model_path <export_dir>/<name>` or your own paddle.inference code;
 with --format onnx, also as model.onnx for ONNX Runtime.
 
     python export.py --model_path models_saved/<run> --export_dir exported/<run> [--format onnx]
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             if data_dir is None or not data_dir.is_dir():
                 raise UserError(f"INT8 calibration needs images: pass --calibration_dir (found none for {weights})")
             calibration = calibration_images(load_student(weights)[1], data_dir, args.calibration_images)
+            print(f"INT8 ranges calibrated on {len(calibration)} images from {data_dir}")
         out = export_student(weights, export_dir / name, onnx=args.format == "onnx", calibration=calibration)
         print(f"exported {weights} -> {out}")
     return 0

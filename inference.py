@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         save_annotated,
         save_explanation,
     )
-    from utils.deploy.scoring import folder_labels, score
+    from utils.reporting.scoring import folder_labels, score
     from utils.runtime.process import select_device
 
     check_arguments(args)

@@ -501,7 +501,7 @@ def test_a_truncated_cached_teacher_is_moved_aside_and_trained_again(tmp_path, c
 
 @pytest.mark.parametrize("extra,message", [
     (["--batch_size", "100000000"], "batch_size 100000000 is larger than the whole dataset (18 images)"),
-    (["--num_folds", "20"], "fewer than num_folds=20"),
+    (["--num_folds", "20"], "fewer readable images than num_folds=20"),
 ])
 def test_data_checks_come_before_anything_is_written(tmp_path, capsys, extra, message):
     """Rows 12 and 13: refused in one line, and no run folder (config.yaml, dataset.json) left behind."""

@@ -62,13 +62,13 @@ def test_every_fold_shows_scalars_images_and_pr_curves(visualdl_server):
 
     scalars, images, curves = tags("scalar"), tags("image"), tags("pr-curve")
     for fold in ("tiny/fold0", "tiny/fold1"):
-        assert {"train/loss", "train/acc", "train/ce", "train/kl", "train/lr", "val/loss", "val/acc",
+        assert {"train/loss", "train/acc", "train/ce", "train/kl", "train/lr_x1000", "val/loss", "val/acc",
                 "train/teacher_loss", "val/teacher_acc"} <= scalars[fold]
         # Grouped by split, so that VisualDL opens on train and val.
         assert {tag.split("/")[0] for tag in scalars[fold]} == {"train", "val"}
         # A CE-only teacher's loss has one part, the loss itself: no duplicate curve.
         assert {tag for tag in scalars[fold] if tag.startswith("train/teacher_")} == {
-            "train/teacher_loss", "train/teacher_acc", "train/teacher_lr"}
+            "train/teacher_loss", "train/teacher_acc", "train/teacher_lr_x1000"}
         assert {"train/augmented_batch", "val/confusion_matrix"} <= images[fold]
         assert {"val/pr_curve/red", "val/pr_curve/green", "val/pr_curve/blue"} <= curves[fold]
     assert "val/cv_accuracy" in scalars["tiny/run"]

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from utils.runtime.errors import DataError
+from utils.runtime.errors import DataError, examples
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Operating-system clutter: never an image, listed as skipped without a warning each.
@@ -203,10 +203,9 @@ def check_class_counts(classes: Sequence[str], labels: Sequence[int], num_folds:
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     short = [f"'{name}' ({count})" for name, count in zip(classes, counts) if count < num_folds]
     if short:
-        named = ", ".join(short[:SHORT_CLASSES_NAMED]) + (f" and {len(short) - SHORT_CLASSES_NAMED} more"
-                                                          if len(short) > SHORT_CLASSES_NAMED else "")
         which = "class" if len(short) == 1 else f"{len(short)} classes"
-        raise DataError(f"{which} {named} {'has' if len(short) == 1 else 'have'} fewer readable images than "
+        verb = "has" if len(short) == 1 else "have"
+        raise DataError(f"{which} {examples(short, SHORT_CLASSES_NAMED)} {verb} fewer readable images than "
                         f"num_folds={num_folds}; add images or lower --num_folds (the smallest class has {min(counts)})")
     if batch_size > counts.sum():
         raise DataError(f"batch_size {batch_size} is larger than the whole dataset ({counts.sum()} images); "

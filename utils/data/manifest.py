@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utils.data.folders import DatasetIndex
-from utils.runtime.errors import DataError
+from utils.runtime.errors import DataError, examples
 from utils.runtime.files import write_json_atomic
 
 MANIFEST_NAME = "dataset.json"
@@ -77,11 +77,6 @@ def build_manifest(index: DatasetIndex, data_dir: Path, cache: DigestCache) -> M
     return Manifest(index.classes, files, digest)
 
 
-def _names(paths: list[str]) -> str:
-    shown = ", ".join(paths[:EXAMPLES])
-    return shown + (f" and {len(paths) - EXAMPLES} more" if len(paths) > EXAMPLES else "")
-
-
 def describe_changes(old: Manifest, new: Manifest) -> Optional[str]:
     """What changed between two manifests, in words; None when nothing did."""
     if old.digest == new.digest:
@@ -99,7 +94,7 @@ def describe_changes(old: Manifest, new: Manifest) -> Optional[str]:
     changed = sorted(p for p in set(before) & set(after) if before[p][4] != after[p][4] and p not in relabelled)
     for count, what in ((added, "added"), (removed, "removed"), (changed, "changed"), (relabelled, "in another class")):
         if count:
-            changes.append(f"{len(count)} image(s) {what} ({_names(count)})")
+            changes.append(f"{len(count)} image(s) {what} ({examples(count, EXAMPLES)})")
     return "; ".join(changes) or "the order of the images changed"
 
 

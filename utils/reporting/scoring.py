@@ -10,7 +10,7 @@ import numpy as np
 
 from utils.deploy.inference import Prediction
 from utils.reporting.metrics import save_confusion_matrix, write_classification_report
-from utils.runtime.errors import UserError
+from utils.runtime.errors import UserError, examples
 
 
 def folder_labels(image_root: Path, paths: Sequence[Path], classes: Sequence[str], mode: str) -> Optional[dict]:
@@ -29,15 +29,15 @@ def folder_labels(image_root: Path, paths: Sequence[Path], classes: Sequence[str
         folders[str(path)] = parts[0] if len(parts) > 1 else "(top level)"
     unknown = sorted(set(folders.values()) - set(classes))
     if unknown and mode == "true":
-        raise UserError(f"--labels_from_folders true: {', '.join(unknown[:5])} under {image_root} "
+        raise UserError(f"--labels_from_folders true: {examples(unknown, 5)} under {image_root} "
                         f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of the model "
                         f"({', '.join(classes)})")
     return None if unknown else folders
 
 
 def score(predictions: Sequence[Prediction], labels: dict, classes: Sequence[str], out_dir: Path) -> str:
-    """Accuracy (the top class, also where the prediction was `unsure`), the per-class report and
-    the confusion matrix, written to `out_dir`; the text to print."""
+    """For one prediction or more: the accuracy (of the top class, also where the prediction was
+    `unsure`), the per-class report and the confusion matrix, written to `out_dir`; the text to print."""
     index = {name: k for k, name in enumerate(classes)}
     truth = np.array([index[labels[p.path]] for p in predictions])
     predicted = np.array([index[p.top[0][0]] for p in predictions])
@@ -45,6 +45,6 @@ def score(predictions: Sequence[Prediction], labels: dict, classes: Sequence[str
     report = write_classification_report(out_dir / "classification_report.txt", truth, predicted, classes)
     save_confusion_matrix(out_dir / "confusion_matrix.png", truth, predicted, classes,
                           f"{len(predictions)} labelled images")
-    accuracy = float(np.mean(truth == predicted)) if len(truth) else 0.0
+    accuracy = float(np.mean(truth == predicted))
     return (f"accuracy {accuracy:.4f} on {len(predictions)} images labelled by their folders\n{report}"
             f"report and confusion matrix in {out_dir}")

@@ -3,7 +3,7 @@ no traceback, and exit with status 2."""
 import errno
 import functools
 import sys
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 # Failures of the machine, not of the code, that the user can fix: said in one line.
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
@@ -15,6 +15,12 @@ def disk_trouble(error: OSError) -> Optional[str]:
     if error.errno not in DISK_ERRORS:
         return None
     return f"{DISK_ERRORS[error.errno]} (writing {error.filename})"
+
+
+def examples(items: Sequence[str], shown: int) -> str:
+    """The first `shown` items, and how many more: for messages that would otherwise list thousands."""
+    text = ", ".join(items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 class UserError(Exception):

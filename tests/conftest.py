@@ -51,17 +51,26 @@ def random_tensor_loaders():
     return make_loader(dataset, 4, train=True, num_workers=0), make_loader(dataset, 12, train=False, num_workers=0)
 
 
+@pytest.fixture(autouse=True)
+def _run_from_a_scratch_folder(tmp_path_factory, monkeypatch) -> None:
+    """Each test runs from a folder of its own, so a command's default output folder
+    (inference.py's inference_scores/ and predictions_shown/) lands there, not in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_class_folders(tmp_path_factory.mktemp("tiny") / "data", per_class=10)
 
 
 def tiny_run_args(data_dir: Path, out: Path, run_name: str, *extra: str) -> list[str]:
-    """A run of a few seconds; the final student (a training of its own) only where a test asks for it."""
+    """A run of a few seconds; the final student (a training of its own) only where a test asks for it.
+    The teacher is a ResNet18: building, checkpointing and timing a ResNet50 (the default) made up a
+    third of a tiny run; tests of the ResNet50 itself are in test_models and test_complexity."""
     return [
         "--data_dir", str(data_dir), "--num_folds", "2", "--epochs", "1", "--teacher_epochs", "1",
         "--img_size", "32", "--batch_size", "8", "--teacher_weights", "none", "--student_weights", "none",
-        "--student", "mobilenet_v3_small", "--output_dir", str(out / "models_saved"),
+        "--student", "mobilenet_v3_small", "--teacher", "resnet18", "--output_dir", str(out / "models_saved"),
         "--log_dir", str(out / "logs"), "--run_name", run_name, "--parallel_folds", "1", "--final_model", "false",
         *extra,
     ]

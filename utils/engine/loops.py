@@ -24,7 +24,7 @@ from utils.engine.ema import WeightAverage
 from utils.engine.losses import LossParts, TrainingLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 from utils.engine.training_state import EpochCheckpoint
-from utils.runtime.distributed import average_buffers, gather_rows, rank, world_size
+from utils.runtime.distributed import average_buffers, barrier, gather_rows, rank, world_size
 from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
 
@@ -314,6 +314,7 @@ def fit(
         if checkpoint:
             checkpoint.save(progress.to_state())
         on_epoch(record, False)
+        barrier()  # data-parallel: the others wait out rank 0's saving and logging here, not in the next step
     if patience is None:
         if average is not None:
             with average.applied(model):

@@ -348,6 +348,7 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
                           f"out-of-fold predictions, {cfg.num_folds} folds")
     out_of_fold = analyse_out_of_fold(run_dir, [s.path for s in samples], index.classes, labels, fold_of, oof_probs,
                                       cfg.find_label_issues) if is_main() else {}
+    barrier()  # the others wait out rank 0's analysis here, not in the final student's first step
     folds_summary = fold_summary(results)
     final = None
     if cfg.final_model:

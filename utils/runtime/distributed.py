@@ -4,7 +4,9 @@
 and rank 0 alone writes files. In a single process these helpers are no-ops."""
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from typing import Optional
 
 import numpy as np
@@ -19,8 +21,9 @@ def launched() -> bool:
 
 def init_distributed(timeout_minutes: float = 60.0) -> None:
     """Join the job's process group (gloo on CPU, NCCL on GPUs), once, when launched. A
-    collective that waits more than `timeout_minutes` for the other processes fails (Paddle's
-    PADDLE_PG_TIMEOUT, which a user's own value overrides); see collective_timeout."""
+    barrier that waits more than `timeout_minutes` for the other processes fails, and so does
+    an NCCL collective (Paddle's PADDLE_PG_TIMEOUT, which a user's own value overrides); see
+    barrier and collective_timeout."""
     import paddle.distributed as dist
 
     if launched() and not dist.is_initialized():
@@ -30,8 +33,13 @@ def init_distributed(timeout_minutes: float = 60.0) -> None:
         dist.init_parallel_env()
 
 
-# How gloo and Paddle's stores word a wait that ran out of time.
+# How gloo, Paddle's stores and barrier word a wait that ran out of time.
 _TIMEOUT_WORDS = ("timed out", "timeout")
+# Paddle builds its CPU (gloo) process group with gloo's default timeout, which
+# PADDLE_PG_TIMEOUT does not reach: measured, an all_reduce gave up after 30.0 s with
+# PADDLE_PG_TIMEOUT at 10 minutes.
+GLOO_TIMEOUT_SECONDS = 30
+_barriers = itertools.count()
 
 
 def collective_timeout(error: BaseException) -> Optional[str]:
@@ -40,11 +48,15 @@ def collective_timeout(error: BaseException) -> Optional[str]:
     text = str(error).lower()
     if not launched() or not any(word in text for word in _TIMEOUT_WORDS):
         return None
+    process = f"process {os.environ.get('PADDLE_TRAINER_ID', '?')}"
+    if "gloo" in text:  # a collective inside a step: gloo's own limit, which no option changes
+        return (f"{process} waited more than {GLOO_TIMEOUT_SECONDS} s for the other processes of the data-parallel "
+                "job inside a training step and gave up (gloo's fixed limit on a CPU): give the job the machine to "
+                "itself; finished folds and epochs are saved, so the same command continues the run")
     minutes = int(os.environ.get("PADDLE_PG_TIMEOUT", "0")) / 60_000
-    return (f"process {os.environ.get('PADDLE_TRAINER_ID', '?')} waited more than {minutes:g} minutes for the other "
-            "processes of the data-parallel job and gave up (a gloo timeout): on a slow or loaded machine raise "
-            "--dist_timeout_minutes, or give the job the machine to itself; finished folds and epochs are saved, "
-            "so the same command continues the run")
+    return (f"{process} waited more than {minutes:g} minutes for the other processes of the data-parallel job and "
+            "gave up: on a slow or loaded machine raise --dist_timeout_minutes, or give the job the machine to "
+            "itself; finished folds and epochs are saved, so the same command continues the run")
 
 
 def world_size() -> int:
@@ -65,10 +77,22 @@ def is_main() -> bool:
 
 
 def barrier() -> None:
-    import paddle.distributed as dist
+    """Every process waits here for the others, for up to --dist_timeout_minutes (rank 0 may be
+    writing a run's outputs or a checkpoint meanwhile). Not paddle.distributed.barrier: on a
+    CPU that gives up after gloo's fixed 30 s. The processes count themselves in on the job's
+    TCP store instead, and the waiting ones look at the count a few times a second."""
+    if world_size() == 1:
+        return
+    from paddle.base import core
 
-    if world_size() > 1:
-        dist.barrier()
+    store = core.create_or_get_global_tcp_store()
+    key = f"paddle-kd-barrier-{next(_barriers)}"
+    store.add(key, 1)
+    deadline = time.monotonic() + int(os.environ["PADDLE_PG_TIMEOUT"]) / 1000
+    while store.add(key, 0) < world_size():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out at barrier {key}")
+        time.sleep(0.2)
 
 
 def gather_rows(local: np.ndarray) -> list[np.ndarray]:

@@ -38,7 +38,9 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> list[LabelIssue]
         return []
     probs = np.clip(probs.astype(np.float64), 1e-12, None)
     probs /= probs.sum(axis=1, keepdims=True)
-    flagged = cleanlab_find(labels, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's worker pool ends its forked workers with SIGTERM, which a run turns into
+    # Ctrl-C (main.py), and each printed a traceback. The flagged images are the same either way.
+    flagged = cleanlab_find(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     scores = get_label_quality_scores(labels, probs, method="self_confidence")
     return [LabelIssue(int(i), int(labels[i]), int(probs[i].argmax()), float(scores[i])) for i in flagged]
 

@@ -10,12 +10,13 @@ import paddle.nn as nn
 import pytest
 
 import main
-from models.student import build_student, feature_stages, head_name
+from models.student import build_student, head_name
+from models.teacher import build_teacher, last_stage
 from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.mixing import MixedTargets, mixup
 from utils.data.transforms import build_train_transform
-from utils.deploy.explain import cam_agreement, map_correlation
+from utils.deploy.explain import cam_agreement, grad_cam, grad_cams, map_correlation
 from utils.distill.features import FeatureDistillation, FitNet, LogitsAndFeatures
 from utils.distill.methods import DIST, TemperatureSchedule, create_method
 from utils.distill.signal import LiveTeacher, StoredViews
@@ -137,8 +138,26 @@ def test_grad_cam_agreement_is_one_for_identical_maps_and_models():
     assert map_correlation(cam, np.zeros_like(cam)) == 0.0
     paddle.seed(0)
     student = build_student("mobilenet_v3_small", 3)
-    images = [np.random.default_rng(i).normal(size=(3, 32, 32)).astype("float32") for i in range(3)]
-    assert cam_agreement(student, student, feature_stages(student)[-1], images) == pytest.approx(1.0, abs=1e-5)
+    images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype("float32")
+    maps, classes = grad_cams(student, images)
+    assert cam_agreement(student, maps, classes, images) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_grad_cam_of_a_batch_equals_grad_cam_of_each_image(monkeypatch):
+    """One backward pass for many images (in chunks) gives each image its own map."""
+    import utils.deploy.explain as explain
+
+    monkeypatch.setattr(explain, "CAM_BATCH", 3)  # 5 images: a full chunk and a short one
+    paddle.seed(0)
+    teacher, _ = build_teacher(3, "none", "resnet18")
+    images = np.random.default_rng(1).normal(size=(5, 3, 64, 64)).astype("float32")
+    maps, classes = grad_cams(teacher, images, stage=last_stage(teacher))
+    assert maps.shape == (5, 64, 64)
+    for image, batch_map, predicted in zip(images, maps, classes):
+        single_map, single_class = grad_cam(teacher, image, stage=last_stage(teacher))
+        assert single_class == predicted
+        np.testing.assert_allclose(batch_map, single_map, atol=1e-4)
+        assert batch_map.max() == pytest.approx(1.0) and batch_map.min() == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("cache", ["views", "off"])

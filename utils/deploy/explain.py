@@ -14,30 +14,55 @@ import paddle.nn.functional as F
 
 from models.student import feature_stages
 
+CAM_BATCH = 16  # images per forward and backward pass: a ResNet50's activations at 224 px stay under 1 GB
 
-def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = None,
-             stage: Optional[nn.Layer] = None) -> tuple[np.ndarray, int]:
-    """The map (H, W) in [0, 1] for one preprocessed image (3, H, W) and the class it explains
-    (by default the predicted one), on `stage` (by default a student's last convolutional stage)."""
+
+def grad_cams(model: nn.Layer, images: np.ndarray, class_indices: Optional[Sequence[int]] = None,
+              stage: Optional[nn.Layer] = None) -> tuple[np.ndarray, list[int]]:
+    """The maps (N, H, W) in [0, 1] for preprocessed images (N, 3, H, W) and the classes they
+    explain (by default the predicted ones), on `stage` (by default a student's last
+    convolutional stage). In evaluation mode the images of a batch do not interact, so one
+    backward pass of the summed class scores gives every image its own gradient."""
     model.eval()
-    captured: list[paddle.Tensor] = []
     stage = stage or feature_stages(model)[-1]
+    maps, classes = [], []
+    for start in range(0, len(images), CAM_BATCH):
+        chunk = images[start:start + CAM_BATCH]
+        wanted = None if class_indices is None else class_indices[start:start + CAM_BATCH]
+        chunk_maps, chunk_classes = _grad_cam_batch(model, chunk, wanted, stage)
+        maps.append(chunk_maps)
+        classes += chunk_classes
+    return np.concatenate(maps), classes
+
+
+def _grad_cam_batch(model: nn.Layer, images: np.ndarray, class_indices: Optional[Sequence[int]],
+                    stage: nn.Layer) -> tuple[np.ndarray, list[int]]:
+    captured: list[paddle.Tensor] = []
     hook = stage.register_forward_post_hook(lambda layer, inputs, output: captured.append(output))
-    inputs = paddle.to_tensor(image[None].astype(np.float32))
+    inputs = paddle.to_tensor(np.asarray(images, dtype=np.float32))
     inputs.stop_gradient = False  # a frozen model's activations still get their gradient
     try:
         logits = model(inputs)
     finally:
         hook.remove()
-    if class_index is None:
-        class_index = int(logits.numpy().argmax())
+    if class_indices is None:
+        class_indices = logits.numpy().argmax(axis=1).tolist()
     activation = captured[0]
-    (gradient,) = paddle.grad(logits[0, class_index], [activation])
+    chosen = paddle.to_tensor(np.asarray(class_indices, dtype=np.int64))
+    (gradient,) = paddle.grad(paddle.take_along_axis(logits, chosen[:, None], axis=1).sum(), [activation])
     weights = gradient.mean(axis=[2, 3], keepdim=True)
-    cam = F.relu((weights * activation).sum(axis=1, keepdim=True))
-    cam = F.interpolate(cam, size=list(image.shape[1:]), mode="bilinear", align_corners=False)[0, 0].numpy()
-    spread = float(cam.max() - cam.min())
-    return ((cam - cam.min()) / spread if spread > 0 else np.zeros_like(cam)), class_index
+    cams = F.relu((weights * activation).sum(axis=1, keepdim=True))
+    cams = F.interpolate(cams, size=list(inputs.shape[2:]), mode="bilinear", align_corners=False)[:, 0].numpy()
+    low = cams.min(axis=(1, 2), keepdims=True)
+    spread = cams.max(axis=(1, 2), keepdims=True) - low
+    return np.where(spread > 0, (cams - low) / np.where(spread > 0, spread, 1), 0.0), [int(c) for c in class_indices]
+
+
+def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = None,
+             stage: Optional[nn.Layer] = None) -> tuple[np.ndarray, int]:
+    """The map (H, W) in [0, 1] for one preprocessed image (3, H, W) and the class it explains."""
+    maps, classes = grad_cams(model, image[None], None if class_index is None else [class_index], stage)
+    return maps[0], classes[0]
 
 
 def ensemble_cam(models: Sequence[nn.Layer], image: np.ndarray, class_index: int) -> np.ndarray:
@@ -52,16 +77,13 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / scale) if scale > 0 else 0.0
 
 
-def cam_agreement(student: nn.Layer, teacher: nn.Layer, teacher_stage: nn.Layer, images: Sequence[np.ndarray]
+def cam_agreement(student: nn.Layer, teacher_maps: np.ndarray, teacher_classes: Sequence[int], images: np.ndarray
                   ) -> float:
-    """The mean correlation of the student's Grad-CAM maps with the teacher's, each for the class
-    the teacher predicts (the cats-vs-dogs article's measure of whether a student looks where
-    its teacher looks)."""
-    correlations = []
-    for image in images:
-        teacher_map, class_index = grad_cam(teacher, image, stage=teacher_stage)
-        correlations.append(map_correlation(grad_cam(student, image, class_index)[0], teacher_map))
-    return float(np.mean(correlations))
+    """The mean correlation of the student's Grad-CAM maps with the teacher's (`grad_cams` of the
+    teacher, for the classes it predicts): the cats-vs-dogs article's measure of whether a
+    student looks where its teacher looks."""
+    student_maps, _ = grad_cams(student, images, teacher_classes)
+    return float(np.mean([map_correlation(s, t) for s, t in zip(student_maps, teacher_maps)]))
 
 
 def visible_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

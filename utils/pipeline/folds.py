@@ -19,7 +19,7 @@ from utils.data.folders import DatasetIndex, Sample
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 from utils.deploy.checkpoint import META_NAME, read_meta, save_checkpoint
-from utils.deploy.explain import cam_agreement
+from utils.deploy.explain import cam_agreement, grad_cams
 from utils.deploy.spec import ModelSpec
 from utils.distill.features import create_feature_distillation
 from utils.distill.methods import create_method, method_settings
@@ -271,13 +271,14 @@ def cam_agreements(cfg: Config, fold: FoldData, inputs: FoldInputs, val_set: Ima
     """For each student state, the mean correlation of its Grad-CAM maps with the fold teacher's,
     on the first CAM_IMAGES validation images, for the class the teacher predicts."""
     teacher = load_teacher(cfg, inputs.num_classes, teacher_cache_path(cfg, inputs.teacher_key, fold))
-    images = [val_set[i][0] for i in range(min(CAM_IMAGES, len(val_set)))]
+    images = np.stack([val_set[i][0] for i in range(min(CAM_IMAGES, len(val_set)))])
+    teacher_maps, teacher_classes = grad_cams(teacher, images, stage=last_stage(teacher))
     spec = ModelSpec.from_config(cfg, inputs.index.classes)
     agreements = []
     for state in states:
         student = spec.build()
         student.set_state_dict(state)
-        agreements.append(cam_agreement(student, teacher, last_stage(teacher), images))
+        agreements.append(cam_agreement(student, teacher_maps, teacher_classes, images))
     return agreements
 
 

@@ -274,6 +274,12 @@ def run_cross_validation(cfg: Config) -> dict:
               f"{cfg.batch_size * world_size()} in all", flush=True)
     elif workers > 1:
         print(f"training {workers} folds at a time, one process each", flush=True)
+        if cfg.num_workers:
+            # A fold process may not start processes of its own (multiprocessing's daemonic workers):
+            # --num_workers > 0 crashed there. Each fold's process reads its own images instead.
+            print(f"note: --num_workers {cfg.num_workers} applies to one fold at a time (--parallel_folds 1); the "
+                  f"{workers} fold processes read their images themselves", flush=True)
+            cfg = dataclasses.replace(cfg, num_workers=0)
     inputs.clock = estimate_run(cfg, chosen, inputs, workers * world_size(), device)
     run_folds(cfg, chosen, workers, device, inputs)
     barrier()

@@ -109,7 +109,7 @@ def tiny_run(tiny_data, tmp_path_factory):
 
 
 # Fixtures that hand a test a trained run: a test using one, or calling main.main itself, trains.
-TRAINED_FIXTURES = {"tiny_run", "trained_run", "visualdl_server", "runs", "finished_run", "uninterrupted_run"}
+TRAINED_FIXTURES = {"tiny_run", "trained_run", "visualdl_server", "runs", "finished_run"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,13 +62,13 @@ def _output(job: subprocess.Popen, log_dir: Path, timeout: float) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same run launched on 2 data-parallel processes and in one process with twice the batch.
-    The launched run's rank 0 writes its run outputs 35 s late (tests/delayed_rank_main.py): rank 1
+    The launched run's rank 0 writes its run outputs 31 s late (tests/delayed_rank_main.py): rank 1
     must neither read them before they exist nor give up waiting, as it did in the final student's
     first step once gloo's fixed 30 s had passed."""
     out = tmp_path_factory.mktemp("distributed")
     data = make_class_folders(out / "data", per_class=45)
     launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs",
-                       ROOT / "tests" / "delayed_rank_main.py", {"DELAY_SECONDS": "35"})
+                       ROOT / "tests" / "delayed_rank_main.py", {"DELAY_SECONDS": "31"})
     try:  # the single-process run trains while the job's ranks wait
         assert main.main(_settings(data, out / "single", "one", 2 * BATCH)) == 0
     finally:

@@ -50,13 +50,17 @@ def _launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", ext
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
                str(log_dir), str(script), *args]
     env = {key: value for key, value in {**os.environ, **(extra_env or {})}.items() if key != "CUDA_VISIBLE_DEVICES"}
-    with open(log_dir.parent / f"{log_dir.name}.out", "w") as printed:
+    with open(_printed(log_dir), "w") as printed:
         return subprocess.Popen(command, stdout=printed, stderr=subprocess.STDOUT, env=env, cwd=log_dir.parent)
+
+
+def _printed(log_dir: Path) -> Path:
+    return log_dir.parent / f"{log_dir.name}.out"
 
 
 def _output(job: subprocess.Popen, log_dir: Path, timeout: float) -> str:
     job.wait(timeout=timeout)
-    return (log_dir.parent / f"{log_dir.name}.out").read_text()
+    return _printed(log_dir).read_text()
 
 
 @pytest.fixture(scope="module")

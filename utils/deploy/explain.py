@@ -55,7 +55,8 @@ def _grad_cam_batch(model: nn.Layer, images: np.ndarray, class_indices: Optional
     cams = F.interpolate(cams, size=list(inputs.shape[2:]), mode="bilinear", align_corners=False)[:, 0].numpy()
     low = cams.min(axis=(1, 2), keepdims=True)
     spread = cams.max(axis=(1, 2), keepdims=True) - low
-    return np.where(spread > 0, (cams - low) / np.where(spread > 0, spread, 1), 0.0), [int(c) for c in class_indices]
+    scaled = np.divide(cams - low, spread, out=np.zeros_like(cams), where=spread > 0)  # a flat map stays 0
+    return scaled, [int(c) for c in class_indices]
 
 
 def grad_cam(model: nn.Layer, image: np.ndarray, class_index: Optional[int] = None,

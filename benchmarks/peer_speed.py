@@ -2,7 +2,8 @@
 
 For each model and input size, one training step (batch 32, AdamW, cross-entropy,
 random inputs) is timed in PyTorch (torchvision's same architecture) and in this
-project (its student with the compiled depthwise convolution, or its teacher), each in
+project (as it trains them: the compiled depthwise convolution in the students, small
+maps as one product per batch in every model, models/batched_conv.py), each in
 its own process with one thread, in alternated rounds; the median of the rounds, in
 images per second, and the ratio project / PyTorch.
 
@@ -49,6 +50,7 @@ def paddle_rate(name: str, role: str, px: int, seconds: float) -> float:
     import paddle
     import paddle.nn.functional as F
 
+    from models.batched_conv import use_batched_conv
     from models.fast_depthwise import use_fast_depthwise
     from models.student import build_student
     from models.teacher import build_teacher
@@ -59,6 +61,7 @@ def paddle_rate(name: str, role: str, px: int, seconds: float) -> float:
         use_fast_depthwise(model)
     else:
         model, _ = build_teacher(CLASSES, "none", name)
+    use_batched_conv(model)
     optimizer = paddle.optimizer.AdamW(parameters=model.parameters(), learning_rate=1e-3)
     rng = np.random.default_rng(0)
     images = paddle.to_tensor(rng.normal(size=(BATCH, 3, px, px)).astype("float32"))

@@ -1,11 +1,12 @@
 """Training speed, measured side by side in one run, in images per second, with
 their ratios.
 
-Part `kernels`: CE-only student training with Paddle's depthwise convolution
-and with the compiled fast one (models/fast_depthwise.py), for MobileNetV3-Small
-and MobileNetV2 at 64 and 112 px, alternated and each the best of two rounds;
-and the ResNet50 teacher's training at the same sizes, which the students'
-speed-up leaves as the larger cost of a distillation run.
+Part `kernels`: CE-only student training with Paddle's convolutions and with
+the project's fast ones (the compiled depthwise convolution,
+models/fast_depthwise.py, and small maps as one product per batch,
+models/batched_conv.py), for MobileNetV3-Small and MobileNetV2 at 64 and 112 px,
+alternated and each the best of two rounds; and the ResNet50 teacher's training
+at the same sizes, with Paddle's convolutions and with the batched ones.
 
 Part `distillation` (--student at --img_size, as main.py trains it): the data
 loader alone; a CE-only student epoch; distillation with the frozen teacher in
@@ -51,6 +52,7 @@ import tempfile  # noqa: E402
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
+from models.batched_conv import use_batched_conv  # noqa: E402
 from models.fast_depthwise import use_fast_depthwise  # noqa: E402
 from models.student import build_student  # noqa: E402
 from models.teacher import build_teacher, freeze_teacher  # noqa: E402
@@ -123,6 +125,14 @@ class Bench:
         model = build_student(cfg.student, self.num_classes, "none")
         if fast and use_fast_depthwise(model) == 0:
             raise UserError("the fast depthwise convolution is not available on this machine")
+        if fast:
+            use_batched_conv(model)
+        return model
+
+    def teacher(self, fast: bool):
+        model, _ = build_teacher(self.num_classes, "none")
+        if fast:
+            use_batched_conv(model)
         return model
 
 
@@ -140,9 +150,9 @@ def measure_kernels(bench: Bench) -> dict:
               f"{rates['fast']:>7.1f} img/s  {rates['fast'] / rates['paddle']:.2f}x", file=sys.stderr, flush=True)
     for size in sorted({size for _, size in KERNEL_SETTINGS}):
         cfg = bench.config(size, "mobilenet_v2")
-        teacher, _ = build_teacher(bench.num_classes, "none")
-        rows.append({"model": "resnet50 (teacher)", "img_size": size, "paddle_img_per_s": bench.rate(teacher, cfg),
-                     "fast_img_per_s": None, "speedup": None})
+        rates = {kernel: bench.rate(bench.teacher(kernel == "fast"), cfg) for kernel in ("paddle", "fast")}
+        rows.append({"model": "resnet50 (teacher)", "img_size": size, "paddle_img_per_s": rates["paddle"],
+                     "fast_img_per_s": rates["fast"], "speedup": rates["fast"] / rates["paddle"]})
     return {"rows": rows}
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import paddle
 
+from models.batched_conv import use_batched_conv
 from models.fast_depthwise import use_fast_depthwise
 from models.student import build_student, head_name
 from models.teacher import last_stage
@@ -192,6 +193,7 @@ def new_student(cfg: Config, num_classes: int, teacher: Optional[TeacherSignal]
                             cfg.attention, cfg.attention_blocks, cfg.student_width)
     if cfg.fast_depthwise:
         use_fast_depthwise(student)
+    use_batched_conv(student)
     feature_term = create_feature_distillation(cfg, method_settings(cfg), student, head_name(cfg.student),
                                                teacher and teacher.feature_dim)
     return student, feature_term

@@ -1,0 +1,124 @@
+"""Small feature maps as one product per batch: the same outputs and gradients as
+Paddle's convolution for every layer of the teachers and students that takes that
+path, the same training, standard operators in exported models, and Paddle's
+kernel for larger maps."""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+import models.batched_conv as batched_conv
+from models.batched_conv import SMALL_MAP, BatchedConv2D, batched_conv2d, is_supported, output_size, use_batched_conv
+from models.student import build_student
+from models.teacher import TEACHERS, build_teacher
+from utils.deploy.export import exported_model_file, save_inference_model
+from utils.deploy.inference import InferencePredictor
+
+# (in channels, out channels, height, width, kernel, stride, padding, bias)
+Shape = tuple[int, int, int, int, int, int, int, bool]
+
+
+def batched_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
+    """Every plain convolution of `model` at `img_size` whose output map is small enough to be batched."""
+    shapes = set()
+
+    def record(layer, inputs, output):
+        _, c, h, w = inputs[0].shape
+        if output.shape[2] * output.shape[3] <= SMALL_MAP:
+            shapes.add((c, layer._out_channels, h, w, layer._kernel_size[0], layer._stride[0], layer._padding,
+                        layer.bias is not None))
+
+    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if is_supported(layer)]
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([1, 3, img_size, img_size]))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def relative_error(actual: paddle.Tensor, expected: paddle.Tensor) -> float:
+    return float((actual - expected).abs().max() / expected.abs().max().clip(min=1e-12))
+
+
+@pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])
+def test_outputs_and_gradients_match_paddles_convolution(name):
+    model = build_teacher(6, "none", name)[0] if name in TEACHERS else build_student(name, 6)
+    shapes = set().union(*(batched_shapes(model, size) for size in (45, 64, 96, 112)))
+    # Teachers batch 3x3 and 1x1 convolutions, strided or not; students their 1x1 convolutions.
+    assert {shape[4] for shape in shapes} == ({1, 3} if name in TEACHERS else {1})
+    assert {shape[5] for shape in shapes} == ({1, 2} if name in TEACHERS else {1})
+    rng = np.random.default_rng(0)
+    for c, out, h, w, kernel, stride, padding, has_bias in sorted(shapes):
+        x = paddle.to_tensor(rng.standard_normal((2, c, h, w)).astype("float32"), stop_gradient=False)
+        weight = paddle.to_tensor(rng.standard_normal((out, c, kernel, kernel)).astype("float32"), stop_gradient=False)
+        bias = paddle.to_tensor(rng.standard_normal(out).astype("float32"), stop_gradient=False) if has_bias else None
+        inputs = [x, weight] + ([bias] if has_bias else [])
+        expected = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+        grad_out = paddle.to_tensor(rng.standard_normal(expected.shape).astype("float32"))
+        actual = batched_conv2d(x, weight, bias, stride, padding)
+        shape = (c, out, h, w, kernel, stride, padding)
+        assert relative_error(actual, expected) < 1e-4, shape
+        for got, want in zip(paddle.grad(actual, inputs, grad_out), paddle.grad(expected, inputs, grad_out)):
+            assert relative_error(got, want) < 1e-4, shape
+
+
+def train_losses(batched: bool, steps: int = 4) -> list[float]:
+    paddle.seed(0)
+    with paddle.utils.unique_name.guard():
+        model, _ = build_teacher(4, "none", "resnet18")
+    if batched:
+        assert use_batched_conv(model) > 0
+    optimizer = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
+    rng = np.random.default_rng(1)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        images = paddle.to_tensor(rng.standard_normal((8, 3, 40, 40)).astype("float32"))
+        labels = paddle.to_tensor(rng.integers(0, 4, 8))
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        losses.append(float(loss))
+    return losses
+
+
+def test_training_follows_the_same_loss_curve_as_with_paddles_convolution():
+    batched, reference = train_losses(batched=True), train_losses(batched=False)
+    assert len(set(np.round(reference, 3))) > 1, "the loss moves, so the comparison means something"
+    np.testing.assert_allclose(batched, reference, rtol=1e-4)
+
+
+def test_only_small_maps_take_the_batched_path(monkeypatch):
+    model, _ = build_teacher(3, "none", "resnet18")
+    layers = use_batched_conv(model)
+    assert layers == sum(isinstance(layer, BatchedConv2D) for layer in model.sublayers()) == 20
+    calls = []
+    monkeypatch.setattr(batched_conv, "batched_conv2d",
+                        lambda x, *args: calls.append(x.shape) or batched_conv2d(x, *args))
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([2, 3, 64, 64]))
+    # At 64 px ResNet18's maps are 32, 16, 8, 4 and 2 wide: the last two stages' layers, 4x4 and 2x2.
+    assert calls and all(shape[2] <= 8 for shape in calls)
+    assert len(calls) == 10
+    assert output_size(64, 7, 2, 3) ** 2 > SMALL_MAP
+
+
+def test_the_switch_keeps_parameters_and_exported_models_hold_standard_operators(tmp_path):
+    model, _ = build_teacher(5, "none", "resnet18")
+    names_before = [p.name for p in model.parameters()]
+    use_batched_conv(model)
+    assert [p.name for p in model.parameters()] == names_before
+    model.eval()
+    images = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype("float32")
+    with paddle.no_grad():
+        dynamic = model(paddle.to_tensor(images)).numpy()
+    save_inference_model(model, 32, tmp_path)
+    program = exported_model_file(tmp_path).read_text(encoding="utf-8")
+    assert "unfold" not in program and "conv2d" in program
+    predictor = InferencePredictor(exported_model_file(tmp_path), tmp_path / "model.pdiparams", False, 1)
+    np.testing.assert_allclose(predictor.logits(images), dynamic, rtol=1e-4, atol=1e-5)

@@ -9,8 +9,10 @@ import pytest
 
 import main
 import utils.pipeline.folds as folds
+from models.student import build_student
 from models.teacher import build_teacher
 from tests.conftest import tiny_run_args
+from utils.deploy.export import save_inference_model
 from utils.pipeline.disk import SMALL_FILES_MB, RemainingWork, needed_mb, weights_bytes
 from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.errors import disk_trouble
@@ -60,6 +62,27 @@ def test_a_disk_full_while_saving_names_the_file(tmp_path, monkeypatch):
     assert raised.value.filename == str(target)
     # pickled as a fold worker sends it back, it still names the file
     assert disk_trouble(pickle.loads(pickle.dumps(raised.value))) == f"the disk is full (writing {target})"
+
+
+@pytest.mark.parametrize("cut", ["model.pdiparams", "model.json"])
+def test_an_export_cut_short_by_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch, cut):
+    """paddle.jit.save returns without an error on a full disk, its files cut short (measured on a
+    6 MB tmpfs); the export notices instead of leaving a model that fails to load later."""
+    real_save = paddle.jit.save
+
+    def save_on_a_full_disk(layer, path, **kwargs):
+        real_save(layer, path, **kwargs)
+        written = tmp_path / cut
+        written.write_bytes(written.read_bytes()[: written.stat().st_size // 2])
+
+    monkeypatch.setattr(paddle.jit, "save", save_on_a_full_disk)
+    model = build_student("mobilenet_v3_small", 3, width=0.5)
+    model.eval()
+    with pytest.raises(OSError) as raised:
+        save_inference_model(model, 32, tmp_path)
+    assert disk_trouble(raised.value) == f"the disk is full (writing {tmp_path / cut})"
+    monkeypatch.setattr(paddle.jit, "save", real_save)
+    save_inference_model(model, 32, tmp_path / "whole")  # a complete export passes the check
 
 
 def test_a_disk_that_fills_up_mid_run_says_how_to_continue(tiny_data, tmp_path, capsys, monkeypatch):

@@ -3,6 +3,9 @@ fold (paddle.jit.save, any batch size), with its best.json beside it, and on
 request the same model as ONNX (paddle2onnx)."""
 from __future__ import annotations
 
+import errno
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -31,6 +34,29 @@ def save_inference_model(model: paddle.nn.Layer, img_size: int, out_dir: Path) -
     out_dir.mkdir(parents=True, exist_ok=True)
     paddle.jit.save(model, str(out_dir / EXPORTED_PREFIX),
                     input_spec=[InputSpec([None, 3, img_size, img_size], "float32", name="image")])
+    check_complete(out_dir, model)
+
+
+def check_complete(out_dir: Path, model: paddle.nn.Layer) -> None:
+    """paddle.jit.save does not notice a full disk: it returns, leaving its files cut short
+    (measured: 2.97 of 6.15 MB of a student's weights written, no error), and loading them
+    later fails inside Paddle's C++ code. A cut-short file is an OSError naming it, as any
+    other write to a full disk is."""
+    weights = out_dir / f"{EXPORTED_PREFIX}.pdiparams"
+    needed = sum(int(tensor.numel()) * tensor.element_size() for tensor in model.state_dict().values())
+    program = exported_model_file(out_dir)
+    if weights.stat().st_size < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(weights))
+    if program.suffix == ".json" and not _is_json(program):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(program))
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return True
 
 
 def save_onnx(out_dir: Path) -> Path:

@@ -8,31 +8,54 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 import inference
 import main
 from tests.conftest import make_class_folders, tiny_run_args
-from utils.pipeline.estimate import QUICK_PRESET, RunClock, describe, plan_work, quick_preset_note
+from utils.pipeline.estimate import (
+    QUICK_PRESET,
+    FoldWork,
+    RunClock,
+    describe,
+    plan_final,
+    plan_fold,
+    pool_seconds,
+    quick_preset_note,
+)
 from utils.runtime.config import DEFAULT_CONFIG, add_config_flags, build_config, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_clock_sums_each_kind_of_work_at_its_speed_over_the_workers():
-    clock = RunClock({"teacher": 1000.0, "student": 3000.0, "eval": 0.0}, {"teacher": 10.0, "student": 100.0,
-                                                                           "eval": 1.0}, workers=2)
-    assert clock.total_seconds() == (1000 / 10 + 3000 / 100) / 2
+def test_the_clock_runs_the_folds_as_the_pool_does_then_the_final_student_alone():
+    fold = FoldWork({"teacher": 3000.0}, {"student": 1200.0, "eval": 0.0})  # 300 s, then 120 s
+    clock = RunClock([fold] * 3, {"student": 1000.0}, {"teacher": 10.0, "student": 10.0, "eval": 1.0}, workers=2)
+    # Teachers 0 and 1 side by side (0-300 s); then teacher 2 beside students 0 and 1 (300-540 s);
+    # student 2 waits for its teacher (600-720 s); then the final student, in one process (100 s).
+    assert clock.total_seconds() == 720 + 100
+    assert RunClock([fold] * 3, {}, clock.rates, workers=1).total_seconds() == 3 * 420
+    assert RunClock([fold] * 3, {}, clock.rates, workers=2, share=2).total_seconds() == 720 / 2
+    no_teacher = FoldWork({}, {"student": 1000.0})
+    assert RunClock([no_teacher] * 3, {}, clock.rates, workers=2).total_seconds() == 200
+    assert pool_seconds([(300.0, 120.0), (0.0, 50.0)], 2) == 420  # the second fold's student starts at once
     clock.started = time.time() - 15
-    assert 49 <= clock.remaining_seconds() <= 50
-    clock.observe("student", 100, 2.0)  # 50 img/s seen: the speed halves towards it
-    assert clock.rates["student"] == 75.0
+    assert 804 <= clock.remaining_seconds() <= 805
+    clock.observe("student", 100, 20.0)  # 5 img/s seen: the speed halves towards it
+    assert clock.rates["student"] == 7.5
+    clock.rates["loading"] = 10.0
+    clock.observe("student", 100, 20.0)  # 10 of the 20 s were augmentation: the model went at 10 img/s
+    assert clock.rates["student"] == 8.75
+    clock.started = time.time() - 2000  # the folds took longer than planned, or shorter: either way they are done
+    clock.start_final(0.5)  # the final student trains half the planned epochs, its work alone is left
+    assert clock.remaining_seconds() == pytest.approx(500 / clock.rates["student"], abs=0.5)
     assert [describe(s) for s in (20, 600, 7500)] == ["under a minute", "about 10 min", "about 2 h 05 min"]
 
 
 def test_a_run_over_an_hour_on_a_cpu_names_the_quick_preset_which_loads():
-    long_run = RunClock({"teacher": 3.6e6}, {"teacher": 500.0}, workers=1)
+    long_run = RunClock([], {"teacher": 3.6e6}, {"teacher": 500.0})
     cfg = build_config(read_yaml(DEFAULT_CONFIG))
-    assert quick_preset_note(RunClock({"teacher": 100.0}, {"teacher": 1.0}, 1), "cpu", cfg) is None
+    assert quick_preset_note(RunClock([], {"teacher": 100.0}, {"teacher": 1.0}), "cpu", cfg) is None
     assert quick_preset_note(long_run, "gpu", cfg) is None
     assert QUICK_PRESET in quick_preset_note(long_run, "cpu", cfg)
     preset = build_config({**read_yaml(DEFAULT_CONFIG), **read_yaml(ROOT / QUICK_PRESET)})
@@ -41,14 +64,19 @@ def test_a_run_over_an_hour_on_a_cpu_names_the_quick_preset_which_loads():
                                                                                    "resnet18")
 
 
-def test_planned_work_counts_every_student_epoch_and_the_final_model():
+def test_planned_work_counts_every_epoch_evaluation_view_and_augmentation():
     cfg = build_config({**read_yaml(DEFAULT_CONFIG), "epochs": 10, "teacher_epochs": 3, "baseline": True,
-                        "teacher_cache": "views", "teacher_views": 4})
-    work = plan_work(cfg, [(80, 20), (80, 20)], teachers_to_train=2, views_to_label=2, needs_teacher=True,
-                     final_images=100)
-    assert work["student"] == 2 * 10 * 80 * 2 + 10 * 100  # distilled and CE-only per fold, then the final
-    assert work["eval"] == 2 * 10 * 20 * 2
-    assert work["teacher"] == 2 * 3 * 80 and work["labelling"] == 2 * 4 * 80
+                        "teacher_cache": "views", "teacher_views": 4, "ema_decay": 0.99})
+    fold = plan_fold(cfg, 80, 20, train_teacher=True, label_views=True, needs_teacher=True)
+    assert fold.teacher == {"teacher": 3 * 80, "labelling": 3 * 20 * 2 + 4 * 80, "loading": 3 * 80 + 4 * 80}
+    # distilled and CE-only students, each evaluated with and without its weight average
+    assert fold.student == {"student": 2 * 10 * 80, "eval": 2 * 10 * 20 * 2, "loading": 2 * 10 * 80, "labelling": 0}
+    cached = plan_fold(cfg, 80, 20, train_teacher=False, label_views=False, needs_teacher=True)
+    assert sum(cached.teacher.values()) == 0
+    assert plan_final(cfg, 100, True) == {"student": 10 * 100, "loading": 10 * 100, "labelling": 0}
+    live = build_config({**read_yaml(DEFAULT_CONFIG), "epochs": 10, "teacher_cache": "off", "num_folds": 3})
+    assert plan_final(live, 100, True)["labelling"] == 3 * 10 * 100  # every fold's teacher, every batch
+    assert plan_fold(live, 80, 20, True, False, True).student["labelling"] == 10 * 80
 
 
 def test_a_run_prints_its_estimate_before_training(tiny_data, tmp_path, capsys):

@@ -28,7 +28,7 @@ from utils.distill.methods import create_method, needs_teacher
 from utils.distill.signal import pending_teacher_work
 from utils.engine.loops import predict
 from utils.pipeline.disk import RemainingWork, check_room, needed_mb
-from utils.pipeline.estimate import RunClock, describe, plan_work, quick_preset_note, start_clock
+from utils.pipeline.estimate import RunClock, describe, plan_final, plan_fold, quick_preset_note, start_clock
 from utils.pipeline.final_model import train_final_student
 from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result
 from utils.pipeline.workers import parallel_fold_count, run_folds
@@ -195,24 +195,27 @@ def fold_summary(results: list[FoldResult]) -> dict:
     return summary
 
 
-def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers: int, device: str) -> RunClock:
+def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers: int, share: int,
+                 device: str) -> RunClock:
     """Check that the disk has room for the work the run has left, then time that work on this
-    machine and say how long it will take."""
+    machine and say how long it will take. `workers` fold processes side by side, each step
+    shared by `share` data-parallel processes."""
     to_do = [fold for fold in folds if load_fold_result(inputs.fold_dir(fold)) is None]
     teacher_needed = needs_teacher(cfg.kd)
-    teachers = views = 0
-    for fold in to_do if teacher_needed else []:
-        to_train, to_label = pending_teacher_work(cfg, inputs.teacher_key, fold)
-        teachers, views = teachers + to_train, views + to_label
+    pending = [pending_teacher_work(cfg, inputs.teacher_key, fold) if teacher_needed else (False, False)
+               for fold in to_do]
+    teachers = sum(to_train for to_train, _ in pending)
+    views = sum(to_label for _, to_label in pending)
     final_to_train = cfg.final_model and not (layout.final_dir(inputs.run_dir) / META_NAME).is_file()
     students = len(to_do) * (1 + (cfg.baseline and teacher_needed)) + final_to_train
     n_train_mean = float(np.mean([len(f.train_indices) for f in to_do])) if to_do else 0.0
-    remaining = RemainingWork(students, teachers, views * n_train_mean, workers)
+    remaining = RemainingWork(students, teachers, views * n_train_mean, workers * share)
     check_room(Path(cfg.output_dir), needed_mb(cfg, inputs.num_classes, remaining),
                f"the work left ({len(to_do)} fold(s), {teachers} teacher(s){', the final model' * final_to_train})")
-    work = plan_work(cfg, [(len(f.train_indices), len(f.val_indices)) for f in to_do], teachers, views,
-                     teacher_needed, len(inputs.samples) if final_to_train else 0)
-    clock = start_clock(cfg, inputs.num_classes, work, workers)
+    fold_work = [plan_fold(cfg, len(fold.train_indices), len(fold.val_indices), to_train, to_label, teacher_needed)
+                 for fold, (to_train, to_label) in zip(to_do, pending)]
+    final_work = plan_final(cfg, len(inputs.samples) if final_to_train else 0, teacher_needed)
+    clock = start_clock(cfg, inputs.num_classes, fold_work, final_work, workers, share, inputs.images)
     print(f"estimated time: {describe(clock.total_seconds())} on this machine ({len(to_do)} fold(s) to train, "
           f"{teachers} teacher(s) to train; early stopping can make it shorter)", flush=True)
     note = quick_preset_note(clock, device, cfg)
@@ -280,7 +283,7 @@ def run_cross_validation(cfg: Config) -> dict:
             print(f"note: --num_workers {cfg.num_workers} applies to one fold at a time (--parallel_folds 1); the "
                   f"{workers} fold processes read their images themselves", flush=True)
             cfg = dataclasses.replace(cfg, num_workers=0)
-    inputs.clock = estimate_run(cfg, chosen, inputs, workers * world_size(), device)
+    inputs.clock = estimate_run(cfg, chosen, inputs, workers, world_size(), device)
     run_folds(cfg, chosen, workers, device, inputs)
     barrier()
     # Whichever invocation finishes the last fold writes the run's outputs (folds may train elsewhere).

@@ -1,23 +1,27 @@
 """How long a run will take, said before it starts and kept up to date while it runs.
 
-Before the folds start, a few training steps of each kind of work the run has left
-(teacher training, labelling the teacher's views, student training, evaluation) are
-timed on this machine; with the run's image counts, epochs and parallel folds this
-gives an estimate. Every finished epoch then corrects the rate of its kind of work,
-and the epoch lines show the time left."""
+Before the folds start, a few steps of each kind of work the run has left (teacher
+training, the teacher's forward passes that label views and evaluate it, student
+training with its weight average, evaluation, and the augmentation every training
+image goes through) are timed on this machine; with the run's image counts, epochs and
+parallel folds this gives an estimate. Every finished epoch then corrects the rate of
+its kind of work, and the epoch lines show the time left."""
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from models.batched_conv import use_batched_conv
 from models.fast_depthwise import use_fast_depthwise
 from models.student import build_student
 from models.teacher import build_teacher
+from utils.data.transforms import build_train_transform
+from utils.engine.ema import WeightAverage
 from utils.engine.optimization import build_optimizer, warmup_cosine
 from utils.runtime.config import PROJECT_ROOT, Config, read_yaml
 
@@ -26,25 +30,76 @@ QUICK_PRESET = "configs/cpu.yaml"
 QUICK_NOTE_AFTER = 3600  # seconds
 
 
+Work = dict[str, float]  # images through each kind of work
+
+
+@dataclasses.dataclass
+class FoldWork:
+    """A fold's work: what its teacher task does (training, evaluating and labelling views)
+    and what its student task does once the teacher is ready."""
+    teacher: Work
+    student: Work
+
+
 @dataclasses.dataclass
 class RunClock:
-    """Images still to pass through each kind of work, the measured speed of each (img/s,
-    one process), the processes sharing the work, and when the run started."""
-    work: dict[str, float]
+    """The work the run has left (per fold, then the final student's), the measured speed of
+    each kind of work (img/s, one process), the fold processes side by side, the data-parallel
+    processes that share every step, and when the run started."""
+    folds: list[FoldWork]
+    final: Work
     rates: dict[str, float]
-    workers: int
+    workers: int = 1
+    share: int = 1
     started: float = dataclasses.field(default_factory=time.time)
 
+    def seconds(self, work: Work) -> float:
+        return sum(images / self.rates[kind] for kind, images in work.items() if images) / self.share
+
     def total_seconds(self) -> float:
-        return sum(images / self.rates[kind] for kind, images in self.work.items() if images) / self.workers
+        """The folds as the worker pool runs them, then the final student in one process."""
+        tasks = [(self.seconds(fold.teacher), self.seconds(fold.student)) for fold in self.folds]
+        return pool_seconds(tasks, self.workers) + self.seconds(self.final)
 
     def remaining_seconds(self) -> float:
         return max(0.0, self.total_seconds() - (time.time() - self.started))
 
+    def start_final(self, epochs_share: float) -> None:
+        """The folds are done, however long they took (early stopping ends students sooner than
+        planned): from now on the final student's work is all that is left, `epochs_share` of
+        the epochs planned for it."""
+        self.folds = []
+        self.final = {kind: images * epochs_share for kind, images in self.final.items()}
+        self.started = time.time()
+
     def observe(self, kind: str, images: int, seconds: float) -> None:
-        """A finished epoch: its kind of work goes at the speed just seen (blended with earlier ones)."""
+        """A finished training epoch: its kind of work goes at the speed just seen (blended with
+        earlier ones). Its seconds include the augmentation of its images, which is counted apart."""
         if seconds > 0 and images > 0 and kind in self.rates:
-            self.rates[kind] = 0.5 * self.rates[kind] + 0.5 * images / seconds
+            augmenting = images / self.rates["loading"] if "loading" in self.rates else 0.0
+            self.rates[kind] = 0.5 * self.rates[kind] + 0.5 * images / max(seconds - augmenting, 0.1 * seconds)
+
+
+def pool_seconds(tasks: Sequence[tuple[float, float]], workers: int) -> float:
+    """When the last of the folds' tasks ((teacher, student) seconds each) ends, with `workers`
+    processes taking them as run_folds queues them: every teacher first, in fold order, then
+    each fold's student once its teacher is done (earliest done first). A fold without teacher
+    work has its student ready at once. An idle process waits for the next student to be ready."""
+    free = [0.0] * max(1, workers)
+    teachers = [index for index, (teacher, _) in enumerate(tasks) if teacher > 0]
+    ready = {index: 0.0 for index, (teacher, _) in enumerate(tasks) if teacher <= 0}
+    end = 0.0
+    while teachers or ready:
+        worker = min(range(len(free)), key=free.__getitem__)
+        if teachers:
+            index = teachers.pop(0)
+            free[worker] += tasks[index][0]
+            ready[index] = free[worker]
+            continue
+        index = min(ready, key=lambda k: (ready[k], k))
+        free[worker] = max(free[worker], ready.pop(index)) + tasks[index][1]
+        end = max(end, free[worker])
+    return max([end] + free)
 
 
 def describe(seconds: float) -> str:
@@ -57,9 +112,11 @@ def describe(seconds: float) -> str:
 
 
 def _train_rate(model: paddle.nn.Layer, cfg: Config, num_classes: int, steps: int = 2) -> float:
-    """Training images per second of `model`, timed over `steps` steps after one untimed one."""
+    """Training images per second of `model` (with its weight average, when the run keeps
+    one), timed over `steps` steps after one untimed one."""
     schedule = warmup_cosine(cfg.lr, 1, 0, steps + 1)
     optimizer = build_optimizer(model, schedule, cfg.weight_decay)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     images = paddle.randn([cfg.batch_size, 3, cfg.img_size, cfg.img_size])
     labels = paddle.randint(0, num_classes, [cfg.batch_size])
     model.train()
@@ -71,7 +128,20 @@ def _train_rate(model: paddle.nn.Layer, cfg: Config, num_classes: int, steps: in
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
+        if average is not None:
+            average.update(model)
     return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def _loading_rate(cfg: Config, images: Sequence[np.ndarray], count: int = 64) -> float:
+    """Images per second through the run's training augmentation (done in the training
+    process unless --num_workers), on up to `count` of the run's decoded images."""
+    transform = build_train_transform(cfg)
+    sample = [images[i] for i in np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)]
+    start = time.perf_counter()
+    for image in sample:
+        transform(image)
+    return len(sample) / max(time.perf_counter() - start, 1e-6)
 
 
 @paddle.no_grad()
@@ -84,13 +154,17 @@ def _forward_rate(model: paddle.nn.Layer, cfg: Config) -> float:
     return images.shape[0] / (time.perf_counter() - start)
 
 
-def measure_rates(cfg: Config, num_classes: int, kinds: set[str]) -> dict[str, float]:
-    """img/s of each kind of work in `kinds`, on random images of the run's size, in one process."""
+def measure_rates(cfg: Config, num_classes: int, kinds: set[str], images: Sequence[np.ndarray]) -> dict[str, float]:
+    """img/s of each kind of work in `kinds`, in one process: the models' on random images
+    of the run's size, the augmentation's on some of the run's `images`."""
     rates: dict[str, float] = {}
     paddle.seed(0)
+    if "loading" in kinds:
+        rates["loading"] = _loading_rate(cfg, images)
     if kinds & {"teacher", "labelling"}:
         with paddle.utils.unique_name.guard():
             teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
+            use_batched_conv(teacher)
             rates["labelling"] = _forward_rate(teacher, cfg)
             if "teacher" in kinds:
                 rates["teacher"] = _train_rate(teacher, cfg, num_classes)
@@ -99,36 +173,47 @@ def measure_rates(cfg: Config, num_classes: int, kinds: set[str]) -> dict[str, f
                                 attention=cfg.attention, attention_blocks=cfg.attention_blocks)
         if cfg.fast_depthwise:
             use_fast_depthwise(student)
+        use_batched_conv(student)
         rates["eval"] = _forward_rate(student, cfg)
         rates["student"] = _train_rate(student, cfg, num_classes)
     return rates
 
 
-def plan_work(cfg: Config, fold_sizes: list[tuple[int, int]], teachers_to_train: int, views_to_label: int,
-              needs_teacher: bool, final_images: int) -> dict[str, float]:
-    """Images through each kind of work, for the folds still to train ((n_train, n_val) each)
-    and the final student (on `final_images`, 0 when it is not to train). Students count all
-    their epochs: early stopping (and the final student's median epoch) can only make it shorter."""
+def plan_fold(cfg: Config, n_train: int, n_val: int, train_teacher: bool, label_views: bool,
+              needs_teacher: bool) -> FoldWork:
+    """Images through each kind of work of one fold still to train. Students count all their
+    epochs (early stopping can only make it shorter); every epoch evaluates the model, and its
+    weight average when there is one; the teacher's evaluations and the views it labels are
+    teacher forward passes ("labelling"); every training image is augmented ("loading")."""
+    evaluations = 1 + (cfg.ema_decay > 0)
+    teacher: Work = {"teacher": 0.0, "labelling": 0.0, "loading": 0.0}
+    if train_teacher:
+        teacher["teacher"] = teacher["loading"] = cfg.teacher_epochs * n_train
+        teacher["labelling"] = cfg.teacher_epochs * n_val * evaluations
+    if label_views:
+        views = min(cfg.teacher_views, cfg.epochs) * n_train
+        teacher["labelling"] += views
+        teacher["loading"] += views
     students = 1 + (cfg.baseline and needs_teacher)
-    live_teacher = needs_teacher and cfg.teacher_cache == "off"
-    work = {"teacher": 0.0, "labelling": 0.0, "student": 0.0, "eval": 0.0}
-    n_train_mean = float(np.mean([n for n, _ in fold_sizes])) if fold_sizes else 0.0
-    for n_train, n_val in fold_sizes:
-        work["student"] += students * cfg.epochs * n_train
-        work["eval"] += students * cfg.epochs * n_val
-        if live_teacher:
-            work["labelling"] += cfg.epochs * n_train
-    work["student"] += cfg.epochs * final_images
-    if live_teacher:
-        work["labelling"] += cfg.num_folds * cfg.epochs * final_images
-    work["teacher"] += teachers_to_train * cfg.teacher_epochs * n_train_mean
-    work["labelling"] += views_to_label * min(cfg.teacher_views, cfg.epochs) * n_train_mean
-    return work
+    student: Work = {"student": students * cfg.epochs * n_train, "eval": students * cfg.epochs * n_val * evaluations,
+                     "loading": students * cfg.epochs * n_train,
+                     "labelling": cfg.epochs * n_train if needs_teacher and cfg.teacher_cache == "off" else 0.0}
+    return FoldWork(teacher, student)
 
 
-def start_clock(cfg: Config, num_classes: int, work: dict[str, float], workers: int) -> RunClock:
-    kinds = {kind for kind, images in work.items() if images}
-    return RunClock(work, measure_rates(cfg, num_classes, kinds), workers)
+def plan_final(cfg: Config, images: int, needs_teacher: bool) -> Work:
+    """The final student's work on `images` (0: it is not to train), at most cfg.epochs epochs;
+    with the teacher in the loop, every fold's teacher labels each batch."""
+    live = needs_teacher and cfg.teacher_cache == "off"
+    return {"student": cfg.epochs * images, "loading": cfg.epochs * images,
+            "labelling": cfg.num_folds * cfg.epochs * images if live else 0.0}
+
+
+def start_clock(cfg: Config, num_classes: int, folds: list[FoldWork], final: Work, workers: int, share: int,
+                images: Sequence[np.ndarray]) -> RunClock:
+    kinds = {kind for work in [final] + [w for fold in folds for w in (fold.teacher, fold.student)]
+             for kind, count in work.items() if count}
+    return RunClock(folds, final, measure_rates(cfg, num_classes, kinds, images), workers, share)
 
 
 def uses_quick_preset(cfg: Config) -> bool:

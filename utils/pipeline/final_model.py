@@ -55,6 +55,8 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
                                    (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION))
     loader = make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
     print(f"final student: {len(dataset)} images, {epochs} epochs (the median best epoch of the folds)", flush=True)
+    if inputs.clock is not None:
+        inputs.clock.start_final(epochs / cfg.epochs)
     history: list[dict] = []
     settings = student_settings(cfg)
     settings.epochs, settings.patience = epochs, None

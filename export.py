@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from utils.deploy.checkpoint import load_student
     from utils.deploy.export import calibration_images, export_student, run_data_dir
-    from utils.deploy.inference import find_weights
+    from utils.deploy.inference import find_weights, int8_speed
 
     export_dir = Path(args.export_dir)
     if export_dir.exists() and not export_dir.is_dir():
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"INT8 ranges calibrated on {len(calibration)} images from {data_dir}")
         out = export_student(weights, export_dir / name, onnx=args.format == "onnx", calibration=calibration)
         print(f"exported {weights} -> {out}")
+        if calibration is not None:
+            print(int8_speed(out, calibration).note())
     return 0
 
 

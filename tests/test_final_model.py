@@ -15,7 +15,7 @@ from tests.conftest import make_class_folders, tiny_run_args
 from utils.data.images import read_image
 from utils.deploy.checkpoint import load_student
 from utils.deploy.explain import grad_cam
-from utils.deploy.inference import EnsembleClassifier, OnnxModel, find_weights
+from utils.deploy.inference import EnsembleClassifier, Int8Speed, OnnxModel, find_weights
 from utils.pipeline.final_model import final_epochs
 from utils.reporting.metrics import top_k, top_k_accuracy
 
@@ -85,11 +85,12 @@ def test_grad_cam_has_the_inputs_size_and_is_finite_and_not_constant(trained_run
     assert picture.shape[0] >= 224 + 32 and picture.shape[1] >= 2 * 224
 
 
-def test_int8_model_agrees_with_the_float_model(trained_run, tmp_path):
+def test_int8_model_agrees_with_the_float_model(trained_run, tmp_path, capsys):
     run_dir, data = trained_run
     exported = tmp_path / "exported"
     assert export.main(["--model_path", str(run_dir / "fold0"), "--export_dir", str(exported), "--quantize", "int8",
                         "--calibration_dir", str(data)]) == 0
+    assert "INT8 on this CPU: " in capsys.readouterr().out  # measured on the spot, float beside INT8
     images = make_class_folders(tmp_path / "generated", per_class=20, seed=7)
     classifier = EnsembleClassifier([exported / "fold0"], backend="onnxruntime")
     batch = classifier.preprocess([image for name in ("red", "green", "blue")
@@ -102,6 +103,13 @@ def test_int8_model_agrees_with_the_float_model(trained_run, tmp_path):
     assert (float_labels == int8_labels).mean() >= 0.8
     assert inference.main(["--image_path", str(images / "red"), "--model_path", str(exported / "fold0"),
                            "--backend", "onnxruntime-int8"]) == 0
+
+
+def test_int8_slower_than_float_is_a_warning():
+    slower = Int8Speed(float_ms=0.3, int8_ms=0.7, float_rate=8500, int8_rate=2000)
+    assert "warning: INT8 is slower than float on this CPU" in slower.note() and "(0.24x)" in slower.note()
+    faster = Int8Speed(float_ms=9.0, int8_ms=4.0, float_rate=120, int8_rate=240)
+    assert "warning" not in faster.note() and "(2.00x)" in faster.note()
 
 
 @pytest.mark.parametrize("num_classes,k", [(3, None), (5, None), (6, 5), (101, 5)])

@@ -78,7 +78,10 @@ def save_onnx(out_dir: Path) -> Path:
 def quantize_int8(out_dir: Path, calibration: np.ndarray) -> Path:
     """`out_dir`/model.onnx post-training quantized to `out_dir`/model.int8.onnx by ONNX Runtime:
     INT8 weights per channel, UINT8 activations with ranges calibrated on `calibration`
-    (preprocessed images, N x 3 x H x W), in the QDQ format."""
+    (preprocessed images, N x 3 x H x W), in the QDQ format. The float graph is first
+    optimized as ONNX Runtime recommends (batch norm folded into the convolutions): quantized
+    without it, every batch norm stays float between a dequantize and a quantize, and INT8
+    ran at 0.20x float; with it, 2.1x for MobileNetV2 at 224 px (docs/deployment.md)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -86,6 +89,7 @@ def quantize_int8(out_dir: Path, calibration: np.ndarray) -> Path:
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -95,10 +99,14 @@ def quantize_int8(out_dir: Path, calibration: np.ndarray) -> Path:
             return next(self.batches, None)
 
     int8_path = out_dir / INT8_NAME
+    optimized = out_dir / f"{EXPORTED_PREFIX}.optimized.onnx"
     with native_output_silenced():
-        quantize_static(str(out_dir / ONNX_NAME), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
+        # Symbolic shape inference stops at MobileNetV3's squeeze-excitation reshapes; ONNX's own suffices.
+        quant_pre_process(str(out_dir / ONNX_NAME), str(optimized), skip_symbolic_shape=True)
+        quantize_static(str(optimized), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax)
+    optimized.unlink()
     return int8_path
 
 

@@ -2,8 +2,11 @@
 the fold ensemble, and batched prediction over files and folders."""
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import os
+import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -172,6 +175,41 @@ class OnnxModel:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+@dataclasses.dataclass
+class Int8Speed:
+    """The float and INT8 ONNX models of an export side by side on this CPU."""
+    float_ms: float  # batch-1 latency
+    int8_ms: float
+    float_rate: float  # images per second at batch 32
+    int8_rate: float
+
+    def note(self) -> str:
+        ratio = self.int8_rate / self.float_rate
+        said = (f"INT8 on this CPU: {self.int8_ms:.2f} ms per image against {self.float_ms:.2f} ms in float, "
+                f"{self.int8_rate:.0f} against {self.float_rate:.0f} img/s at batch 32 ({ratio:.2f}x)")
+        if ratio < 1 or self.int8_ms > self.float_ms:
+            said += ("\nwarning: INT8 is slower than float on this CPU: deploy model.onnx here; model.int8.onnx "
+                     "is a quarter of the size, for runtimes and chips built around INT8")
+        return said
+
+
+def int8_speed(directory: Path, images: np.ndarray, seconds: float = 0.5, rounds: int = 2) -> Int8Speed:
+    """Time model.onnx and model.int8.onnx of an export on `images` (repeated to a batch of 32),
+    alternated, the best of `rounds` each."""
+    models = {int8: OnnxModel(directory, int8) for int8 in (False, True)}
+    batches = {1: images[:1], 32: np.resize(images, (32,) + images.shape[1:])}
+    best: dict[tuple[bool, int], float] = collections.defaultdict(float)
+    for _ in range(rounds):
+        for (int8, model), (size, batch) in itertools.product(models.items(), batches.items()):
+            model.logits(batch)  # warm-up: the first run allocates
+            runs, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                model.logits(batch)
+                runs += 1
+            best[int8, size] = max(best[int8, size], size * runs / (time.perf_counter() - start))
+    return Int8Speed(1000 / best[False, 1], 1000 / best[True, 1], best[False, 32], best[True, 32])
 
 
 def load_model(path: Path, use_gpu: bool, backend: str = "paddle") -> DynamicModel | ExportedModel | OnnxModel:

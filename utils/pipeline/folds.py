@@ -24,7 +24,7 @@ from utils.deploy.explain import cam_agreement, grad_cams
 from utils.deploy.spec import ModelSpec
 from utils.distill.features import create_feature_distillation
 from utils.distill.methods import create_method, method_settings
-from utils.distill.signal import TeacherSignal, replays_views, teach_fold
+from utils.distill.signal import TeacherSignal, pending_teacher_work, replays_views, teach_fold
 from utils.distill.teachers import TeacherKey, load_teacher, teacher_cache_path
 from utils.distill.view_cache import view_count
 from utils.engine.loops import (
@@ -228,8 +228,9 @@ def device_kind() -> str:
 def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
     """Train and cache the fold's teacher (and label its views) ahead of the fold, where
     run_fold then finds it: a separate task, so that the workers keep every core busy."""
-    if load_fold_result(inputs.fold_dir(fold)) is not None:
-        return
+    if (load_fold_result(inputs.fold_dir(fold)) is not None
+            or pending_teacher_work(cfg, inputs.teacher_key, fold) == (False, False)):
+        return  # nothing to do ahead: the fold finds its teacher and views cached
     hard_loss, method = fold_method(cfg, fold, inputs)
     loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg))
     teach_fold(cfg, method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),

@@ -50,18 +50,16 @@ def paddle_rate(name: str, role: str, px: int, seconds: float) -> float:
     import paddle
     import paddle.nn.functional as F
 
-    from models.batched_conv import use_batched_conv
-    from models.fast_depthwise import use_fast_depthwise
+    from models.cpu_kernels import use_fast_cpu_kernels
     from models.student import build_student
     from models.teacher import build_teacher
 
     paddle.set_device("cpu")
     if role == "student":
         model = build_student(name, CLASSES, "none")
-        use_fast_depthwise(model)
     else:
         model, _ = build_teacher(CLASSES, "none", name)
-    use_batched_conv(model)
+    use_fast_cpu_kernels(model)
     optimizer = paddle.optimizer.AdamW(parameters=model.parameters(), learning_rate=1e-3)
     rng = np.random.default_rng(0)
     images = paddle.to_tensor(rng.normal(size=(BATCH, 3, px, px)).astype("float32"))

@@ -2,9 +2,9 @@
 their ratios.
 
 Part `kernels`: CE-only student training with Paddle's convolutions and with
-the project's fast ones (the compiled depthwise convolution,
-models/fast_depthwise.py, and small maps as one product per batch,
-models/batched_conv.py), for MobileNetV3-Small and MobileNetV2 at 64 and 112 px,
+the project's fast ones (models/cpu_kernels.py: the compiled depthwise
+convolution and MobileNetV3 gates, and small maps as one product per batch),
+for MobileNetV3-Small and MobileNetV2 at 64 and 112 px,
 alternated and each the best of two rounds; and the ResNet50 teacher's training
 at the same sizes, with Paddle's convolutions and with the batched ones.
 
@@ -52,8 +52,7 @@ import tempfile  # noqa: E402
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from models.batched_conv import use_batched_conv  # noqa: E402
-from models.fast_depthwise import use_fast_depthwise  # noqa: E402
+from models.cpu_kernels import use_fast_cpu_kernels  # noqa: E402
 from models.student import build_student  # noqa: E402
 from models.teacher import build_teacher, freeze_teacher  # noqa: E402
 from utils.data.dataset import ImageDataset, make_loader  # noqa: E402
@@ -123,16 +122,14 @@ class Bench:
 
     def student(self, cfg, fast: bool):
         model = build_student(cfg.student, self.num_classes, "none")
-        if fast and use_fast_depthwise(model) == 0:
+        if fast and use_fast_cpu_kernels(model)["depthwise"] == 0:
             raise UserError("the fast depthwise convolution is not available on this machine")
-        if fast:
-            use_batched_conv(model)
         return model
 
     def teacher(self, fast: bool):
         model, _ = build_teacher(self.num_classes, "none")
         if fast:
-            use_batched_conv(model)
+            use_fast_cpu_kernels(model)
         return model
 
 

@@ -12,85 +12,22 @@ Paddle's kernel is used, with a one-line note.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import functools
-import hashlib
-import io
-import logging
-import os
-import platform
-from pathlib import Path
 from typing import Callable, Optional
 
 import paddle
 import paddle.nn as nn
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "depthwise_conv2d.cc"
-OP_NAME = "fast_depthwise_conv2d"
+from models.compiled_ops import compiled
+
+SOURCE_NAME = "depthwise_conv2d.cc"
 KERNEL_SIZES = (3, 5, 7)
 STRIDES = (1, 2)
-# -march=native: the build is cached per machine (the CPU's flags are in the cache key).
-COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return ""
-
-
-def build_directory(source: Path = SOURCE) -> Path:
-    """Where the operator is built: one directory per source, compiler flags, Paddle
-    version and CPU, under the user's cache directory."""
-    key = hashlib.sha256("\n".join([
-        source.read_text(encoding="utf-8"), " ".join(COMPILE_FLAGS), paddle.__version__, platform.machine(),
-        platform.python_version(), _cpu_flags(),
-    ]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "paddle-kd-students" / f"{OP_NAME}-{key}"
-
-
-def build_operator(source: Path, directory: Path) -> Callable:
-    """Compile (or reuse) the operator in `directory` and return it. Raises on any failure.
-    A lock file keeps two processes (two runs, or fold workers) from building at once."""
-    from paddle.utils.cpp_extension import load
-
-    directory.mkdir(parents=True, exist_ok=True)
-    # Paddle's builder prints progress and logs INFO lines; only failure matters here.
-    quiet = io.StringIO()
-    with open(directory / "build.lock", "w") as lock, contextlib.redirect_stdout(quiet):
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        level = logging.root.manager.disable
-        logging.disable(logging.INFO)
-        # Paddle's builder signs a build with its sources' paths: building from a copy inside the
-        # (content-keyed) directory lets every checkout of the project share one build.
-        local_source = directory / source.name
-        if not local_source.is_file() or local_source.read_bytes() != source.read_bytes():
-            local_source.write_bytes(source.read_bytes())
-        try:
-            module = load(name=OP_NAME, sources=[str(local_source)], extra_cxx_cflags=COMPILE_FLAGS,
-                          build_directory=str(directory))
-        finally:
-            logging.disable(level)
-    return getattr(module, OP_NAME)
-
-
-@functools.cache
 def fast_depthwise_operator() -> Optional[Callable]:
     """The compiled operator, or None (after a one-line note) where it cannot be built."""
-    directory = build_directory()
-    if not (directory / OP_NAME).is_dir():
-        print("compiling the fast depthwise convolution for this machine (once, about 20 s)", flush=True)
-    try:
-        return build_operator(SOURCE, directory)
-    except Exception as error:  # a missing compiler, a failed build or load: Paddle's kernel still works
-        reason = str(error).strip().splitlines()[-1:] or [type(error).__name__]
-        print(f"note: the fast depthwise convolution could not be built ({reason[0][:200]}); "
-              "training with Paddle's own kernel (--fast_depthwise off skips the attempt)", flush=True)
-        return None
+    module = compiled(SOURCE_NAME, "the fast depthwise convolution", "--fast_depthwise off")
+    return None if module is None else module.fast_depthwise_conv2d
 
 
 def is_supported(layer: nn.Layer) -> bool:

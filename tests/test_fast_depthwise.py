@@ -9,6 +9,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
+import models.compiled_ops as compiled_ops
 import models.fast_depthwise as fast_depthwise
 from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
 from models.student import build_student
@@ -110,22 +111,19 @@ def test_the_switch_keeps_parameters_and_exported_models_hold_standard_operators
 
 
 def test_a_failed_build_falls_back_to_paddles_kernel_with_a_note(tmp_path, monkeypatch, capsys):
-    broken = tmp_path / "broken.cc"
-    broken.write_text("this is not C++\n")
-    monkeypatch.setattr(fast_depthwise, "SOURCE", broken)
+    # Named apart from the real source, whose module this process may have loaded (and cached).
+    (tmp_path / "broken_depthwise.cc").write_text("this is not C++\n")
+    monkeypatch.setattr(fast_depthwise, "SOURCE_NAME", "broken_depthwise.cc")
+    monkeypatch.setattr(compiled_ops, "CSRC", tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    fast_depthwise_operator.cache_clear()
-    try:
-        model = build_student("mobilenet_v3_small", 3, width=0.5)
-        assert use_fast_depthwise(model) == 0
-        note = capsys.readouterr().out
-        assert "note: the fast depthwise convolution could not be built" in note
-        assert "--fast_depthwise off" in note
-        assert not any(isinstance(layer, FastDepthwiseConv2D) for layer in model.sublayers())
-        loss = model(paddle.randn([2, 3, 32, 32])).mean()
-        loss.backward()  # Paddle's own kernel trains
-    finally:
-        fast_depthwise_operator.cache_clear()
+    model = build_student("mobilenet_v3_small", 3, width=0.5)
+    assert use_fast_depthwise(model) == 0
+    note = capsys.readouterr().out
+    assert "note: the fast depthwise convolution could not be built" in note
+    assert "--fast_depthwise off" in note
+    assert not any(isinstance(layer, FastDepthwiseConv2D) for layer in model.sublayers())
+    loss = model(paddle.randn([2, 3, 32, 32])).mean()
+    loss.backward()  # Paddle's own kernel trains
 
 
 def test_only_depthwise_layers_it_computes_are_switched():
@@ -147,19 +145,20 @@ def test_two_checkouts_share_one_build(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    directory = fast_depthwise.build_directory()
+    source = compiled_ops.CSRC / fast_depthwise.SOURCE_NAME
+    directory = compiled_ops.build_directory(source)
 
     def build_from(source: Path) -> None:  # in a process of its own, as a run of each checkout would
-        code = (f"import sys; sys.path.insert(0, {str(root)!r}); import models.fast_depthwise as f; "
-                f"from pathlib import Path; f.build_operator(Path({str(source)!r}), Path({str(directory)!r}))")
+        code = (f"import sys; sys.path.insert(0, {str(root)!r}); import models.compiled_ops as c; "
+                f"from pathlib import Path; c.build_operators(Path({str(source)!r}), Path({str(directory)!r}))")
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
-    build_from(fast_depthwise.SOURCE)
+    build_from(source)
     built = sorted(directory.rglob("*.so"))
     stamps = [path.stat().st_mtime_ns for path in built]
-    other_checkout = tmp_path / "other" / "models" / "csrc" / fast_depthwise.SOURCE.name
+    other_checkout = tmp_path / "other" / "models" / "csrc" / source.name
     other_checkout.parent.mkdir(parents=True)
-    other_checkout.write_bytes(fast_depthwise.SOURCE.read_bytes())
-    assert fast_depthwise.build_directory(other_checkout) == directory
+    other_checkout.write_bytes(source.read_bytes())
+    assert compiled_ops.build_directory(other_checkout) == directory
     build_from(other_checkout)
     assert built and [path.stat().st_mtime_ns for path in sorted(directory.rglob("*.so"))] == stamps

@@ -16,8 +16,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from models.batched_conv import use_batched_conv
-from models.fast_depthwise import use_fast_depthwise
+from models.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student
 from models.teacher import build_teacher
 from utils.data.transforms import build_train_transform
@@ -164,16 +163,14 @@ def measure_rates(cfg: Config, num_classes: int, kinds: set[str], images: Sequen
     if kinds & {"teacher", "labelling"}:
         with paddle.utils.unique_name.guard():
             teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
-            use_batched_conv(teacher)
+            use_fast_cpu_kernels(teacher)
             rates["labelling"] = _forward_rate(teacher, cfg)
             if "teacher" in kinds:
                 rates["teacher"] = _train_rate(teacher, cfg, num_classes)
     with paddle.utils.unique_name.guard():
         student = build_student(cfg.student, num_classes, "none", width=cfg.student_width,
                                 attention=cfg.attention, attention_blocks=cfg.attention_blocks)
-        if cfg.fast_depthwise:
-            use_fast_depthwise(student)
-        use_batched_conv(student)
+        use_fast_cpu_kernels(student, cfg.fast_depthwise)
         rates["eval"] = _forward_rate(student, cfg)
         rates["student"] = _train_rate(student, cfg, num_classes)
     return rates

@@ -11,8 +11,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import paddle
 
-from models.batched_conv import use_batched_conv
-from models.fast_depthwise import use_fast_depthwise
+from models.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student, head_name
 from models.teacher import last_stage
 from utils.data.dataset import ImageDataset, make_loader
@@ -191,9 +190,7 @@ def new_student(cfg: Config, num_classes: int, teacher: Optional[TeacherSignal]
     `paddle.utils.unique_name.guard()` (EpochCheckpoint: the same parameter names on resumption)."""
     student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
                             cfg.attention, cfg.attention_blocks, cfg.student_width)
-    if cfg.fast_depthwise:
-        use_fast_depthwise(student)
-    use_batched_conv(student)
+    use_fast_cpu_kernels(student, cfg.fast_depthwise)
     feature_term = create_feature_distillation(cfg, method_settings(cfg), student, head_name(cfg.student),
                                                teacher and teacher.feature_dim)
     return student, feature_term

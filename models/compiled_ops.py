@@ -1,0 +1,84 @@
+"""Building the project's C++ CPU operators (models/csrc/) with `paddle.utils.cpp_extension`:
+compiled on first use for this machine, cached under the user's cache directory by the
+source's content, compiler flags, Paddle version and CPU, and shared by every checkout.
+Where no compiler is available or the build fails, callers keep Paddle's own kernels."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import io
+import logging
+import os
+import platform
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import paddle
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+# -march=native: the build is cached per machine (the CPU's flags are in the cache key).
+COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def build_directory(source: Path) -> Path:
+    """Where `source` is built: one directory per source content, compiler flags, Paddle
+    version and CPU, under the user's cache directory."""
+    key = hashlib.sha256("\n".join([
+        source.read_text(encoding="utf-8"), " ".join(COMPILE_FLAGS), paddle.__version__, platform.machine(),
+        platform.python_version(), _cpu_flags(),
+    ]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "paddle-kd-students" / f"{source.stem}-{key}"
+
+
+def build_operators(source: Path, directory: Path) -> ModuleType:
+    """Compile (or reuse) `source` in `directory` and return the module of its operators.
+    Raises on any failure. A lock file keeps two processes (two runs, or fold workers) from
+    building at once."""
+    from paddle.utils.cpp_extension import load
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # Paddle's builder prints progress and logs INFO lines; only failure matters here.
+    quiet = io.StringIO()
+    with open(directory / "build.lock", "w") as lock, contextlib.redirect_stdout(quiet):
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        level = logging.root.manager.disable
+        logging.disable(logging.INFO)
+        # Paddle's builder signs a build with its sources' paths: building from a copy inside the
+        # (content-keyed) directory lets every checkout of the project share one build.
+        local_source = directory / source.name
+        if not local_source.is_file() or local_source.read_bytes() != source.read_bytes():
+            local_source.write_bytes(source.read_bytes())
+        try:
+            return load(name=source.stem, sources=[str(local_source)], extra_cxx_cflags=COMPILE_FLAGS,
+                        build_directory=str(directory))
+        finally:
+            logging.disable(level)
+
+
+@functools.cache
+def compiled(source_name: str, what: str, skip_hint: str) -> Optional[ModuleType]:
+    """The operators of csrc/`source_name`, or None (after a one-line note naming `what`
+    and how to skip the attempt) where they cannot be built."""
+    source = CSRC / source_name
+    directory = build_directory(source)
+    if not (directory / source.stem).is_dir():
+        print(f"compiling {what} for this machine (once, about 20 s)", flush=True)
+    try:
+        return build_operators(source, directory)
+    except Exception as error:  # a missing compiler, a failed build or load: Paddle's kernels still work
+        reason = str(error).strip().splitlines()[-1:] or [type(error).__name__]
+        print(f"note: {what} could not be built ({reason[0][:200]}); training with Paddle's own kernels "
+              f"({skip_hint} skips the attempt)", flush=True)
+        return None

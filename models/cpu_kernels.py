@@ -1,0 +1,18 @@
+"""Every CPU speed-up of a model's training in one call: the compiled depthwise convolution
+and MobileNetV3 gates (when `compiled`, the --fast_depthwise setting), and small feature maps
+as one product per batch. Each leaves parameters, checkpoints and exported models as they
+were, and does nothing on a GPU."""
+from __future__ import annotations
+
+import paddle.nn as nn
+
+from models.batched_conv import use_batched_conv
+from models.fast_depthwise import use_fast_depthwise
+from models.fast_gates import use_fast_gates
+
+
+def use_fast_cpu_kernels(model: nn.Layer, compiled: bool = True) -> dict[str, int]:
+    """Switch `model`'s layers to the faster CPU kernels; returns how many layers of each kind."""
+    switched = {"depthwise": use_fast_depthwise(model), "gates": use_fast_gates(model)} if compiled else {}
+    switched["small maps"] = use_batched_conv(model)
+    return switched

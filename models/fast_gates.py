@@ -1,0 +1,54 @@
+"""MobileNetV3's gates on the CPU: the squeeze-excitation scaling (x times a per-channel
+gate) and hard-swish as compiled operators (csrc/gates.cc), forward and exact backward.
+
+Paddle's broadcast multiply and its gradient took 18%, and hard-swish with its gradient
+12%, of a MobileNetV3-Small training step at 112 px (one thread, batch 32,
+paddle.profiler, docs/speed-on-cpu.md). As with the depthwise operator, they run only in
+the dynamic graph on the CPU in float32: on a GPU and in exported models the layers
+compute as Paddle's own, and where the operators cannot be built, Paddle's kernels train,
+after a one-line note.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+from paddle.vision.models.mobilenetv3 import SqueezeExcitation
+
+from models.compiled_ops import compiled
+
+SOURCE_NAME = "gates.cc"
+
+
+def gate_operators():
+    """The compiled module (channel_scale, fast_hardswish), or None where it cannot be built."""
+    return compiled(SOURCE_NAME, "the fast gate operators", "--fast_depthwise off")
+
+
+def _on_cpu_training(x: paddle.Tensor) -> bool:
+    return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+
+
+class FastHardswish(nn.Hardswish):
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return gate_operators().fast_hardswish(x.contiguous()) if _on_cpu_training(x) else super().forward(x)
+
+
+class FastSqueezeExcitation(SqueezeExcitation):
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if not _on_cpu_training(x):
+            return super().forward(x)
+        return gate_operators().channel_scale(x.contiguous(), self._scale(x))
+
+
+FAST_LAYERS = {nn.Hardswish: FastHardswish, SqueezeExcitation: FastSqueezeExcitation}
+
+
+def use_fast_gates(model: nn.Layer) -> int:
+    """Switch `model`'s hard-swish and squeeze-excitation layers to the compiled operators;
+    returns how many. Does nothing (0) on a GPU or where the operators cannot be built."""
+    layers = [layer for layer in model.sublayers() if type(layer) in FAST_LAYERS]
+    if not layers or paddle.get_device().startswith("gpu") or gate_operators() is None:
+        return 0
+    for layer in layers:
+        layer.__class__ = FAST_LAYERS[type(layer)]  # parameters and their names unchanged
+    return len(layers)

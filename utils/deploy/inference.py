@@ -195,9 +195,10 @@ class Int8Speed:
         return said
 
 
-def int8_speed(directory: Path, images: np.ndarray, seconds: float = 0.5, rounds: int = 2) -> Int8Speed:
+def int8_speed(directory: Path, images: np.ndarray, seconds: float = 0.5, rounds: int = 2,
+               max_runs: int = 100) -> Int8Speed:
     """Time model.onnx and model.int8.onnx of an export on `images` (repeated to a batch of 32),
-    alternated, the best of `rounds` each."""
+    alternated, the best of `rounds` each, each timing `seconds` or `max_runs` runs long."""
     models = {int8: OnnxModel(directory, int8) for int8 in (False, True)}
     batches = {1: images[:1], 32: np.resize(images, (32,) + images.shape[1:])}
     best: dict[tuple[bool, int], float] = collections.defaultdict(float)
@@ -205,7 +206,7 @@ def int8_speed(directory: Path, images: np.ndarray, seconds: float = 0.5, rounds
         for (int8, model), (size, batch) in itertools.product(models.items(), batches.items()):
             model.logits(batch)  # warm-up: the first run allocates
             runs, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
+            while time.perf_counter() - start < seconds and runs < max_runs:
                 model.logits(batch)
                 runs += 1
             best[int8, size] = max(best[int8, size], size * runs / (time.perf_counter() - start))

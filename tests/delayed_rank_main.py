@@ -4,6 +4,8 @@
                                                       rank must not read them before they exist (row 3)
     DELAYED_RANK=1 DELAY_AT=barrier DELAY_SECONDS=60  rank 1 reaches the end-of-folds barrier late:
                                                       past --dist_timeout_minutes, a one-line error (row 4)
+
+With DELAY_MARKER=path, the delayed rank creates that file as its delay begins.
 """
 import os
 import sys
@@ -24,6 +26,8 @@ DELAYED = {"outputs": "save_confusion_matrix", "barrier": "barrier"}[os.environ.
 def delayed(function):
     def wrapper(*args, **kwargs):
         if rank() == DELAYED_RANK:
+            if os.environ.get("DELAY_MARKER"):
+                Path(os.environ["DELAY_MARKER"]).touch()
             time.sleep(DELAY_SECONDS)
         return function(*args, **kwargs)
 

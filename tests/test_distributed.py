@@ -71,9 +71,13 @@ def runs(tmp_path_factory):
     first step once gloo's fixed 30 s had passed."""
     out = tmp_path_factory.mktemp("distributed")
     data = make_class_folders(out / "data", per_class=45)
+    delaying = out / "rank0_delaying"
     launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs",
-                       ROOT / "tests" / "delayed_rank_main.py", {"DELAY_SECONDS": "31"})
-    try:  # the single-process run trains while the job's ranks wait
+                       ROOT / "tests" / "delayed_rank_main.py", {"DELAY_SECONDS": "31", "DELAY_MARKER": str(delaying)})
+    try:  # the single-process run trains while the job's ranks wait, on cores they leave idle
+        deadline = time.time() + 600
+        while not delaying.exists() and launched.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
         assert main.main(_settings(data, out / "single", "one", 2 * BATCH)) == 0
     finally:
         output = _output(launched, out / "launch_logs", timeout=600)

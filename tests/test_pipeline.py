@@ -329,8 +329,9 @@ def test_sigterm_stops_a_real_run_quietly_which_then_continues(tiny_data, tmp_pa
     assert f"python main.py --resume killed --output_dir {tmp_path / 'models_saved'}" in err
     for noise in ("Traceback", "Termination signal", "resource_tracker", "Warning"):
         assert noise not in err and noise not in out, noise
-    resumed = subprocess.run([sys.executable, str(root / "main.py"), *args], cwd=root, capture_output=True,
-                             text=True, timeout=300)
+    # Continued in one process (a runtime setting): no second pair of fold processes to start.
+    resumed = subprocess.run([sys.executable, str(root / "main.py"), *args, "--parallel_folds", "1"], cwd=root,
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "models_saved" / "killed" / "summary.json").is_file()
     # cleanlab's own worker pool, ended with the SIGTERM that the run turns into Ctrl-C, printed tracebacks.

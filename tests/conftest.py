@@ -58,6 +58,22 @@ def _run_from_a_scratch_folder(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_parallel_comparison(request, tmp_path_factory):
+    """The data-parallel comparison runs of tests/test_distributed.py (about 70 s, mostly waiting on
+    a delayed rank), started in the background as the session begins when that module's tests are
+    to run: the serial tests leave a core idle meanwhile. None otherwise."""
+    if not any(item.nodeid.startswith("tests/test_distributed.py") and "runs" in item.fixturenames
+               for item in request.session.items):
+        yield None
+        return
+    from tests.data_parallel_job import ComparisonRuns
+
+    runs = ComparisonRuns(tmp_path_factory.mktemp("distributed"))
+    yield runs
+    runs.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_class_folders(tmp_path_factory.mktemp("tiny") / "data", per_class=10)

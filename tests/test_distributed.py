@@ -6,10 +6,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ import pytest
 import main
 from models.teacher import build_teacher, freeze_teacher
 from tests.conftest import make_class_folders, tiny_run_args
+from tests.data_parallel_job import ROOT, launch, output
 from utils.data.folders import scan_dataset
 from utils.data.images import load_images
 from utils.data.manifest import Manifest
@@ -28,61 +27,12 @@ from utils.pipeline.folds import FoldInputs, fold_loaders
 from utils.runtime.config import load_saved_config
 from utils.runtime.weights_file import load_weights_file
 
-ROOT = Path(__file__).resolve().parent.parent
-BATCH = 8  # per process
-
-
-def _settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
-    """A learnable tiny run: KD students (and the final one) that tell the colours apart in a few
-    epochs (mild augmentation: on a few dozen steps, BatchNorm's running statistics are otherwise
-    still unsettled)."""
-    return tiny_run_args(data, out, name, "--recipe", "finetune", "--epochs", "16",
-                         "--lr", "0.01", "--student_width", "0.5", "--teacher_cache", "views", "--img_size", "64",
-                         "--teacher_views", "2", "--batch_size", str(batch), "--final_model", "true",
-                         "--teacher_epochs", "4",
-                         "--crop", "pad", "--mixup_alpha", "0", "--rotation", "0", "--erasing", "0", "--quiet")
-
-
-def _launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", extra_env: Optional[dict] = None
-            ) -> subprocess.Popen:
-    """A 2-rank job; what its launcher prints goes to a file beside `log_dir` (read by _output),
-    so that the test may do other work while it runs without the job blocking on a full pipe."""
-    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-               str(log_dir), str(script), *args]
-    env = {key: value for key, value in {**os.environ, **(extra_env or {})}.items() if key != "CUDA_VISIBLE_DEVICES"}
-    with open(_printed(log_dir), "w") as printed:
-        return subprocess.Popen(command, stdout=printed, stderr=subprocess.STDOUT, env=env, cwd=log_dir.parent)
-
-
-def _printed(log_dir: Path) -> Path:
-    return log_dir.parent / f"{log_dir.name}.out"
-
-
-def _output(job: subprocess.Popen, log_dir: Path, timeout: float) -> str:
-    job.wait(timeout=timeout)
-    return _printed(log_dir).read_text()
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The same run launched on 2 data-parallel processes and in one process with twice the batch.
-    The launched run's rank 0 writes its run outputs 31 s late (tests/delayed_rank_main.py): rank 1
-    must neither read them before they exist nor give up waiting, as it did in the final student's
-    first step once gloo's fixed 30 s had passed."""
-    out = tmp_path_factory.mktemp("distributed")
-    data = make_class_folders(out / "data", per_class=45)
-    delaying = out / "rank0_delaying"
-    launched = _launch(_settings(data, out / "launched", "dp", BATCH), out / "launch_logs",
-                       ROOT / "tests" / "delayed_rank_main.py", {"DELAY_SECONDS": "31", "DELAY_MARKER": str(delaying)})
-    try:  # the single-process run trains while the job's ranks wait, on cores they leave idle
-        deadline = time.time() + 600
-        while not delaying.exists() and launched.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert main.main(_settings(data, out / "single", "one", 2 * BATCH)) == 0
-    finally:
-        output = _output(launched, out / "launch_logs", timeout=600)
-    assert launched.returncode == 0, output[-3000:]
-    return data, out / "launched" / "models_saved" / "dp", out / "single" / "models_saved" / "one"
+def runs(data_parallel_comparison):
+    """The launched run and the single-process one (tests/data_parallel_job.py), started in the
+    background when the session began."""
+    return data_parallel_comparison.wait()
 
 
 def _files(run_dir: Path) -> set[str]:
@@ -164,7 +114,7 @@ def _training_job(tmp_path: Path, name: str) -> tuple[subprocess.Popen, dict[int
     data = make_class_folders(tmp_path / "data", per_class=10)
     args = tiny_run_args(data, tmp_path / "job", name, "--epochs", "50", "--kd", "none", "--quiet")
     (tmp_path / "logs").mkdir()
-    job = _launch(args, tmp_path / "logs")
+    job = launch(args, tmp_path / "logs")
     state = tmp_path / "job" / "models_saved" / name / "fold0" / "training_student.pdparams"
     deadline = time.time() + 300
     while not state.exists():
@@ -204,11 +154,11 @@ def test_a_rank_later_than_the_timeout_ends_the_job_in_one_line(tmp_path):
     (tmp_path / "logs").mkdir()
     args = tiny_run_args(data, tmp_path / "job", "late", "--kd", "none", "--quiet", "--dist_timeout_minutes", "0.1")
     delay = {"DELAYED_RANK": "1", "DELAY_AT": "barrier", "DELAY_SECONDS": "60"}
-    job = _launch(args, tmp_path / "logs", ROOT / "tests" / "delayed_rank_main.py", delay)
-    output = _output(job, tmp_path / "logs", timeout=300)
+    job = launch(args, tmp_path / "logs", ROOT / "tests" / "delayed_rank_main.py", delay)
+    said = output(job, tmp_path / "logs", timeout=300)
     assert job.returncode != 0
-    assert "error: process 0 waited more than 0.1 minutes for the other processes" in output
-    assert "--dist_timeout_minutes" in output and "Traceback" not in output and "C++" not in output
+    assert "error: process 0 waited more than 0.1 minutes for the other processes" in said
+    assert "--dist_timeout_minutes" in said and "Traceback" not in said and "C++" not in said
 
 
 def test_only_rank_0_reads_or_writes_the_run_record(tmp_path, monkeypatch):

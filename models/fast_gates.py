@@ -10,6 +10,9 @@ after a one-line note.
 """
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Optional
+
 import paddle
 import paddle.nn as nn
 from paddle.vision.models.mobilenetv3 import SqueezeExcitation
@@ -19,7 +22,7 @@ from models.compiled_ops import compiled
 SOURCE_NAME = "gates.cc"
 
 
-def gate_operators():
+def gate_operators() -> Optional[ModuleType]:
     """The compiled module (channel_scale, fast_hardswish), or None where it cannot be built."""
     return compiled(SOURCE_NAME, "the fast gate operators", "--fast_depthwise off")
 

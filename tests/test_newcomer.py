@@ -49,7 +49,8 @@ def test_the_clock_runs_the_folds_as_the_pool_does_then_the_final_student_alone(
     clock.started = time.time() - 2000  # the folds took longer than planned, or shorter: either way they are done
     clock.start_final(0.5)  # the final student trains half the planned epochs, its work alone is left
     assert clock.remaining_seconds() == pytest.approx(500 / clock.rates["student"], abs=0.5)
-    assert [describe(s) for s in (20, 600, 7500)] == ["under a minute", "about 10 min", "about 2 h 05 min"]
+    assert [describe(s) for s in (20, 61, 600, 7500)] == ["under a minute", "about 2 min", "about 10 min",
+                                                          "about 2 h 05 min"]
 
 
 def test_a_run_over_an_hour_on_a_cpu_names_the_quick_preset_which_loads():

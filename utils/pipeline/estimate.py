@@ -9,6 +9,7 @@ its kind of work, and the epoch lines show the time left."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Optional, Sequence
 
@@ -102,10 +103,12 @@ def pool_seconds(tasks: Sequence[tuple[float, float]], workers: int) -> float:
 
 
 def describe(seconds: float) -> str:
-    """'under a minute', 'about 12 min', 'about 2 h 05 min'."""
-    minutes = round(seconds / 60)
-    if minutes < 1:
+    """'under a minute', 'about 12 min', 'about 2 h 05 min': whole minutes rounded up, so that the
+    countdown never says less than it measured (rounded to the nearest, "about 1 min" was said
+    with 85 s to go)."""
+    if seconds < 60:
         return "under a minute"
+    minutes = math.ceil(seconds / 60)
     hours, minutes = divmod(minutes, 60)
     return f"about {hours} h {minutes:02d} min" if hours else f"about {minutes} min"
 
@@ -223,5 +226,5 @@ def quick_preset_note(clock: RunClock, device: str, cfg: Config) -> Optional[str
     (then the machine is slow or busy, and the note would send the user in a circle)."""
     if device != "cpu" or clock.total_seconds() <= QUICK_NOTE_AFTER or uses_quick_preset(cfg):
         return None
-    return (f"note: this run will take more than an hour on this CPU; for a first model in about 20 minutes "
+    return (f"note: this run will take more than an hour on this CPU; for a first model in about 15 minutes "
             f"(on 2,500 photos), try --config {QUICK_PRESET} (README, \"How long a run takes\")")

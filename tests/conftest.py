@@ -59,19 +59,22 @@ def _run_from_a_scratch_folder(tmp_path_factory, monkeypatch) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def data_parallel_comparison(request, tmp_path_factory):
-    """The data-parallel comparison runs of tests/test_distributed.py (about 70 s, mostly waiting on
-    a delayed rank), started in the background as the session begins when that module's tests are
-    to run: the serial tests leave a core idle meanwhile. None otherwise."""
-    if not any(item.nodeid.startswith("tests/test_distributed.py") and "runs" in item.fixturenames
-               for item in request.session.items):
-        yield None
-        return
-    from tests.data_parallel_job import ComparisonRuns
+def background_jobs(request, tmp_path_factory):
+    """The data-parallel jobs of tests/test_distributed.py that mostly wait (the comparison runs,
+    about 70 s on a delayed rank, then the late-rank job), started in the background as the
+    session begins when their tests are to run: the serial tests leave a core idle meanwhile."""
+    from tests.data_parallel_job import ComparisonRuns, LateRankJob
 
-    runs = ComparisonRuns(tmp_path_factory.mktemp("distributed"))
-    yield runs
-    runs.stop()
+    wanted = {name for item in request.session.items if item.nodeid.startswith("tests/test_distributed.py")
+              for name in item.fixturenames}
+    jobs = {}
+    if {"runs", "late_rank_job"} & wanted:
+        jobs["runs"] = ComparisonRuns(tmp_path_factory.mktemp("distributed"))
+    if "late_rank_job" in wanted:
+        jobs["late_rank_job"] = LateRankJob(tmp_path_factory.mktemp("late"), after=jobs["runs"])
+    yield jobs
+    for job in jobs.values():
+        job.stop()
 
 
 @pytest.fixture(scope="session")

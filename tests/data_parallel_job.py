@@ -1,6 +1,7 @@
-"""The data-parallel jobs of tests/test_distributed.py: launching 2 gloo ranks on the CPU, and
-the comparison of a launched run with a single-process one, started in the background when the
-session begins (conftest.py), since the serial tests leave a core idle for most of the suite."""
+"""The data-parallel jobs of tests/test_distributed.py: launching 2 gloo ranks on the CPU; the
+comparison of a launched run with a single-process one, and then a job with a late rank, run in
+the background from the start of the session (conftest.py), since the serial tests leave a core
+idle for most of the suite."""
 from __future__ import annotations
 
 import os
@@ -84,4 +85,36 @@ class ComparisonRuns:
 
     def stop(self) -> None:
         if self.job.poll() is None:
+            self.job.kill()
+
+
+class LateRankJob:
+    """Row 4 of round three: rank 1 reaches the end-of-folds barrier 60 s late, past
+    --dist_timeout_minutes 0.1; launched once `after` (the comparison runs) has finished, so that
+    the two jobs' ranks do not share the cores."""
+
+    def __init__(self, out: Path, after: ComparisonRuns) -> None:
+        self.out = out
+        self.job: Optional[subprocess.Popen] = None
+        self.thread = threading.Thread(target=self._launch_after, args=(after,), daemon=True)
+        self.thread.start()
+
+    def _launch_after(self, after: ComparisonRuns) -> None:
+        after.job.wait()
+        after.thread.join()
+        data = make_class_folders(self.out / "data", per_class=4)
+        (self.out / "logs").mkdir()
+        args = tiny_run_args(data, self.out / "job", "late", "--kd", "none", "--quiet", "--dist_timeout_minutes", "0.1")
+        self.job = launch(args, self.out / "logs", ROOT / "tests" / "delayed_rank_main.py",
+                          {"DELAYED_RANK": "1", "DELAY_AT": "barrier", "DELAY_SECONDS": "60"})
+
+    def wait(self) -> tuple[int, str]:
+        """The job's exit code and what its launcher printed."""
+        self.thread.join(timeout=900)
+        assert self.job is not None, "the late-rank job was not launched"
+        said = output(self.job, self.out / "logs", timeout=300)
+        return self.job.returncode, said
+
+    def stop(self) -> None:
+        if self.job is not None and self.job.poll() is None:
             self.job.kill()

@@ -15,7 +15,7 @@ import pytest
 import main
 from models.teacher import build_teacher, freeze_teacher
 from tests.conftest import make_class_folders, tiny_run_args
-from tests.data_parallel_job import ROOT, launch, output
+from tests.data_parallel_job import launch
 from utils.data.folders import scan_dataset
 from utils.data.images import load_images
 from utils.data.manifest import Manifest
@@ -29,10 +29,15 @@ from utils.runtime.weights_file import load_weights_file
 
 
 @pytest.fixture(scope="module")
-def runs(data_parallel_comparison):
+def runs(background_jobs):
     """The launched run and the single-process one (tests/data_parallel_job.py), started in the
     background when the session began."""
-    return data_parallel_comparison.wait()
+    return background_jobs["runs"].wait()
+
+
+@pytest.fixture(scope="module")
+def late_rank_job(background_jobs):
+    return background_jobs["late_rank_job"].wait()
 
 
 def _files(run_dir: Path) -> set[str]:
@@ -147,16 +152,12 @@ def test_the_ranks_of_a_killed_launcher_stop_within_seconds(tmp_path):
         time.sleep(0.5)
 
 
-def test_a_rank_later_than_the_timeout_ends_the_job_in_one_line(tmp_path):
+def test_a_rank_later_than_the_timeout_ends_the_job_in_one_line(late_rank_job):
     """Row 4, with real gloo processes: rank 1 reaches the end-of-folds barrier 60 s late, past
-    --dist_timeout_minutes 0.1; rank 0 gives up with the one line that says what to change."""
-    data = make_class_folders(tmp_path / "data", per_class=4)
-    (tmp_path / "logs").mkdir()
-    args = tiny_run_args(data, tmp_path / "job", "late", "--kd", "none", "--quiet", "--dist_timeout_minutes", "0.1")
-    delay = {"DELAYED_RANK": "1", "DELAY_AT": "barrier", "DELAY_SECONDS": "60"}
-    job = launch(args, tmp_path / "logs", ROOT / "tests" / "delayed_rank_main.py", delay)
-    said = output(job, tmp_path / "logs", timeout=300)
-    assert job.returncode != 0
+    --dist_timeout_minutes 0.1; rank 0 gives up with the one line that says what to change
+    (tests/data_parallel_job.py, launched in the background)."""
+    returncode, said = late_rank_job
+    assert returncode != 0
     assert "error: process 0 waited more than 0.1 minutes for the other processes" in said
     assert "--dist_timeout_minutes" in said and "Traceback" not in said and "C++" not in said
 

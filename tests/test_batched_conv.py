@@ -13,8 +13,7 @@ import models.batched_conv as batched_conv
 from models.batched_conv import SMALL_MAP, BatchedConv2D, batched_conv2d, is_supported, output_size, use_batched_conv
 from models.student import build_student
 from models.teacher import TEACHERS, build_teacher
-from utils.deploy.export import exported_model_file, save_inference_model
-from utils.deploy.inference import InferencePredictor
+from tests.kernel_checks import exported_program, relative_error, train_losses
 
 # (in channels, out channels, height, width, kernel, stride, padding, bias)
 Shape = tuple[int, int, int, int, int, int, int, bool]
@@ -39,10 +38,6 @@ def batched_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
     return shapes
 
 
-def relative_error(actual: paddle.Tensor, expected: paddle.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max().clip(min=1e-12))
-
-
 @pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])
 def test_outputs_and_gradients_match_paddles_convolution(name):
     model = build_teacher(6, "none", name)[0] if name in TEACHERS else build_student(name, 6)
@@ -65,29 +60,11 @@ def test_outputs_and_gradients_match_paddles_convolution(name):
             assert relative_error(got, want) < 1e-4, shape
 
 
-def train_losses(batched: bool, steps: int = 4) -> list[float]:
-    paddle.seed(0)
-    with paddle.utils.unique_name.guard():
-        model, _ = build_teacher(4, "none", "resnet18")
-    if batched:
-        assert use_batched_conv(model) > 0
-    optimizer = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
-    rng = np.random.default_rng(1)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        images = paddle.to_tensor(rng.standard_normal((8, 3, 40, 40)).astype("float32"))
-        labels = paddle.to_tensor(rng.integers(0, 4, 8))
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-        losses.append(float(loss))
-    return losses
-
-
 def test_training_follows_the_same_loss_curve_as_with_paddles_convolution():
-    batched, reference = train_losses(batched=True), train_losses(batched=False)
+    def build():
+        return build_teacher(4, "none", "resnet18")[0]
+
+    batched, reference = train_losses(build, use_batched_conv, 40), train_losses(build, None, 40)
     assert len(set(np.round(reference, 3))) > 1, "the loss moves, so the comparison means something"
     np.testing.assert_allclose(batched, reference, rtol=1e-4)
 
@@ -113,12 +90,5 @@ def test_the_switch_keeps_parameters_and_exported_models_hold_standard_operators
     names_before = [p.name for p in model.parameters()]
     use_batched_conv(model)
     assert [p.name for p in model.parameters()] == names_before
-    model.eval()
-    images = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype("float32")
-    with paddle.no_grad():
-        dynamic = model(paddle.to_tensor(images)).numpy()
-    save_inference_model(model, 32, tmp_path)
-    program = exported_model_file(tmp_path).read_text(encoding="utf-8")
+    program = exported_program(model, tmp_path)
     assert "unfold" not in program and "conv2d" in program
-    predictor = InferencePredictor(exported_model_file(tmp_path), tmp_path / "model.pdiparams", False, 1)
-    np.testing.assert_allclose(predictor.logits(images), dynamic, rtol=1e-4, atol=1e-5)

@@ -13,8 +13,7 @@ import models.compiled_ops as compiled_ops
 import models.fast_depthwise as fast_depthwise
 from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
 from models.student import build_student
-from utils.deploy.export import exported_model_file, save_inference_model
-from utils.deploy.inference import InferencePredictor
+from tests.kernel_checks import break_the_build, exported_program, relative_error, train_losses
 
 STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 
@@ -35,10 +34,6 @@ def depthwise_shapes(name: str, img_size: int) -> set[tuple[int, int, int, int, 
     for hook in hooks:
         hook.remove()
     return shapes
-
-
-def relative_error(actual: paddle.Tensor, expected: paddle.Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max().clip(min=1e-12))
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -65,29 +60,11 @@ def test_outputs_and_gradients_match_paddles_depthwise_convolution(name):
         assert relative_error(actual_dw, expected_dw) < 1e-4, shape
 
 
-def train_losses(fast: bool, steps: int = 4) -> list[float]:
-    paddle.seed(0)
-    with paddle.utils.unique_name.guard():
-        model = build_student("mobilenet_v3_small", 4, width=0.5)
-    if fast:
-        assert use_fast_depthwise(model) > 0
-    optimizer = paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
-    rng = np.random.default_rng(1)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        images = paddle.to_tensor(rng.standard_normal((8, 3, 33, 33)).astype("float32"))
-        labels = paddle.to_tensor(rng.integers(0, 4, 8))
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.clear_grad()
-        losses.append(float(loss))
-    return losses
-
-
 def test_training_follows_the_same_loss_curve_as_with_paddles_kernel():
-    fast, reference = train_losses(fast=True), train_losses(fast=False)
+    def build():
+        return build_student("mobilenet_v3_small", 4, width=0.5)
+
+    fast, reference = train_losses(build, use_fast_depthwise, 33), train_losses(build, None, 33)
     assert len(set(np.round(reference, 3))) > 1, "the loss moves, so the comparison means something"
     np.testing.assert_allclose(fast, reference, rtol=1e-4)
 
@@ -98,24 +75,13 @@ def test_the_switch_keeps_parameters_and_exported_models_hold_standard_operators
     switched = use_fast_depthwise(model)
     assert switched == sum(isinstance(layer, FastDepthwiseConv2D) for layer in model.sublayers()) > 0
     assert [p.name for p in model.parameters()] == names_before
-    model.eval()
-    images = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype("float32")
-    with paddle.no_grad():
-        dynamic = model(paddle.to_tensor(images)).numpy()
-    save_inference_model(model, 32, tmp_path)
-    program = exported_model_file(tmp_path).read_text(encoding="utf-8")
+    program = exported_program(model, tmp_path)
     assert "fast_depthwise" not in program
     assert "depthwise_conv2d" in program
-    predictor = InferencePredictor(exported_model_file(tmp_path), tmp_path / "model.pdiparams", False, 1)
-    np.testing.assert_allclose(predictor.logits(images), dynamic, rtol=1e-4, atol=1e-5)
 
 
 def test_a_failed_build_falls_back_to_paddles_kernel_with_a_note(tmp_path, monkeypatch, capsys):
-    # Named apart from the real source, whose module this process may have loaded (and cached).
-    (tmp_path / "broken_depthwise.cc").write_text("this is not C++\n")
-    monkeypatch.setattr(fast_depthwise, "SOURCE_NAME", "broken_depthwise.cc")
-    monkeypatch.setattr(compiled_ops, "CSRC", tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    break_the_build(fast_depthwise, tmp_path, monkeypatch)
     model = build_student("mobilenet_v3_small", 3, width=0.5)
     assert use_fast_depthwise(model) == 0
     note = capsys.readouterr().out

@@ -7,12 +7,10 @@ import numpy as np
 import paddle
 import pytest
 
-import models.compiled_ops as compiled_ops
 import models.fast_gates as fast_gates
 from models.fast_gates import FastHardswish, FastSqueezeExcitation, use_fast_gates
 from models.student import build_student
-from utils.deploy.export import exported_model_file, save_inference_model
-from utils.deploy.inference import InferencePredictor
+from tests.kernel_checks import break_the_build, exported_program
 
 
 def outputs_and_gradients(model: paddle.nn.Layer, images: paddle.Tensor) -> list[np.ndarray]:
@@ -54,23 +52,12 @@ def test_hardswish_gradient_at_its_corners_is_paddles():
 def test_exported_model_holds_standard_operators_only(tmp_path):
     model = build_student("mobilenet_v3_small", 3, width=0.5)
     assert use_fast_gates(model) > 0
-    model.eval()
-    images = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype("float32")
-    with paddle.no_grad():
-        dynamic = model(paddle.to_tensor(images)).numpy()
-    save_inference_model(model, 32, tmp_path)
-    program = exported_model_file(tmp_path).read_text(encoding="utf-8")
+    program = exported_program(model, tmp_path)
     assert "channel_scale" not in program and "fast_hardswish" not in program and "hardswish" in program
-    predictor = InferencePredictor(exported_model_file(tmp_path), tmp_path / "model.pdiparams", False, 1)
-    np.testing.assert_allclose(predictor.logits(images), dynamic, rtol=1e-4, atol=1e-5)
 
 
 def test_a_failed_build_keeps_paddles_kernels_with_a_note(tmp_path, monkeypatch, capsys):
-    # Named apart from the real source, whose module this process may have loaded (and cached).
-    (tmp_path / "broken_gates.cc").write_text("this is not C++\n")
-    monkeypatch.setattr(fast_gates, "SOURCE_NAME", "broken_gates.cc")
-    monkeypatch.setattr(compiled_ops, "CSRC", tmp_path)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    break_the_build(fast_gates, tmp_path, monkeypatch)
     model = build_student("mobilenet_v3_small", 3, width=0.5)
     assert use_fast_gates(model) == 0
     note = capsys.readouterr().out

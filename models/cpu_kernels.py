@@ -7,8 +7,8 @@ from __future__ import annotations
 import paddle.nn as nn
 
 from models.batched_conv import use_batched_conv
-from models.fast_depthwise import use_fast_depthwise
-from models.fast_gates import use_fast_gates
+from models.fast_depthwise import fast_depthwise_operator, use_fast_depthwise
+from models.fast_gates import gate_operators, use_fast_gates
 
 
 def use_fast_cpu_kernels(model: nn.Layer, compiled: bool = True) -> dict[str, int]:
@@ -16,3 +16,9 @@ def use_fast_cpu_kernels(model: nn.Layer, compiled: bool = True) -> dict[str, in
     switched = {"depthwise": use_fast_depthwise(model), "gates": use_fast_gates(model)} if compiled else {}
     switched["small maps"] = use_batched_conv(model)
     return switched
+
+
+def compiled_operators_built() -> bool:
+    """Build (or find built) every compiled CPU operator; False, after a one-line note, where
+    one cannot be built."""
+    return fast_depthwise_operator() is not None and gate_operators() is not None

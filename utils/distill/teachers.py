@@ -106,7 +106,7 @@ def read_cached(cache_path: Path) -> Optional[tuple[dict, dict]]:
 def load_teacher(cfg: Config, num_classes: int, cache_path: Path) -> nn.Layer:
     """A cached fold teacher, frozen."""
     teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
-    use_fast_cpu_kernels(teacher)
+    use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
     teacher.set_state_dict(load_weights_file(cache_path))
     freeze_teacher(teacher)
     return teacher
@@ -135,7 +135,7 @@ def prepare_teacher(
     meta_path = cache_path.with_suffix(".json")
     with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
         teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights, cfg.teacher)
-        use_fast_cpu_kernels(teacher)
+        use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
         if cfg.teacher_epochs == 0 and not head_trained:
             raise ConfigError(
                 "teacher_epochs is 0, but the teacher weights carry no head trained for these "

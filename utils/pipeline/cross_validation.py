@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from models.attention import check_attention
-from models.fast_depthwise import fast_depthwise_operator
+from models.cpu_kernels import compiled_operators_built
 from models.student import STUDENTS, build_student
 from models.teacher import TEACHERS, build_teacher
 from models.weights import check_weights_arg
@@ -257,7 +257,7 @@ def run_cross_validation(cfg: Config) -> dict:
     # Checked on the files found before anything is written, and again on those that decode.
     check_class_counts(index.classes, [s.label for s in index.samples], cfg.num_folds, cfg.batch_size)
     fetch_imagenet_weights(cfg)
-    if cfg.fast_depthwise and device == "cpu" and fast_depthwise_operator() is None:
+    if cfg.fast_depthwise and device == "cpu" and not compiled_operators_built():
         # Built (or found unbuildable) once the options and data are checked, and here, so that
         # fold workers neither build nor fail again.
         cfg = dataclasses.replace(cfg, fast_depthwise=False)

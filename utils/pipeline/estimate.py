@@ -166,7 +166,7 @@ def measure_rates(cfg: Config, num_classes: int, kinds: set[str], images: Sequen
     if kinds & {"teacher", "labelling"}:
         with paddle.utils.unique_name.guard():
             teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
-            use_fast_cpu_kernels(teacher)
+            use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
             rates["labelling"] = _forward_rate(teacher, cfg)
             if "teacher" in kinds:
                 rates["teacher"] = _train_rate(teacher, cfg, num_classes)

@@ -100,13 +100,15 @@ def quantize_int8(out_dir: Path, calibration: np.ndarray) -> Path:
 
     int8_path = out_dir / INT8_NAME
     optimized = out_dir / f"{EXPORTED_PREFIX}.optimized.onnx"
-    with native_output_silenced():
-        # Symbolic shape inference stops at MobileNetV3's squeeze-excitation reshapes; ONNX's own suffices.
-        quant_pre_process(str(out_dir / ONNX_NAME), str(optimized), skip_symbolic_shape=True)
-        quantize_static(str(optimized), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-    optimized.unlink()
+    try:
+        with native_output_silenced():
+            # Symbolic shape inference stops at MobileNetV3's squeeze-excitation reshapes; ONNX's own suffices.
+            quant_pre_process(str(out_dir / ONNX_NAME), str(optimized), skip_symbolic_shape=True)
+            quantize_static(str(optimized), str(int8_path), Batches(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+    finally:  # an intermediate file: never left in the export, whether quantization worked or not
+        optimized.unlink(missing_ok=True)
     return int8_path
 
 

@@ -88,7 +88,6 @@ def pool_seconds(tasks: Sequence[tuple[float, float]], workers: int) -> float:
     free = [0.0] * max(1, workers)
     teachers = [index for index, (teacher, _) in enumerate(tasks) if teacher > 0]
     ready = {index: 0.0 for index, (teacher, _) in enumerate(tasks) if teacher <= 0}
-    end = 0.0
     while teachers or ready:
         worker = min(range(len(free)), key=free.__getitem__)
         if teachers:
@@ -98,8 +97,7 @@ def pool_seconds(tasks: Sequence[tuple[float, float]], workers: int) -> float:
             continue
         index = min(ready, key=lambda k: (ready[k], k))
         free[worker] = max(free[worker], ready.pop(index)) + tasks[index][1]
-        end = max(end, free[worker])
-    return max([end] + free)
+    return max(free)
 
 
 def describe(seconds: float) -> str:

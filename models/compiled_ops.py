@@ -31,21 +31,30 @@ def _cpu_flags() -> str:
         return ""
 
 
-def build_directory(source: Path) -> Path:
-    """Where `source` is built: one directory per source content, compiler flags, Paddle
-    version and CPU, under the user's cache directory."""
+def link_flags(libraries: tuple[str, ...]) -> list[str]:
+    """Linker flags for libraries shipped in Paddle's wheel (paddle/libs), such as oneDNN."""
+    if not libraries:
+        return []
+    directory = Path(paddle.__file__).resolve().parent / "libs"
+    return [f"-L{directory}", *(f"-l:{name}" for name in libraries), f"-Wl,-rpath,{directory}"]
+
+
+def build_directory(source: Path, libraries: tuple[str, ...] = ()) -> Path:
+    """Where `source` is built: one directory per source content, compiler and linker flags,
+    Paddle version and CPU, under the user's cache directory."""
     key = hashlib.sha256("\n".join([
-        source.read_text(encoding="utf-8"), " ".join(COMPILE_FLAGS), paddle.__version__, platform.machine(),
+        source.read_text(encoding="utf-8"), " ".join(COMPILE_FLAGS + link_flags(libraries)), paddle.__version__,
+        platform.machine(),
         platform.python_version(), _cpu_flags(),
     ]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "paddle-kd-students" / f"{source.stem}-{key}"
 
 
-def build_operators(source: Path, directory: Path) -> ModuleType:
-    """Compile (or reuse) `source` in `directory` and return the module of its operators.
-    Raises on any failure. A lock file keeps two processes (two runs, or fold workers) from
-    building at once."""
+def build_operators(source: Path, directory: Path, libraries: tuple[str, ...] = ()) -> ModuleType:
+    """Compile (or reuse) `source` in `directory`, linked with Paddle's shipped `libraries`,
+    and return the module of its operators. Raises on any failure. A lock file keeps two
+    processes (two runs, or fold workers) from building at once."""
     from paddle.utils.cpp_extension import load
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,21 +71,21 @@ def build_operators(source: Path, directory: Path) -> ModuleType:
             local_source.write_bytes(source.read_bytes())
         try:
             return load(name=source.stem, sources=[str(local_source)], extra_cxx_cflags=COMPILE_FLAGS,
-                        build_directory=str(directory))
+                        extra_ldflags=link_flags(libraries), build_directory=str(directory))
         finally:
             logging.disable(level)
 
 
 @functools.cache
-def compiled(source_name: str, what: str, skip_hint: str) -> Optional[ModuleType]:
-    """The operators of csrc/`source_name`, or None (after a one-line note naming `what`
-    and how to skip the attempt) where they cannot be built."""
+def compiled(source_name: str, what: str, skip_hint: str, libraries: tuple[str, ...] = ()) -> Optional[ModuleType]:
+    """The operators of csrc/`source_name` (linked with Paddle's shipped `libraries`), or None
+    (after a one-line note naming `what` and how to skip the attempt) where they cannot be built."""
     source = CSRC / source_name
-    directory = build_directory(source)
+    directory = build_directory(source, libraries)
     if not (directory / source.stem).is_dir():
         print(f"compiling {what} for this machine (once, about 20 s)", flush=True)
     try:
-        return build_operators(source, directory)
+        return build_operators(source, directory, libraries)
     except Exception as error:  # a missing compiler, a failed build or load: Paddle's kernels still work
         reason = str(error).strip().splitlines()[-1:] or [type(error).__name__]
         print(f"note: {what} could not be built ({reason[0][:200]}); training with Paddle's own kernels "

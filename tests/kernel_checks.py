@@ -1,6 +1,7 @@
 """Checks shared by the tests of the CPU speed-ups (compiled operators, batched convolution):
-the error against Paddle's own result, the loss curve of a short training, exported models
-that hold standard operators only, and a compiled operator whose build fails."""
+the error against Paddle's own result, a whole model's outputs and gradients, the loss curve
+of a short training, exported models that hold standard operators only, and a compiled
+operator whose build fails."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,27 @@ from utils.deploy.inference import InferencePredictor
 
 def relative_error(actual: paddle.Tensor, expected: paddle.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max().clip(min=1e-12))
+
+
+def outputs_and_gradients(model: paddle.nn.Layer, images: paddle.Tensor) -> list[np.ndarray]:
+    """`model`'s logits for `images` in training mode and every parameter's gradient of a
+    weighted sum of them."""
+    model.train()
+    paddle.seed(3)  # dropout drops the same units
+    logits = model(images)
+    (logits * paddle.arange(logits.shape[1], dtype="float32")).sum().backward()
+    found = [logits.numpy()] + [p.grad.numpy() for p in model.parameters() if p.grad is not None]
+    model.clear_gradients()
+    return found
+
+
+def assert_same_outputs_and_gradients(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    """outputs_and_gradients' results agree. Gradients that batch norm makes nearly zero differ
+    in the order of their sums' terms only: their tolerance is set by the largest gradient."""
+    scale = max(np.abs(grad).max() for grad in expected[1:])
+    np.testing.assert_allclose(actual[0], expected[0], rtol=1e-4, atol=1e-5)
+    for got, want in zip(actual[1:], expected[1:], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5 * scale)
 
 
 def train_losses(build: Callable[[], paddle.nn.Layer], switch: Optional[Callable[[paddle.nn.Layer], int]],

@@ -10,17 +10,12 @@ import pytest
 import models.fast_gates as fast_gates
 from models.fast_gates import FastHardswish, FastSqueezeExcitation, use_fast_gates
 from models.student import build_student
-from tests.kernel_checks import break_the_build, exported_program
-
-
-def outputs_and_gradients(model: paddle.nn.Layer, images: paddle.Tensor) -> list[np.ndarray]:
-    model.train()
-    paddle.seed(3)  # the classifier's dropout drops the same units
-    logits = model(images)
-    (logits * paddle.arange(logits.shape[1], dtype="float32")).sum().backward()
-    found = [logits.numpy()] + [p.grad.numpy() for p in model.parameters() if p.grad is not None]
-    model.clear_gradients()
-    return found
+from tests.kernel_checks import (
+    assert_same_outputs_and_gradients,
+    break_the_build,
+    exported_program,
+    outputs_and_gradients,
+)
 
 
 @pytest.mark.parametrize("name,size", [("mobilenet_v3_small", 112), ("mobilenet_v3_large", 64)])
@@ -33,13 +28,7 @@ def test_every_gate_gives_paddles_outputs_and_gradients(name, size):
     switched = use_fast_gates(model)
     assert switched == sum(isinstance(layer, (FastHardswish, FastSqueezeExcitation)) for layer in model.sublayers())
     assert switched > 10 and [p.name for p in model.parameters()] == names_before
-    # Gradients that batch norm makes nearly zero differ in the order of their sums' terms only:
-    # their tolerance is set by the largest gradient of the model.
-    scale = max(np.abs(grad).max() for grad in plain[1:])
-    fast = outputs_and_gradients(model, images)
-    np.testing.assert_allclose(fast[0], plain[0], rtol=1e-4, atol=1e-5)
-    for expected, actual in zip(plain[1:], fast[1:], strict=True):
-        np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-5 * scale)
+    assert_same_outputs_and_gradients(outputs_and_gradients(model, images), plain)
 
 
 def test_hardswish_gradient_at_its_corners_is_paddles():

@@ -1,0 +1,145 @@
+"""Convolutions through oneDNN: the same outputs and gradients as Paddle's convolution for
+every layer of the teachers and students that takes that path, the same training, the
+smallest maps and 1x1 layers left to the other kernels, standard operators in exported
+models, and Paddle's kernels, with a note, where the operator cannot be built or fails
+its check."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+import models.onednn_conv as onednn_conv
+from models.batched_conv import BatchedConv2D, use_batched_conv
+from models.onednn_conv import BATCHED_UP_TO, OneDNNConv2D, is_supported, onednn_operators, use_onednn_conv
+from models.student import build_student
+from models.teacher import TEACHERS, build_teacher
+from tests.kernel_checks import (
+    assert_same_outputs_and_gradients,
+    break_the_build,
+    exported_program,
+    outputs_and_gradients,
+    relative_error,
+)
+
+# (in channels, out channels, height, width, kernel, stride, padding, first layer)
+Shape = tuple[int, int, int, int, int, int, int, bool]
+
+
+def onednn_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
+    """Every convolution of `model` at `img_size` that oneDNN computes."""
+    shapes = set()
+
+    def record(layer, inputs, output):
+        _, c, h, w = inputs[0].shape
+        if output.shape[2] * output.shape[3] > BATCHED_UP_TO:
+            shapes.add((c, layer._out_channels, h, w, layer._kernel_size[0], layer._stride[0], layer._padding,
+                        c == 3))
+
+    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if is_supported(layer)]
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([1, 3, img_size, img_size]))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])
+def test_outputs_and_gradients_match_paddles_convolution(name):
+    model = build_teacher(6, "none", name)[0] if name in TEACHERS else build_student(name, 6)
+    shapes = set().union(*(onednn_shapes(model, size) for size in (45, 64, 96, 112)))
+    # Teachers: the 7x7 stem and 3x3 layers, strided or not; students: their 3x3 stem only.
+    assert {shape[4] for shape in shapes} == ({3, 7} if name in TEACHERS else {3})
+    assert sum(shape[7] for shape in shapes) == 4, "the first layer, at each size"
+    operators = onednn_operators()
+    rng = np.random.default_rng(0)
+    for c, out, h, w, kernel, stride, padding, first in sorted(shapes):
+        x = paddle.to_tensor(rng.standard_normal((2, c, h, w)).astype("float32"), stop_gradient=first)
+        weight = paddle.to_tensor(rng.standard_normal((out, c, kernel, kernel)).astype("float32"),
+                                  stop_gradient=False)
+        inputs = [weight] if first else [x, weight]
+        expected = F.conv2d(x, weight, stride=stride, padding=padding)
+        grad_out = paddle.to_tensor(rng.standard_normal(expected.shape).astype("float32"))
+        operator = operators.onednn_conv2d_fixed_input if first else operators.onednn_conv2d
+        actual = operator(x, weight, stride, padding)
+        shape = (c, out, h, w, kernel, stride, padding)
+        assert relative_error(actual, expected) < 1e-4, shape
+        for got, want in zip(paddle.grad(actual, inputs, grad_out), paddle.grad(expected, inputs, grad_out),
+                             strict=True):
+            assert relative_error(got, want) < 1e-4, shape
+
+
+def test_training_steps_give_paddles_outputs_and_gradients():
+    """Two steps, the weights changed in place between them (the operator keeps its primitives
+    per shape, and must read the new weights). A loss curve would not do: AdamW's first steps
+    move every weight by about the learning rate whatever its gradient's size, so the last
+    digits of gradients near zero (which differ with the order of a sum's terms) decide them."""
+    paddle.seed(0)
+    plain, _ = build_teacher(4, "none", "resnet18")
+    fast = copy.deepcopy(plain)
+    assert use_onednn_conv(fast) == 17
+    rng = np.random.default_rng(1)
+    images = paddle.to_tensor(rng.standard_normal((4, 3, 40, 40)).astype("float32"))
+    for _ in range(2):
+        assert_same_outputs_and_gradients(outputs_and_gradients(fast, images), outputs_and_gradients(plain, images))
+        for parameter, same in zip(plain.parameters(), fast.parameters(), strict=True):
+            change = 0.1 * rng.standard_normal(parameter.shape).astype("float32")
+            parameter.set_value(parameter.numpy() + change)
+            same.set_value(same.numpy() + change)
+
+
+def test_larger_maps_take_onednn_the_smallest_and_1x1_layers_the_other_kernels(monkeypatch):
+    model, _ = build_teacher(3, "none", "resnet18")
+    assert use_onednn_conv(model) == 17  # the stem and sixteen 3x3 layers; three 1x1 shortcuts stay
+    assert use_batched_conv(model) == 3
+    operators = onednn_operators()
+    calls = []
+    for name in ("onednn_conv2d", "onednn_conv2d_fixed_input"):
+        operator = getattr(operators, name)
+        monkeypatch.setattr(operators, name, lambda x, *args, _op=operator: calls.append(x.shape) or _op(x, *args))
+    model.train()
+    model(paddle.zeros([2, 3, 96, 96])).mean().backward()
+    # At 96 px: the stem's output is 48 wide, the stages' 24, 12, 6 and 3; the last stage's 3x3
+    # maps stay batched (its first layer reads a 6x6 map), every other 3x3 layer is oneDNN's.
+    assert sorted({shape[2] for shape in calls}) == [6, 12, 24, 96]
+    assert len(calls) == 1 + 4 + 4 + 4
+    assert sum(isinstance(layer, OneDNNConv2D) for layer in model.sublayers()) == 17
+    assert sum(type(layer) is BatchedConv2D for layer in model.sublayers()) == 3
+
+
+def test_exported_model_holds_standard_operators_only(tmp_path):
+    model, _ = build_teacher(5, "none", "resnet18")
+    names_before = [p.name for p in model.parameters()]
+    assert use_onednn_conv(model) > 0
+    assert [p.name for p in model.parameters()] == names_before
+    program = exported_program(model, tmp_path)
+    assert "onednn" not in program and "conv2d" in program
+
+
+def test_a_failed_build_keeps_paddles_kernels_with_a_note(tmp_path, monkeypatch, capsys):
+    break_the_build(onednn_conv, tmp_path, monkeypatch)
+    model, _ = build_teacher(3, "none", "resnet18")
+    assert use_onednn_conv(model) == 0
+    note = capsys.readouterr().out
+    assert "note: the oneDNN convolution could not be built" in note and "--fast_depthwise off" in note
+    assert not any(isinstance(layer, OneDNNConv2D) for layer in model.sublayers())
+    model(paddle.randn([2, 3, 32, 32])).mean().backward()  # Paddle's own kernels train
+
+
+def test_an_operator_that_disagrees_with_paddle_is_not_used(monkeypatch, capsys):
+    real = onednn_operators()
+
+    class Wrong:
+        """A build whose convolution is off by one: as a oneDNN with another interface could be."""
+
+        @staticmethod
+        def onednn_conv2d(x, w, stride, padding):
+            return real.onednn_conv2d(x, w, stride, padding) + 1
+
+    monkeypatch.setattr(onednn_conv, "compiled", lambda *args: Wrong)
+    assert onednn_conv.onednn_operators() is None
+    assert "note: the oneDNN convolution disagreed with Paddle's" in capsys.readouterr().out

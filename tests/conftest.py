@@ -131,8 +131,15 @@ def tiny_run(tiny_data, tmp_path_factory):
 TRAINED_FIXTURES = {"tiny_run", "trained_run", "visualdl_server", "runs", "finished_run"}
 
 
+# Fixtures that wait for the background jobs (`background_jobs`).
+BACKGROUND_FIXTURES = {"runs", "late_rank_job"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests that train `slow` (pyproject.toml), so `-m "not slow"` runs the quick ones."""
+    """Mark the tests that train `slow` (pyproject.toml), so `-m "not slow"` runs the quick ones;
+    run the tests that wait for the background jobs last, so that the serial tests run meanwhile
+    (tests/test_distributed.py's first test waited 45 s for them)."""
+    items.sort(key=lambda item: bool(BACKGROUND_FIXTURES & set(getattr(item, "fixturenames", ()))))
     for item in items:
         function = getattr(item, "function", None)
         uses_run = TRAINED_FIXTURES & set(getattr(item, "fixturenames", ()))

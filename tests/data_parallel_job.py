@@ -16,6 +16,9 @@ from tests.conftest import make_class_folders, tiny_run_args
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 8  # per process
+# The environment as the session began: jobs start from background threads while tests set
+# variables (PADDLE_PG_TIMEOUT among them), which a job must not inherit.
+SESSION_ENVIRONMENT = dict(os.environ)
 
 
 def settings(data: Path, out: Path, name: str, batch: int) -> list[str]:
@@ -35,7 +38,8 @@ def launch(args: list[str], log_dir: Path, script: Path = ROOT / "main.py", extr
     so that the test may do other work while it runs without the job blocking on a full pipe."""
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
                str(log_dir), str(script), *args]
-    env = {key: value for key, value in {**os.environ, **(extra_env or {})}.items() if key != "CUDA_VISIBLE_DEVICES"}
+    env = {key: value for key, value in {**SESSION_ENVIRONMENT, **(extra_env or {})}.items()
+           if key != "CUDA_VISIBLE_DEVICES"}
     with open(printed(log_dir), "w") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=log_dir.parent)
 
@@ -89,7 +93,7 @@ class ComparisonRuns:
 
 
 class LateRankJob:
-    """Row 4 of round three: rank 1 reaches the end-of-folds barrier 60 s late, past
+    """Row 4 of round three: rank 1 reaches the end-of-folds barrier 20 s after rank 0, past
     --dist_timeout_minutes 0.1; launched once `after` (the comparison runs) has finished, so that
     the two jobs' ranks do not share the cores."""
 
@@ -104,9 +108,11 @@ class LateRankJob:
         after.thread.join()
         data = make_class_folders(self.out / "data", per_class=4)
         (self.out / "logs").mkdir()
+        (self.out / "arrivals").mkdir()
         args = tiny_run_args(data, self.out / "job", "late", "--kd", "none", "--quiet", "--dist_timeout_minutes", "0.1")
         self.job = launch(args, self.out / "logs", ROOT / "tests" / "delayed_rank_main.py",
-                          {"DELAYED_RANK": "1", "DELAY_AT": "barrier", "DELAY_SECONDS": "60"})
+                          {"DELAYED_RANK": "1", "DELAY_AT": "barrier", "DELAY_SECONDS": "20",
+                           "ARRIVAL_DIR": str(self.out / "arrivals")})
 
     def wait(self) -> tuple[int, str]:
         """The job's exit code and what its launcher printed."""

@@ -5,7 +5,10 @@
     DELAYED_RANK=1 DELAY_AT=barrier DELAY_SECONDS=60  rank 1 reaches the end-of-folds barrier late:
                                                       past --dist_timeout_minutes, a one-line error (row 4)
 
-With DELAY_MARKER=path, the delayed rank creates that file as its delay begins.
+With DELAY_MARKER=path, the delayed rank creates that file as its delay begins. With
+ARRIVAL_DIR=folder, the other ranks note there that they reached the delayed call, and the delay
+begins only once they all have: on a loaded machine, a rank slower than the delay would otherwise
+arrive after the "late" one.
 """
 import os
 import sys
@@ -16,19 +19,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import main  # noqa: E402
 import utils.pipeline.cross_validation as cross_validation  # noqa: E402
-from utils.runtime.distributed import rank  # noqa: E402
+from utils.runtime.distributed import rank, world_size  # noqa: E402
 
 DELAYED_RANK = int(os.environ.get("DELAYED_RANK", "0"))
 DELAY_SECONDS = float(os.environ.get("DELAY_SECONDS", "5"))
 DELAYED = {"outputs": "save_confusion_matrix", "barrier": "barrier"}[os.environ.get("DELAY_AT", "outputs")]
 
 
+def wait_for_the_other_ranks(arrivals: Path) -> None:
+    while len(list(arrivals.glob("rank*"))) < world_size() - 1:
+        time.sleep(0.2)
+
+
 def delayed(function):
     def wrapper(*args, **kwargs):
+        arrivals = Path(os.environ["ARRIVAL_DIR"]) if os.environ.get("ARRIVAL_DIR") else None
         if rank() == DELAYED_RANK:
+            if arrivals is not None:
+                wait_for_the_other_ranks(arrivals)
             if os.environ.get("DELAY_MARKER"):
                 Path(os.environ["DELAY_MARKER"]).touch()
             time.sleep(DELAY_SECONDS)
+        elif arrivals is not None:
+            (arrivals / f"rank{rank()}").touch()
         return function(*args, **kwargs)
 
     return wrapper

@@ -128,3 +128,25 @@ def test_two_checkouts_share_one_build(tmp_path):
     assert compiled_ops.build_directory(other_checkout) == directory
     build_from(other_checkout)
     assert built and [path.stat().st_mtime_ns for path in sorted(directory.rglob("*.so"))] == stamps
+
+
+def test_a_finished_build_loads_without_paddles_builder():
+    """Paddle's `load` runs its builder in a new Python process even when nothing changed (about
+    1 s per operator library, in every fold worker of every run): once a build has finished,
+    later processes load its library directly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert fast_depthwise.fast_depthwise_operator() is not None  # built, or found built
+    root = Path(__file__).resolve().parent.parent
+    source = compiled_ops.CSRC / fast_depthwise.SOURCE_NAME
+    code = ("import sys; sys.path.insert(0, {root!r}); import paddle.utils.cpp_extension as builder\n"
+            "def no_builder(*args, **kwargs): raise AssertionError('the builder ran')\n"
+            "builder.load = no_builder\n"
+            "import models.compiled_ops as c; from pathlib import Path\n"
+            "module = c.build_operators(Path({source!r}), c.build_directory(Path({source!r})))\n"
+            "print(module.fast_depthwise_conv2d.__name__)").format(root=str(root), source=str(source))
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0 and "fast_depthwise_conv2d" in loaded.stdout, loaded.stderr[-2000:]
+

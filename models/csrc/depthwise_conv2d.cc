@@ -58,21 +58,18 @@ void CorrelateFlat(const float* const* src, const float* weight, int taps, float
   }
 }
 
-// sums[t] += sum over j < count of grad[j] * src[t][j]: taps' sums in float registers,
-// added up in double.
+// acc[t] += grad[j] * src[t][j] over the first count - count % 8 positions, lane by lane
+// (kept across a channel's images, so that a small plane does not pay for adding up the
+// lanes); the last count % 8 go straight into sums[t], in double.
 template <int Taps>
-void DotFlat(const float* grad, const float* const* src, int64_t count, double* sums) {
-  Lanes acc[Taps] = {};
+void DotFlat(const float* grad, const float* const* src, int64_t count, Lanes* acc, double* sums) {
   int64_t j = 0;
   for (; j + kLanes <= count; j += kLanes) {
     const Lanes g = LoadLanes(grad + j);
     for (int t = 0; t < Taps; ++t) acc[t] += g * LoadLanes(src[t] + j);
   }
   for (int t = 0; t < Taps; ++t) {
-    double sum = 0.0;
-    for (int l = 0; l < kLanes; ++l) sum += acc[t][l];
-    for (int64_t i = j; i < count; ++i) sum += grad[i] * src[t][i];
-    sums[t] += sum;
+    for (int64_t i = j; i < count; ++i) sums[t] += grad[i] * src[t][i];
   }
 }
 
@@ -178,13 +175,14 @@ void Backward(const float* x, const float* w, const float* grad_out, float* grad
   const float* src[K * K];
   for (int64_t c = 0; c < g.c; ++c) {
     const float* wc = w + c * K * K;
+    Lanes acc[K * K] = {};
     for (int64_t n = 0; n < g.n; ++n) {
       const int64_t plane = n * g.c + c;
       layout.Fill(x + plane * g.h * g.w, g);
       grad.Fill(grad_out + plane * g.out_h * g.out_w, g);
 
       for (int t = 0; t < K * K; ++t) src[t] = layout.Tap(t / K, t % K);
-      DotFlat<K * K>(grad.Interior(), src, g.out_h * layout.row_len, sums.data() + c * K * K);
+      DotFlat<K * K>(grad.Interior(), src, g.out_h * layout.row_len, acc, sums.data() + c * K * K);
 
       // Phase (a, b) at (i, j) gathers grad * weight from the outputs whose taps read it:
       // output (i - ky / S, j - kx / S) for every tap (ky, kx) in that phase.
@@ -202,6 +200,9 @@ void Backward(const float* x, const float* w, const float* grad_out, float* grad
         }
       }
       grad_layout.Unfill(grad_x + plane * g.h * g.w, g);
+    }
+    for (int t = 0; t < K * K; ++t) {
+      for (int l = 0; l < kLanes; ++l) sums[c * K * K + t] += acc[t][l];
     }
   }
   for (int64_t i = 0; i < g.c * K * K; ++i) grad_w[i] = static_cast<float>(sums[i]);

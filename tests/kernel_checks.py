@@ -17,6 +17,26 @@ from utils.deploy.export import exported_model_file, save_inference_model
 from utils.deploy.inference import InferencePredictor
 
 
+def layer_shapes(model: paddle.nn.Layer, img_size: int, switched: Callable[[paddle.nn.Layer], bool],
+                 describe: Callable[[paddle.nn.Layer, list[int], list[int]], Optional[tuple]]) -> set[tuple]:
+    """What `describe(layer, input shape, output shape)` says of each layer of `model` that
+    `switched` accepts, in one forward pass at `img_size` (None: left out)."""
+    shapes = set()
+
+    def record(layer, inputs, output):
+        shape = describe(layer, inputs[0].shape, output.shape)
+        if shape is not None:
+            shapes.add(shape)
+
+    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if switched(layer)]
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.zeros([1, 3, img_size, img_size]))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
 def relative_error(actual: paddle.Tensor, expected: paddle.Tensor) -> float:
     return float((actual - expected).abs().max() / expected.abs().max().clip(min=1e-12))
 

@@ -13,7 +13,7 @@ import models.batched_conv as batched_conv
 from models.batched_conv import SMALL_MAP, BatchedConv2D, batched_conv2d, is_supported, output_size, use_batched_conv
 from models.student import build_student
 from models.teacher import TEACHERS, build_teacher
-from tests.kernel_checks import exported_program, relative_error, train_losses
+from tests.kernel_checks import exported_program, layer_shapes, relative_error, train_losses
 
 # (in channels, out channels, height, width, kernel, stride, padding, bias)
 Shape = tuple[int, int, int, int, int, int, int, bool]
@@ -21,21 +21,11 @@ Shape = tuple[int, int, int, int, int, int, int, bool]
 
 def batched_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
     """Every plain convolution of `model` at `img_size` whose output map is small enough to be batched."""
-    shapes = set()
+    def describe(layer, x, y):
+        return ((x[1], layer._out_channels, x[2], x[3], layer._kernel_size[0], layer._stride[0], layer._padding,
+                 layer.bias is not None) if y[2] * y[3] <= SMALL_MAP else None)
 
-    def record(layer, inputs, output):
-        _, c, h, w = inputs[0].shape
-        if output.shape[2] * output.shape[3] <= SMALL_MAP:
-            shapes.add((c, layer._out_channels, h, w, layer._kernel_size[0], layer._stride[0], layer._padding,
-                        layer.bias is not None))
-
-    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if is_supported(layer)]
-    model.eval()
-    with paddle.no_grad():
-        model(paddle.zeros([1, 3, img_size, img_size]))
-    for hook in hooks:
-        hook.remove()
-    return shapes
+    return layer_shapes(model, img_size, is_supported, describe)
 
 
 @pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])

@@ -13,27 +13,17 @@ import models.compiled_ops as compiled_ops
 import models.fast_depthwise as fast_depthwise
 from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
 from models.student import build_student
-from tests.kernel_checks import break_the_build, exported_program, relative_error, train_losses
+from tests.kernel_checks import break_the_build, exported_program, layer_shapes, relative_error, train_losses
 
 STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 
 
 def depthwise_shapes(name: str, img_size: int) -> set[tuple[int, int, int, int, int]]:
     """(channels, height, width, kernel, stride) of every depthwise layer of `name` at `img_size`."""
-    model = build_student(name, 6)
-    shapes = set()
+    def describe(layer, x, y):
+        return x[1], x[2], x[3], layer._kernel_size[0], layer._stride[0]
 
-    def record(layer, inputs, output):
-        _, c, h, w = inputs[0].shape
-        shapes.add((c, h, w, layer._kernel_size[0], layer._stride[0]))
-
-    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if is_supported(layer)]
-    model.eval()
-    with paddle.no_grad():
-        model(paddle.zeros([1, 3, img_size, img_size]))
-    for hook in hooks:
-        hook.remove()
-    return shapes
+    return layer_shapes(build_student(name, 6), img_size, is_supported, describe)
 
 
 @pytest.mark.parametrize("name", STUDENTS)

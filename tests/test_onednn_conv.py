@@ -21,6 +21,7 @@ from tests.kernel_checks import (
     assert_same_outputs_and_gradients,
     break_the_build,
     exported_program,
+    layer_shapes,
     outputs_and_gradients,
     relative_error,
 )
@@ -31,21 +32,11 @@ Shape = tuple[int, int, int, int, int, int, int, bool]
 
 def onednn_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
     """Every convolution of `model` at `img_size` that oneDNN computes."""
-    shapes = set()
+    def describe(layer, x, y):
+        return ((x[1], layer._out_channels, x[2], x[3], layer._kernel_size[0], layer._stride[0], layer._padding,
+                 x[1] == 3) if y[2] * y[3] > BATCHED_UP_TO else None)
 
-    def record(layer, inputs, output):
-        _, c, h, w = inputs[0].shape
-        if output.shape[2] * output.shape[3] > BATCHED_UP_TO:
-            shapes.add((c, layer._out_channels, h, w, layer._kernel_size[0], layer._stride[0], layer._padding,
-                        c == 3))
-
-    hooks = [layer.register_forward_post_hook(record) for layer in model.sublayers() if is_supported(layer)]
-    model.eval()
-    with paddle.no_grad():
-        model(paddle.zeros([1, 3, img_size, img_size]))
-    for hook in hooks:
-        hook.remove()
-    return shapes
+    return layer_shapes(model, img_size, is_supported, describe)
 
 
 @pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])

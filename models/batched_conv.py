@@ -8,8 +8,8 @@ batch: ResNet18's 512-channel 3x3 convolutions at 3x3 took 63 ms forward and bac
 for a batch of 32, against 27 ms as one product over the batch's columns (measured,
 docs/speed-on-cpu.md). So on the CPU, in the dynamic graph, layers whose output has at
 most SMALL_MAP positions gather the batch's columns (`F.unfold`) and multiply once.
-Larger maps keep Paddle's kernel, which is faster there (or oneDNN's,
-models/onednn_conv.py, which takes maps of more than 9 positions when it is built). It is made of Paddle's own
+Larger maps keep Paddle's kernel, which is faster there (or oneDNN's, models/onednn_conv.py,
+which takes maps of more than 9 positions when it is built). It is made of Paddle's own
 operators, so gradients are exact; weights and parameter names are those of the plain
 layer, and exported models (`paddle.jit.save` traces outside the dynamic graph) hold the
 standard convolution.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+
+from models.layer_swap import on_cpu_training, swap_layers
 
 # Output positions (height x width) up to which one product per batch is faster: measured on
 # ResNet18/34 at 96 px and ResNet50 at 64 px, where 16 to 64 all gained and 144 lost.
@@ -62,21 +64,18 @@ class BatchedConv2D(nn.Conv2D):
     """An nn.Conv2D that computes small output maps as one product over the batch, in the
     dynamic graph on the CPU. It adds and renames no parameters."""
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    def output_positions(self, x: paddle.Tensor) -> int:
+        """Height times width of this layer's output for `x`."""
         kernel, stride, padding = self._kernel_size[0], self._stride[0], self._padding
-        if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
-                and output_size(x.shape[2], kernel, stride, padding)
-                * output_size(x.shape[3], kernel, stride, padding) <= SMALL_MAP):
-            return batched_conv2d(x, self.weight, self.bias, stride, padding)
+        return output_size(x.shape[2], kernel, stride, padding) * output_size(x.shape[3], kernel, stride, padding)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if on_cpu_training(x) and self.output_positions(x) <= SMALL_MAP:
+            return batched_conv2d(x, self.weight, self.bias, self._stride[0], self._padding)
         return super().forward(x)
 
 
 def use_batched_conv(model: nn.Layer) -> int:
     """Let `model`'s plain convolutions compute small output maps as one product per batch;
     returns how many layers may. Does nothing (0) on a GPU, where cuDNN is fast."""
-    if paddle.get_device().startswith("gpu"):
-        return 0
-    layers = [layer for layer in model.sublayers() if is_supported(layer)]
-    for layer in layers:
-        layer.__class__ = BatchedConv2D
-    return len(layers)
+    return swap_layers(model, lambda layer: BatchedConv2D if is_supported(layer) else None)

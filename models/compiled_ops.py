@@ -103,7 +103,7 @@ def compiled(source_name: str, what: str, skip_hint: str, libraries: tuple[str, 
     (after a one-line note naming `what` and how to skip the attempt) where they cannot be built."""
     source = CSRC / source_name
     directory = build_directory(source, libraries)
-    if not (directory / source.stem).is_dir():
+    if not (directory / BUILT_MARKER).is_file():
         print(f"compiling {what} for this machine (once, about 20 s)", flush=True)
     try:
         return build_operators(source, directory, libraries)

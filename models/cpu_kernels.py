@@ -1,7 +1,7 @@
 """Every CPU speed-up of a model's training in one call: the compiled depthwise convolution,
 MobileNetV3 gates and oneDNN convolutions (when `compiled`, the --fast_depthwise setting), and
-small feature maps as one product per batch. Each leaves parameters, checkpoints and exported models as they
-were, and does nothing on a GPU."""
+small feature maps as one product per batch. Each leaves parameters, checkpoints and exported
+models as they were, and does nothing on a GPU (models/layer_swap.py)."""
 from __future__ import annotations
 
 import paddle.nn as nn

@@ -18,6 +18,7 @@ import paddle
 import paddle.nn as nn
 
 from models.compiled_ops import compiled
+from models.layer_swap import on_cpu_training, swap_layers
 
 SOURCE_NAME = "depthwise_conv2d.cc"
 KERNEL_SIZES = (3, 5, 7)
@@ -49,7 +50,7 @@ class FastDepthwiseConv2D(nn.Conv2D):
     exported models are those of the plain layer."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32:
+        if on_cpu_training(x):
             return fast_depthwise_operator()(x.contiguous(), self.weight, self._stride[0])
         return super().forward(x)
 
@@ -57,10 +58,5 @@ class FastDepthwiseConv2D(nn.Conv2D):
 def use_fast_depthwise(model: nn.Layer) -> int:
     """Switch `model`'s depthwise convolutions to the fast operator; returns how many.
     Does nothing (0) on a GPU, where cuDNN is fast, and where the operator cannot be built."""
-    layers = [layer for layer in model.sublayers() if is_supported(layer)]
-    if not layers or paddle.get_device().startswith("gpu") or fast_depthwise_operator() is None:
-        return 0
-    for layer in layers:
-        # The layer keeps its parameters (and their names); only its forward changes.
-        layer.__class__ = FastDepthwiseConv2D
-    return len(layers)
+    return swap_layers(model, lambda layer: FastDepthwiseConv2D if is_supported(layer) else None,
+                       lambda: fast_depthwise_operator() is not None)

@@ -18,6 +18,7 @@ import paddle.nn as nn
 from paddle.vision.models.mobilenetv3 import SqueezeExcitation
 
 from models.compiled_ops import compiled
+from models.layer_swap import on_cpu_training, swap_layers
 
 SOURCE_NAME = "gates.cc"
 
@@ -27,18 +28,14 @@ def gate_operators() -> Optional[ModuleType]:
     return compiled(SOURCE_NAME, "the fast gate operators", "--fast_depthwise off")
 
 
-def _on_cpu_training(x: paddle.Tensor) -> bool:
-    return paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
-
-
 class FastHardswish(nn.Hardswish):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return gate_operators().fast_hardswish(x.contiguous()) if _on_cpu_training(x) else super().forward(x)
+        return gate_operators().fast_hardswish(x.contiguous()) if on_cpu_training(x) else super().forward(x)
 
 
 class FastSqueezeExcitation(SqueezeExcitation):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if not _on_cpu_training(x):
+        if not on_cpu_training(x):
             return super().forward(x)
         return gate_operators().channel_scale(x.contiguous(), self._scale_of_mean(x))
 
@@ -57,9 +54,4 @@ FAST_LAYERS = {nn.Hardswish: FastHardswish, SqueezeExcitation: FastSqueezeExcita
 def use_fast_gates(model: nn.Layer) -> int:
     """Switch `model`'s hard-swish and squeeze-excitation layers to the compiled operators;
     returns how many. Does nothing (0) on a GPU or where the operators cannot be built."""
-    layers = [layer for layer in model.sublayers() if type(layer) in FAST_LAYERS]
-    if not layers or paddle.get_device().startswith("gpu") or gate_operators() is None:
-        return 0
-    for layer in layers:
-        layer.__class__ = FAST_LAYERS[type(layer)]  # parameters and their names unchanged
-    return len(layers)
+    return swap_layers(model, lambda layer: FAST_LAYERS.get(type(layer)), lambda: gate_operators() is not None)

@@ -23,9 +23,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from models.batched_conv import BatchedConv2D, output_size
+from models.batched_conv import BatchedConv2D
 from models.batched_conv import is_supported as is_plain_convolution
 from models.compiled_ops import compiled
+from models.layer_swap import on_cpu_training, swap_layers
 
 SOURCE_NAME = "onednn_conv2d.cc"
 LIBRARIES = ("libdnnl.so.3",)
@@ -84,23 +85,16 @@ class OneDNNConv2D(BatchedConv2D):
     small maps BatchedConv2D computes as one product. It adds and renames no parameters."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        kernel, stride, padding = self._kernel_size[0], self._stride[0], self._padding
-        if (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
-                and output_size(x.shape[2], kernel, stride, padding)
-                * output_size(x.shape[3], kernel, stride, padding) > BATCHED_UP_TO):
+        if on_cpu_training(x) and self.output_positions(x) > BATCHED_UP_TO:
             operators = onednn_operators()
             # A model's first layer: its input needs no gradient, so none is computed.
             operator = operators.onednn_conv2d_fixed_input if x.stop_gradient else operators.onednn_conv2d
-            return operator(x.contiguous(), self.weight, stride, padding)
+            return operator(x.contiguous(), self.weight, self._stride[0], self._padding)
         return super().forward(x)
 
 
 def use_onednn_conv(model: nn.Layer) -> int:
     """Switch `model`'s plain convolutions larger than 1x1 to oneDNN; returns how many.
     Does nothing (0) on a GPU or where the operator cannot be built."""
-    layers = [layer for layer in model.sublayers() if is_supported(layer)]
-    if not layers or paddle.get_device().startswith("gpu") or onednn_operators() is None:
-        return 0
-    for layer in layers:
-        layer.__class__ = OneDNNConv2D
-    return len(layers)
+    return swap_layers(model, lambda layer: OneDNNConv2D if is_supported(layer) else None,
+                       lambda: onednn_operators() is not None)

@@ -58,6 +58,10 @@ def _run_from_a_scratch_folder(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
+# Fixtures that wait for the background jobs (`background_jobs`).
+BACKGROUND_FIXTURES = {"runs", "late_rank_job"}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def background_jobs(request, tmp_path_factory):
     """The data-parallel jobs of tests/test_distributed.py that mostly wait (the comparison runs,
@@ -68,7 +72,7 @@ def background_jobs(request, tmp_path_factory):
     wanted = {name for item in request.session.items if item.nodeid.startswith("tests/test_distributed.py")
               for name in item.fixturenames}
     jobs = {}
-    if {"runs", "late_rank_job"} & wanted:
+    if BACKGROUND_FIXTURES & wanted:
         jobs["runs"] = ComparisonRuns(tmp_path_factory.mktemp("distributed"))
     if "late_rank_job" in wanted:
         jobs["late_rank_job"] = LateRankJob(tmp_path_factory.mktemp("late"), after=jobs["runs"])
@@ -129,10 +133,6 @@ def tiny_run(tiny_data, tmp_path_factory):
 
 # Fixtures that hand a test a trained run: a test using one, or calling main.main itself, trains.
 TRAINED_FIXTURES = {"tiny_run", "trained_run", "visualdl_server", "runs", "finished_run"}
-
-
-# Fixtures that wait for the background jobs (`background_jobs`).
-BACKGROUND_FIXTURES = {"runs", "late_rank_job"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

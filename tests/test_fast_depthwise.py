@@ -139,4 +139,3 @@ def test_a_finished_build_loads_without_paddles_builder():
             "print(module.fast_depthwise_conv2d.__name__)").format(root=str(root), source=str(source))
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0 and "fast_depthwise_conv2d" in loaded.stdout, loaded.stderr[-2000:]
-

@@ -3,10 +3,10 @@ their ratios.
 
 Part `kernels`: CE-only student training with Paddle's convolutions and with
 the project's fast ones (models/cpu_kernels.py: the compiled depthwise
-convolution and MobileNetV3 gates, and small maps as one product per batch),
-for MobileNetV3-Small and MobileNetV2 at 64 and 112 px,
+convolution and MobileNetV3 gates, convolutions through oneDNN, and small maps as
+one product per batch), for MobileNetV3-Small and MobileNetV2 at 64 and 112 px,
 alternated and each the best of two rounds; and the ResNet50 teacher's training
-at the same sizes, with Paddle's convolutions and with the batched ones.
+at the same sizes, with Paddle's convolutions and with the project's.
 
 Part `distillation` (--student at --img_size, as main.py trains it): the data
 loader alone; a CE-only student epoch; distillation with the frozen teacher in

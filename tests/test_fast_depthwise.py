@@ -3,6 +3,8 @@ kernel for every depthwise layer of the students, the same training, standard
 operators in exported models, and Paddle's kernel when it cannot be built."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import paddle
 import paddle.nn as nn
@@ -13,7 +15,13 @@ import models.compiled_ops as compiled_ops
 import models.fast_depthwise as fast_depthwise
 from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
 from models.student import build_student
-from tests.kernel_checks import break_the_build, exported_program, layer_shapes, relative_error, train_losses
+from tests.kernel_checks import (
+    assert_operator_as_accurate_as_paddles,
+    assert_training_steps_as_accurate_as_paddles,
+    break_the_build,
+    exported_program,
+    layer_shapes,
+)
 
 STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 
@@ -36,27 +44,24 @@ def test_outputs_and_gradients_match_paddles_depthwise_convolution(name):
     assert any(h % 2 for _, h, *_ in shapes), "odd sizes are covered"
     rng = np.random.default_rng(0)
     for channels, height, width, kernel, stride in sorted(shapes):
-        x = paddle.to_tensor(rng.standard_normal((2, channels, height, width)).astype("float32"), stop_gradient=False)
-        weight = paddle.to_tensor(rng.standard_normal((channels, 1, kernel, kernel)).astype("float32"),
-                                  stop_gradient=False)
-        expected = F.conv2d(x, weight, stride=stride, padding=kernel // 2, groups=channels)
-        grad_out = paddle.to_tensor(rng.standard_normal(expected.shape).astype("float32"))
-        expected_dx, expected_dw = paddle.grad(expected, [x, weight], grad_out)
-        actual = operator(x, weight, stride)
-        actual_dx, actual_dw = paddle.grad(actual, [x, weight], grad_out)
-        shape = (channels, height, width, kernel, stride)
-        assert relative_error(actual, expected) < 1e-4, shape
-        assert relative_error(actual_dx, expected_dx) < 1e-4, shape
-        assert relative_error(actual_dw, expected_dw) < 1e-4, shape
+        arrays = [rng.standard_normal((2, channels, height, width)), rng.standard_normal((channels, 1, kernel, kernel))]
+
+        def paddles(x, weight, kernel=kernel, stride=stride, channels=channels):
+            return F.conv2d(x, weight, stride=stride, padding=kernel // 2, groups=channels)
+
+        def fast(x, weight, stride=stride):
+            return operator(x, weight, stride)
+
+        assert_operator_as_accurate_as_paddles(fast, paddles, arrays, (channels, height, width, kernel, stride))
 
 
-def test_training_follows_the_same_loss_curve_as_with_paddles_kernel():
-    def build():
-        return build_student("mobilenet_v3_small", 4, width=0.5)
-
-    fast, reference = train_losses(build, use_fast_depthwise, 33), train_losses(build, None, 33)
-    assert len(set(np.round(reference, 3))) > 1, "the loss moves, so the comparison means something"
-    np.testing.assert_allclose(fast, reference, rtol=1e-4)
+def test_training_steps_give_paddles_outputs_and_gradients():
+    paddle.seed(0)
+    plain = build_student("mobilenet_v3_small", 4, width=0.5)
+    fast = copy.deepcopy(plain)
+    assert use_fast_depthwise(fast) > 0
+    images = np.random.default_rng(1).standard_normal((8, 3, 33, 33))
+    assert_training_steps_as_accurate_as_paddles(plain, fast, images)
 
 
 def test_the_switch_keeps_parameters_and_exported_models_hold_standard_operators(tmp_path):

@@ -18,12 +18,11 @@ from models.onednn_conv import BATCHED_UP_TO, OneDNNConv2D, is_supported, onednn
 from models.student import build_student
 from models.teacher import TEACHERS, build_teacher
 from tests.kernel_checks import (
-    assert_same_outputs_and_gradients,
+    assert_operator_as_accurate_as_paddles,
+    assert_training_steps_as_accurate_as_paddles,
     break_the_build,
     exported_program,
     layer_shapes,
-    outputs_and_gradients,
-    relative_error,
 )
 
 # (in channels, out channels, height, width, kernel, stride, padding, first layer)
@@ -49,38 +48,28 @@ def test_outputs_and_gradients_match_paddles_convolution(name):
     operators = onednn_operators()
     rng = np.random.default_rng(0)
     for c, out, h, w, kernel, stride, padding, first in sorted(shapes):
-        x = paddle.to_tensor(rng.standard_normal((2, c, h, w)).astype("float32"), stop_gradient=first)
-        weight = paddle.to_tensor(rng.standard_normal((out, c, kernel, kernel)).astype("float32"),
-                                  stop_gradient=False)
-        inputs = [weight] if first else [x, weight]
-        expected = F.conv2d(x, weight, stride=stride, padding=padding)
-        grad_out = paddle.to_tensor(rng.standard_normal(expected.shape).astype("float32"))
+        arrays = [rng.standard_normal((2, c, h, w)), rng.standard_normal((out, c, kernel, kernel))]
         operator = operators.onednn_conv2d_fixed_input if first else operators.onednn_conv2d
-        actual = operator(x, weight, stride, padding)
-        shape = (c, out, h, w, kernel, stride, padding)
-        assert relative_error(actual, expected) < 1e-4, shape
-        for got, want in zip(paddle.grad(actual, inputs, grad_out), paddle.grad(expected, inputs, grad_out),
-                             strict=True):
-            assert relative_error(got, want) < 1e-4, shape
+
+        def paddles(x, weight, stride=stride, padding=padding):
+            return F.conv2d(x, weight, stride=stride, padding=padding)
+
+        def onednn(x, weight, stride=stride, padding=padding, operator=operator):
+            return operator(x, weight, stride, padding)
+
+        assert_operator_as_accurate_as_paddles(onednn, paddles, arrays, (c, out, h, w, kernel, stride, padding),
+                                               fixed=[0] if first else [])
 
 
 def test_training_steps_give_paddles_outputs_and_gradients():
-    """Two steps, the weights changed in place between them (the operator keeps its primitives
-    per shape, and must read the new weights). A loss curve would not do: AdamW's first steps
-    move every weight by about the learning rate whatever its gradient's size, so the last
-    digits of gradients near zero (which differ with the order of a sum's terms) decide them."""
+    """Two steps, the weights changed in place between them: the operator keeps its primitives
+    per shape, and must read the new weights."""
     paddle.seed(0)
     plain, _ = build_teacher(4, "none", "resnet18")
     fast = copy.deepcopy(plain)
     assert use_onednn_conv(fast) == 17
-    rng = np.random.default_rng(1)
-    images = paddle.to_tensor(rng.standard_normal((4, 3, 40, 40)).astype("float32"))
-    for _ in range(2):
-        assert_same_outputs_and_gradients(outputs_and_gradients(fast, images), outputs_and_gradients(plain, images))
-        for parameter, same in zip(plain.parameters(), fast.parameters(), strict=True):
-            change = 0.1 * rng.standard_normal(parameter.shape).astype("float32")
-            parameter.set_value(parameter.numpy() + change)
-            same.set_value(same.numpy() + change)
+    images = np.random.default_rng(1).standard_normal((4, 3, 40, 40))
+    assert_training_steps_as_accurate_as_paddles(plain, fast, images)
 
 
 def test_larger_maps_take_onednn_the_smallest_and_1x1_layers_the_other_kernels(monkeypatch):

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from models.cpu_kernels import use_fast_cpu_kernels  # noqa: E402
-from models.student import build_student  # noqa: E402
+from models.student import build_student, input_normalization  # noqa: E402
 from models.teacher import build_teacher, freeze_teacher  # noqa: E402
 from utils.data.dataset import ImageDataset, make_loader  # noqa: E402
 from utils.data.folders import scan_dataset  # noqa: E402
@@ -99,8 +99,8 @@ class Bench:
                              "batch_size": self.args.batch_size, "student": student})
 
     def loader(self, cfg, count: int | None = None, views: int | None = None):
-        dataset = ImageDataset(self.images[:count], self.labels[:count], build_train_transform(cfg),
-                               (cfg.seed, 0, 1), views)
+        transform = build_train_transform(cfg, input_normalization(cfg.student))
+        dataset = ImageDataset(self.images[:count], self.labels[:count], transform, (cfg.seed, 0, 1), views)
         return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
 
     def epoch(self, model, cfg, loader, loss_fn=None, teacher=None, trainer=None):

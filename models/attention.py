@@ -143,9 +143,10 @@ def attach_attention(model: nn.Layer, name: str, blocks: str) -> None:
 
     MobileNetV2: after the output of each inverted-residual block (or of the
     last `blocks` of them). MobileNetV3: in place of the built-in SE modules
-    (of the last `blocks` blocks that have one). `none` adds nothing, and on
-    MobileNetV3 `se` keeps the built-in modules: both leave the published
-    architecture, and its pretrained SE weights, as they are.
+    (of the last `blocks` blocks that have one). EfficientNet-Lite: where
+    EfficientNet had its SE modules, after each block's depthwise layer. `none`
+    adds nothing, and on MobileNetV3 `se` keeps the built-in modules: both leave
+    the published architecture, and its pretrained SE weights, as they are.
     """
     if name == "none":
         return
@@ -155,7 +156,9 @@ def attach_attention(model: nn.Layer, name: str, blocks: str) -> None:
             channels = block.conv[-1].weight.shape[0]
             model.features[index] = nn.Sequential(block, create_attention(name, channels))
         return
-    if name == "se":
+    built_in = [block for block in model.blocks if getattr(block, "use_se", False)]
+    if name == "se" and built_in:
         return
-    for block in _last([b for b in model.blocks if b.use_se], blocks):
-        block.mid_se = create_attention(name, block.mid_se.fc1.weight.shape[1])
+    for block in _last(built_in or list(model.blocks), blocks):
+        channels = block.mid_channels if not built_in else block.mid_se.fc1.weight.shape[1]
+        block.mid_se = create_attention(name, channels)

@@ -10,13 +10,14 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import platform
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
 import paddle
+
+from utils.runtime.layout import user_cache_dir
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 # -march=native: the build is cached per machine (the CPU's flags are in the cache key).
@@ -48,8 +49,7 @@ def build_directory(source: Path, libraries: tuple[str, ...] = ()) -> Path:
         platform.machine(),
         platform.python_version(), _cpu_flags(),
     ]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "paddle-kd-students" / f"{source.stem}-{key}"
+    return user_cache_dir() / f"{source.stem}-{key}"
 
 
 def build_operators(source: Path, directory: Path, libraries: tuple[str, ...] = ()) -> ModuleType:

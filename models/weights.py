@@ -1,10 +1,11 @@
 """Building a classifier from `imagenet`, `none` or a local .pdparams file,
-with its last linear layer sized for this dataset's classes."""
+with its last linear layer sized for this dataset's classes; the registries' entry
+(`Network`) and the input normalisation each network's weights expect."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import paddle.nn as nn
 
@@ -14,6 +15,32 @@ from utils.runtime.weights_file import UnreadableWeights, load_weights_file
 IMAGENET_CLASSES = 1000
 # factory(pretrained, num_classes) -> model
 ModelFactory = Callable[[bool, int], nn.Layer]
+
+
+class Normalization(NamedTuple):
+    """The per-channel mean and standard deviation, of pixels scaled to 0-1, that a network's
+    weights were trained with: inputs are (pixel / 255 - mean) / std."""
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's and paddle.vision's
+# TensorFlow's EfficientNet-Lite: (pixel - 127) / 128, inputs in [-1, 1]
+SIGNED_UNIT = Normalization((127 / 255,) * 3, (128 / 255,) * 3)
+
+
+class Network(NamedTuple):
+    """A registered network: its constructor (pretrained=, num_classes= and, for students,
+    scale=), the path of its final linear layer, and the normalisation its ImageNet weights
+    expect (every input of it is normalised so, trained from scratch or not)."""
+    build: Callable[..., nn.Layer]
+    head: str
+    normalization: Normalization = IMAGENET
+
+
+def pooled_feature_size(head: nn.Layer) -> int:
+    """The input size of a classifier head's linear layer: the size of the pooled features it reads."""
+    return next(layer for layer in head.sublayers(include_self=True) if isinstance(layer, nn.Linear)).weight.shape[0]
 
 
 def _parent_and_name(model: nn.Layer, head_path: str) -> tuple[nn.Layer, str]:
@@ -53,6 +80,8 @@ def build_classifier(
         logging.disable(logging.INFO)  # Paddle logs every failed download attempt
         try:
             model = factory(True, IMAGENET_CLASSES)
+        except ConfigError:  # said in one line already (weights from a package that is not installed)
+            raise
         except Exception as error:  # any download failure: no network, proxy, bad file
             raise ConfigError(
                 f"could not download the ImageNet weights for --{flag} ({type(error).__name__}); pass a local "

@@ -12,6 +12,7 @@ import pytest
 import main
 from models.student import build_student, head_name
 from models.teacher import build_teacher, last_stage
+from models.weights import IMAGENET
 from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.mixing import MixedTargets, mixup
@@ -106,8 +107,8 @@ def test_stored_features_replay_the_teachers_features_of_that_very_view():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (24, 28, 3), dtype=np.uint8) for _ in range(10)]
     cfg = resolve_run_config(main.parse_args(["--data_dir", "x", "--img_size", "32"]))
-    dataset = ImageDataset(images, np.arange(10) % 3, build_train_transform(cfg), (42, 0, 1), views=2)
-    live = LiveTeacher(teacher, 3, features=True)
+    dataset = ImageDataset(images, np.arange(10) % 3, build_train_transform(cfg, IMAGENET), (42, 0, 1), views=2)
+    live = LiveTeacher(teacher, 3, features_from="fc")
     assert live.feature_dim == 8 and isinstance(teacher.fc, LogitsAndFeatures)
     stored = label_views(teacher, dataset, 2, 32, "cpu")
     assert stored.shape == (2, 10, 3 + 8)

@@ -11,6 +11,7 @@ import pytest
 
 import main
 from models.teacher import freeze_teacher
+from models.weights import IMAGENET
 from tests.conftest import tiny_run_args
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.mixing import MixedTargets, mixup
@@ -29,7 +30,7 @@ def _config(**overrides):
 def _dataset(n=10, views=None, seed=(42, 0, 1)):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8) for _ in range(n)]
-    return ImageDataset(images, rng.integers(0, 3, size=n), build_train_transform(_config()), seed, views)
+    return ImageDataset(images, rng.integers(0, 3, size=n), build_train_transform(_config(), IMAGENET), seed, views)
 
 
 def _teacher():

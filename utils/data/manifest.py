@@ -13,18 +13,10 @@ from typing import Any, Optional
 
 from utils.data.folders import DatasetIndex
 from utils.runtime.errors import DataError, examples
-from utils.runtime.files import write_json_atomic
+from utils.runtime.files import file_digest, write_json_atomic
 
 MANIFEST_NAME = "dataset.json"
 EXAMPLES = 3  # file names shown per kind of change
-
-
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DigestCache:

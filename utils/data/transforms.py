@@ -10,11 +10,10 @@ from typing import Iterator
 import numpy as np
 import paddle.vision.transforms as T
 
+from models.weights import Normalization
 from utils.data.augment import AUTO_AUGMENTS
 from utils.runtime.config import Config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Evaluation resizes the short side to img_size / 0.875 (256 for 224), then crops the centre.
 CENTER_CROP_FRACTION = 0.875
 
@@ -25,12 +24,13 @@ def resize_size(img_size: int) -> int:
     return round(img_size / CENTER_CROP_FRACTION)
 
 
-def _normalize(mean: tuple, std: tuple) -> T.Normalize:
+def _normalize(normalization: Normalization) -> T.Normalize:
     # Inputs are 0-255 here: ToTensor's division by 255 is folded into the constants.
-    return T.Normalize([255 * m for m in mean], [255 * s for s in std], data_format="HWC")
+    return T.Normalize([255 * m for m in normalization.mean], [255 * s for s in normalization.std], data_format="HWC")
 
 
-def build_train_transform(cfg: Config) -> T.Compose:
+def build_train_transform(cfg: Config, normalization: Normalization) -> T.Compose:
+    """The training augmentation, ending with the student's input `normalization`."""
     size = cfg.img_size
     if cfg.crop == "random_resized":
         steps = [T.RandomResizedCrop(size, scale=(cfg.crop_scale_min, 1.0))]
@@ -44,7 +44,7 @@ def build_train_transform(cfg: Config) -> T.Compose:
         steps.append(T.RandomRotation(cfg.rotation))
     if cfg.color_jitter > 0:
         steps.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
-    steps.append(_normalize(IMAGENET_MEAN, IMAGENET_STD))
+    steps.append(_normalize(normalization))
     if cfg.erasing > 0:
         # After normalising, so that the erased box is filled with the mean colour (0).
         steps.append(T.RandomErasing(prob=cfg.erasing))
@@ -52,8 +52,7 @@ def build_train_transform(cfg: Config) -> T.Compose:
     return T.Compose(steps)
 
 
-def build_eval_transform(img_size: int, crop: str, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD
-                         ) -> T.Compose:
+def build_eval_transform(img_size: int, crop: str, normalization: Normalization) -> T.Compose:
     """The deterministic counterpart of the training crop: resize and centre crop
     after random-resized crops; the whole image, resized to a square, after
     padded crops (which trained on whole images)."""
@@ -61,7 +60,7 @@ def build_eval_transform(img_size: int, crop: str, mean: tuple = IMAGENET_MEAN, 
         steps = [T.Resize(resize_size(img_size)), T.CenterCrop(img_size)]
     else:
         steps = [T.Resize((img_size, img_size))]
-    return T.Compose([*steps, _normalize(mean, std), T.Transpose()])
+    return T.Compose([*steps, _normalize(normalization), T.Transpose()])
 
 
 @contextlib.contextmanager

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import paddle.nn as nn
 
 from models.attention import ATTENTIONS
-from models.student import STUDENTS, build_student
-from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
+from models.student import STUDENTS, build_student, input_normalization
+from models.weights import Normalization
+from utils.data.transforms import build_eval_transform
 from utils.runtime.config import MAX_IMG_SIZE, MIN_IMG_SIZE, Config, img_size_problem
 from utils.runtime.errors import UserError
 
@@ -41,8 +42,9 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, cfg: Config, classes: Sequence[str], temperature: float = 1.0) -> ModelSpec:
+        normalization = input_normalization(cfg.student)
         return cls(tuple(classes), cfg.student, cfg.student_width, cfg.attention, cfg.attention_blocks, cfg.img_size,
-                   cfg.crop, IMAGENET_MEAN, IMAGENET_STD, temperature)
+                   cfg.crop, normalization.mean, normalization.std, temperature)
 
     def to_json(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value
@@ -96,4 +98,4 @@ class ModelSpec:
                              attention_blocks=self.attention_blocks, width=self.student_width)
 
     def eval_transform(self):
-        return build_eval_transform(self.img_size, self.crop, self.mean, self.std)
+        return build_eval_transform(self.img_size, self.crop, Normalization(self.mean, self.std))

@@ -20,6 +20,7 @@ from typing import Optional
 import paddle
 import paddle.nn as nn
 
+from models.weights import pooled_feature_size
 from utils.data.mixing import MixedTargets
 from utils.engine.losses import LossParts
 from utils.runtime.config import Config, Setting
@@ -38,7 +39,7 @@ class LogitsAndFeatures(nn.Layer):
         return paddle.concat([self.head(features), features], axis=1)
 
 
-def emit_features(teacher: nn.Layer, head: str = "fc") -> nn.Layer:
+def emit_features(teacher: nn.Layer, head: str) -> nn.Layer:
     """The frozen teacher, changed in place to return logits and pooled features side by side."""
     setattr(teacher, head, LogitsAndFeatures(getattr(teacher, head)))
     return teacher
@@ -60,8 +61,7 @@ class FeatureTap:
 
     def __init__(self, model: nn.Layer, head: str) -> None:
         self.value: Optional[paddle.Tensor] = None
-        self.dim = next(layer for layer in getattr(model, head).sublayers(include_self=True)
-                        if isinstance(layer, nn.Linear)).weight.shape[0]
+        self.dim = pooled_feature_size(getattr(model, head))
         getattr(model, head).register_forward_pre_hook(self._capture)
 
     def _capture(self, layer: nn.Layer, inputs: tuple) -> None:

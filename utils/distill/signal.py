@@ -23,7 +23,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from models.teacher import HEAD
+from models.teacher import head_name
+from models.weights import pooled_feature_size
 from utils.data.dataset import ImageDataset
 from utils.data.mixing import MixedTargets
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
@@ -75,10 +76,11 @@ def mix_stored(stored: paddle.Tensor, targets: MixedTargets, temperature: float)
     return logits_of(targets.lam * probs + (1.0 - targets.lam) * paddle.gather(probs, targets.perm), temperature)
 
 
-def _teacher_features(teacher: nn.Layer) -> int:
-    """Make the frozen teacher emit its pooled features beside its logits; their size."""
-    size = getattr(teacher, HEAD).weight.shape[0]
-    emit_features(teacher, HEAD)
+def _teacher_features(teacher: nn.Layer, head: str) -> int:
+    """Make the frozen teacher emit its pooled features (the input of its `head`) beside its
+    logits; their size."""
+    size = pooled_feature_size(getattr(teacher, head))
+    emit_features(teacher, head)
     return size
 
 
@@ -88,11 +90,12 @@ def _stored(array: np.ndarray, views: np.ndarray, indices: np.ndarray) -> paddle
 
 class LiveTeacher:
     """A frozen teacher run on every batch: it labels exactly the (mixed) images the student
-    sees. With `features`, it also gives their pooled features from the same forward pass."""
+    sees. With `features_from` (its head's name), it also gives their pooled features from the
+    same forward pass."""
 
-    def __init__(self, model: nn.Layer, num_classes: int = 0, features: bool = False) -> None:
+    def __init__(self, model: nn.Layer, num_classes: int = 0, features_from: Optional[str] = None) -> None:
         self.model, self.num_classes = model, num_classes
-        self.feature_dim = _teacher_features(model) if features else None
+        self.feature_dim = _teacher_features(model, features_from) if features_from else None
 
     @paddle.no_grad()
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
@@ -169,14 +172,14 @@ class FoldViewsTeacher:
 
 class EnsembleTeacher:
     """The fold teachers on every batch: their softmaxes at the temperature, averaged, as logits
-    (and, with `features`, their pooled features averaged)."""
+    (and, with `features_from`, their heads' name, their pooled features averaged)."""
 
     def __init__(self, teachers: Sequence[nn.Layer], temperature: Temperature, num_classes: int,
-                 features: bool = False) -> None:
+                 features_from: Optional[str] = None) -> None:
         self.teachers, self.temperature, self.num_classes = teachers, temperature, num_classes
         self.feature_dim = None
-        if features:
-            self.feature_dim = [_teacher_features(teacher) for teacher in teachers][0]
+        if features_from:
+            self.feature_dim = [_teacher_features(teacher, features_from) for teacher in teachers][0]
 
     @paddle.no_grad()
     def __call__(self, images: paddle.Tensor, indices: paddle.Tensor, views: paddle.Tensor,
@@ -213,11 +216,11 @@ def teach_fold(cfg: Config, method: DistillationMethod, fold: FoldData, teacher_
                               (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
     source = "cached" if teacher.from_cache else "trained"
     print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher.val_acc:.4f}", flush=True)
-    features = wants_features(cfg)
+    features_from = head_name(cfg.teacher) if wants_features(cfg) else None
     if not replays_views(cfg):
-        return LiveTeacher(teacher.model, teacher_key.num_classes, features), teacher.val_acc
+        return LiveTeacher(teacher.model, teacher_key.num_classes, features_from), teacher.val_acc
     train_set = loaders.student.dataset
-    feature_dim = _teacher_features(teacher.model) if features else None
+    feature_dim = _teacher_features(teacher.model, features_from) if features_from else None
     views = prepare_views(cfg, teacher.model, not teacher.from_cache, train_set, cache_path,
                           teacher_key.num_classes, device, feature_dim)
     what = "reused" if views.from_cache else f"labelled {views.logits.shape[0]} views of {len(train_set)} images"
@@ -250,4 +253,5 @@ def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldDat
                     FoldViewsTeacher(logits, views, method.temperature_at, stored_features))
     teachers = [load_teacher(cfg, teacher_key.num_classes, path) for path in teacher_paths]
     return (ImageDataset(images, labels, transform, seed),
-            EnsembleTeacher(teachers, method.temperature_at, teacher_key.num_classes, features))
+            EnsembleTeacher(teachers, method.temperature_at, teacher_key.num_classes,
+                            head_name(cfg.teacher) if features else None))

@@ -16,15 +16,15 @@ import paddle
 import paddle.nn as nn
 
 from models.cpu_kernels import use_fast_cpu_kernels
-from models.teacher import HEAD, build_teacher, freeze_backbone, freeze_teacher
-from utils.data.manifest import file_digest
+from models.student import input_normalization
+from models.teacher import adapt_inputs, build_teacher, freeze_backbone, freeze_teacher, head_name
 from utils.data.splits import FoldData
 from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, fine_tuning_settings, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.runtime import layout
 from utils.runtime.config import Config
 from utils.runtime.errors import ConfigError
-from utils.runtime.files import write_json_atomic
+from utils.runtime.files import file_digest, write_json_atomic
 from utils.runtime.weights_file import UnreadableWeights, load_weights_file, save_weights_file
 
 # The settings that change what a teacher learns; anything else (the student,
@@ -73,11 +73,13 @@ def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int]
         digest.update(f"{content}\t{int(label)}\n".encode())
     digest.update(np.asarray(sorted(train_indices), dtype=np.int64).tobytes())
     settings = {key: getattr(cfg, key) for key in TEACHER_SETTINGS}
-    tuning = fine_tuning_settings(cfg, HEAD)
+    tuning = fine_tuning_settings(cfg, head_name(cfg.teacher))
     # In the key only when they change the teacher's training, so that teachers cached before
     # these settings existed keep their keys.
     if tuning["head_epochs"] or tuning["restart_epochs"] or tuning["backbone_lr_scale"] != 1.0:
         settings["fine_tuning"] = tuning
+    if cfg.teacher_img_size:
+        settings["teacher_img_size"] = cfg.teacher_img_size
     if cfg.teacher_weights not in ("imagenet", "none"):
         settings["teacher_weights"] = file_digest(cfg.teacher_weights)
     digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
@@ -103,10 +105,19 @@ def read_cached(cache_path: Path) -> Optional[tuple[dict, dict]]:
         return None
 
 
+def built_teacher(cfg: Config, num_classes: int, weights: str) -> tuple[nn.Layer, bool]:
+    """The configured teacher with `weights` (and whether its head knows these classes), on the
+    faster CPU kernels, taking the pipeline's inputs: normalised for the student, at the
+    student's size (resized to teacher_img_size when that is set)."""
+    teacher, head_trained = build_teacher(num_classes, weights, cfg.teacher)
+    use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
+    adapt_inputs(teacher, cfg.teacher, input_normalization(cfg.student), cfg.teacher_img_size or None)
+    return teacher, head_trained
+
+
 def load_teacher(cfg: Config, num_classes: int, cache_path: Path) -> nn.Layer:
     """A cached fold teacher, frozen."""
-    teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
-    use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
+    teacher, _ = built_teacher(cfg, num_classes, "none")
     teacher.set_state_dict(load_weights_file(cache_path))
     freeze_teacher(teacher)
     return teacher
@@ -117,7 +128,7 @@ def teacher_training_settings(cfg: Config) -> TrainingSettings:
     return TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,
                             cfg.mixup_alpha, cfg.amp, patience=None, cutmix_alpha=cfg.cutmix_alpha,
                             clip_grad_norm=cfg.clip_grad_norm, ema_decay=cfg.ema_decay,
-                            **fine_tuning_settings(cfg, HEAD))
+                            **fine_tuning_settings(cfg, head_name(cfg.teacher)))
 
 
 def prepare_teacher(
@@ -134,8 +145,7 @@ def prepare_teacher(
     are kept beside it and go to `on_epoch` (as replayed) when it comes from the cache."""
     meta_path = cache_path.with_suffix(".json")
     with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
-        teacher, head_trained = build_teacher(num_classes, cfg.teacher_weights, cfg.teacher)
-        use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
+        teacher, head_trained = built_teacher(cfg, num_classes, cfg.teacher_weights)
         if cfg.teacher_epochs == 0 and not head_trained:
             raise ConfigError(
                 "teacher_epochs is 0, but the teacher weights carry no head trained for these "
@@ -153,7 +163,7 @@ def prepare_teacher(
         history: list[EpochRecord] = []
         if cfg.teacher_epochs > 0:
             if cfg.teacher_train == "head":
-                freeze_backbone(teacher)
+                freeze_backbone(teacher, cfg.teacher)
             checkpoint_path = cache_path.with_suffix(".training.pdparams")
             if cfg.retrain_teacher:
                 checkpoint_path.unlink(missing_ok=True)

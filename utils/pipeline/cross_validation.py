@@ -13,7 +13,7 @@ import numpy as np
 
 from models.attention import check_attention
 from models.cpu_kernels import compiled_operators_built
-from models.student import STUDENTS, build_student
+from models.student import STUDENTS, build_student, input_normalization
 from models.teacher import TEACHERS, build_teacher
 from models.weights import check_weights_arg
 from utils.data.dataset import ImageDataset, make_loader
@@ -135,8 +135,9 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
     if not samples:
         return None, skipped
     labels = np.array([s.label for s in samples])
-    loader = make_loader(ImageDataset(images, labels, build_eval_transform(cfg.img_size, cfg.crop)),
-                         cfg.batch_size * 2, train=False, num_workers=cfg.num_workers)
+    transform = build_eval_transform(cfg.img_size, cfg.crop, input_normalization(cfg.student))
+    loader = make_loader(ImageDataset(images, labels, transform), cfg.batch_size * 2, train=False,
+                         num_workers=cfg.num_workers)
     probs = np.mean([predict(load_student(path)[0], loader)[0]
                      for path in (d / WEIGHTS_NAME for d in layout.fold_dirs(run_dir).values())], axis=0)
     preds = probs.argmax(axis=1)

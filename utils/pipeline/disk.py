@@ -13,7 +13,8 @@ import paddle
 import paddle.nn as nn
 
 from models.student import build_student
-from models.teacher import HEAD, build_teacher
+from models.teacher import build_teacher, head_name
+from models.weights import pooled_feature_size
 from utils.distill.features import wants_features
 from utils.runtime.config import Config
 from utils.runtime.errors import UserError
@@ -54,7 +55,8 @@ def needed_mb(cfg: Config, num_classes: int, work: RemainingWork) -> int:
             teacher = weights_bytes(model)
             total += work.teachers * teacher
             largest = max(largest, teacher if work.teachers else 0)
-            outputs = num_classes + (getattr(model, HEAD).weight.shape[0] if wants_features(cfg) else 0)
+            head = getattr(model, head_name(cfg.teacher))
+            outputs = num_classes + (pooled_feature_size(head) if wants_features(cfg) else 0)
             total += work.labelled_images * min(cfg.teacher_views, cfg.epochs) * outputs * FLOAT16
     total += work.processes * CHECKPOINT_COPIES * largest
     return int(total // MB) + 1

@@ -18,7 +18,7 @@ import paddle
 import paddle.nn.functional as F
 
 from models.cpu_kernels import use_fast_cpu_kernels
-from models.student import build_student
+from models.student import build_student, input_normalization
 from models.teacher import build_teacher
 from utils.data.transforms import build_train_transform
 from utils.engine.ema import WeightAverage
@@ -136,7 +136,7 @@ def _train_rate(model: paddle.nn.Layer, cfg: Config, num_classes: int, steps: in
 def _loading_rate(cfg: Config, images: Sequence[np.ndarray], count: int = 64) -> float:
     """Images per second through the run's training augmentation (done in the training
     process unless --num_workers), on up to `count` of the run's decoded images."""
-    transform = build_train_transform(cfg)
+    transform = build_train_transform(cfg, input_normalization(cfg.student))
     sample = [images[i] for i in np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)]
     start = time.perf_counter()
     for image in sample:

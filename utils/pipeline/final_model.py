@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import paddle
 
+from models.student import input_normalization
 from utils.data.dataset import make_loader
 from utils.data.splits import FINAL_SEED_STREAM, STUDENT_AUGMENTATION, FoldData
 from utils.data.transforms import build_train_transform
@@ -51,7 +52,8 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
     epochs = final_epochs(results)
     hard_loss = hard_label_loss(cfg, inputs.labels, inputs.num_classes)
     method = create_method(cfg, hard_loss, epochs)
-    dataset, teacher = teach_final(cfg, method, folds, inputs.teacher_key, inputs.images, build_train_transform(cfg),
+    transform = build_train_transform(cfg, input_normalization(cfg.student))
+    dataset, teacher = teach_final(cfg, method, folds, inputs.teacher_key, inputs.images, transform,
                                    (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION))
     loader = make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
     print(f"final student: {len(dataset)} images, {epochs} epochs (the median best epoch of the folds)", flush=True)

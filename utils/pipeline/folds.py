@@ -12,12 +12,12 @@ import numpy as np
 import paddle
 
 from models.cpu_kernels import use_fast_cpu_kernels
-from models.student import build_student, head_name
+from models.student import build_student, head_name, input_normalization
 from models.teacher import last_stage
 from utils.data.dataset import ImageDataset, make_loader
 from utils.data.folders import DatasetIndex, Sample
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
-from utils.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+from utils.data.transforms import build_eval_transform, build_train_transform
 from utils.deploy.checkpoint import META_NAME, read_meta, save_checkpoint
 from utils.deploy.explain import cam_agreement, grad_cams
 from utils.deploy.spec import ModelSpec
@@ -161,14 +161,15 @@ def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labe
                  replay_views: bool) -> FoldLoaders:
     """`replay_views`: the student replays the teacher's stored views (the view cache)."""
     train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
+    normalization = input_normalization(cfg.student)
 
     def train_loader(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
-        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg), (cfg.seed, fold.fold, stream),
-                               views)
+        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg, normalization),
+                               (cfg.seed, fold.fold, stream), views)
         return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
 
     val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
-                           build_eval_transform(cfg.img_size, cfg.crop))
+                           build_eval_transform(cfg.img_size, cfg.crop, normalization))
     return FoldLoaders(
         student=train_loader(STUDENT_AUGMENTATION, view_count(cfg) if replay_views else None),
         fresh=train_loader(STUDENT_AUGMENTATION),
@@ -291,7 +292,7 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
 
     with fresh_log(layout.log_dir(cfg.log_dir, cfg.run_name, fold.fold)) as writer:
         log_augmented_batch(writer, train_set, cfg.mixup_alpha, cfg.cutmix_alpha,
-                            np.random.default_rng([cfg.seed, fold.fold, 2]), IMAGENET_MEAN, IMAGENET_STD)
+                            np.random.default_rng([cfg.seed, fold.fold, 2]), *input_normalization(cfg.student))
         teacher, teacher_acc = None, None
         history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if method.needs_teacher:

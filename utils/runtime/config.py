@@ -61,6 +61,7 @@ class Config:
     teacher_train: str
     teacher_epochs: int
     teacher_lr: float
+    teacher_img_size: int
     retrain_teacher: bool
     teacher_cache: str
     teacher_views: int
@@ -250,6 +251,8 @@ def _check_ranges(cfg: Config) -> None:
         (0.1 <= cfg.student_width <= 4.0, "student_width must be between 0.1 and 4"),
         (cfg.teacher_epochs >= 0, "teacher_epochs must be 0 or more"),
         (0 < cfg.teacher_lr <= 1, "teacher_lr must be in (0, 1]"),
+        (cfg.teacher_img_size == 0 or img_size_problem(cfg.teacher_img_size) is None,
+         f"teacher_img_size must be 0 (the student's) or a whole number from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}"),
         (cfg.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
         (0 <= cfg.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (cfg.class_weights in ("none", "balanced"), "class_weights must be none or balanced"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -17,6 +18,15 @@ import numpy as np
 
 from utils.runtime.distributed import is_main
 from utils.runtime.errors import UserError
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's content, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def partial_path(path: Path) -> Path:

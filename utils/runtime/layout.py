@@ -7,9 +7,11 @@ one place, and read by the pipeline, inference, export and the reports alike.
     <output_dir>/<run>/fold{k}/            fold k: best student, result.json (written last), history
     <output_dir>/<run>/final/              the final student, trained on every image
     <log_dir>/<run>/fold{k}|final|run/     VisualDL logs
+    ~/.cache/paddle-kd-students/           per user (XDG_CACHE_HOME): built CPU operators, converted weights
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -23,6 +25,12 @@ FOLD_RESULT = "result.json"  # a fold's last file: present only when the fold is
 RESERVED_RUN_NAMES = (LATEST_NAME, TEACHERS_DIR)
 
 _FOLD_DIR = re.compile(r"fold(\d+)")
+
+
+def user_cache_dir() -> Path:
+    """What this tool keeps for every run of the user's: the compiled CPU operators (per machine)
+    and converted ImageNet weights."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "paddle-kd-students"
 
 
 def run_dir(output_dir: Union[str, Path], run_name: str) -> Path:

@@ -1,5 +1,5 @@
-"""Reading and writing .pdparams files (weights, checkpoints, training states)
-without running code from them.
+"""Reading and writing .pdparams files (weights, checkpoints, training states), and
+reading PyTorch's legacy .pth files, without running code from them.
 
 paddle.save writes a pickle of plain containers and NumPy arrays, and
 paddle.load unpickles whatever a file holds: a crafted file runs code when it
@@ -118,6 +118,128 @@ def load_weights_file(path: Path) -> Any:
     except Exception as error:  # whatever a malformed stream makes the unpickler raise
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UnreadableWeights(f"{path} is not a weights file this tool can read ({reason[:160]})") from None
+
+
+# PyTorch's serialization before version 1.6 (still read by torch.load): four pickles in a row
+# (a magic number, the protocol version, the machine's byte order and type sizes, then the object,
+# whose tensors refer to storages by key), the list of storage keys, then each storage's element
+# count (8 bytes, little-endian) and raw data. The object pickle may use only these globals.
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+TORCH_PROTOCOL = 1001
+_TORCH_STORAGES = {"FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"),
+                   "HalfStorage": np.dtype("<f2"), "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4")}
+
+
+class _TorchStorage:
+    """A storage the pickle refers to; its data follow the pickles."""
+
+    def __init__(self, dtype: np.dtype, count: int) -> None:
+        if not isinstance(count, int) or count < 0 or count * dtype.itemsize > MAX_ARRAY_BYTES:
+            raise pickle.UnpicklingError("a storage of a bad or too large size")
+        self.dtype, self.count, self.data = dtype, count, None
+
+
+class _TorchTensor:
+    """A tensor to cut from its storage once the storages are read."""
+
+    def __init__(self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> None:
+        if not isinstance(storage, _TorchStorage) or not all(isinstance(n, int) and n >= 0 for n in
+                                                              (offset, *size, *stride)) or len(size) != len(stride):
+            raise pickle.UnpicklingError("a tensor with a bad storage, offset, size or stride")
+        last = offset + sum((n - 1) * step for n, step in zip(size, stride)) if all(size) else offset - 1
+        if last >= storage.count:
+            raise pickle.UnpicklingError("a tensor reaching past the end of its storage")
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def array(self) -> np.ndarray:
+        data, itemsize = self.storage.data, self.storage.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size, [n * itemsize for n in self.stride])
+        return np.array(view, order="C")  # a contiguous copy, no longer a view of the storage
+
+
+def _storage_type(name: str) -> Any:
+    return lambda: _TORCH_STORAGES[name]  # a marker: nothing calls it
+
+
+_TORCH_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _TorchTensor,
+    **{("torch", name): _storage_type(name) for name in _TORCH_STORAGES},
+}
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self.storages: dict[str, _TorchStorage] = {}
+        self.markers = {value: key[1] for key, value in _TORCH_ALLOWED.items() if key[0] == "torch"}
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _TORCH_ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a weights file has no use for") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        """('storage', storage type, key, location, element count[, view]) -> the storage."""
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and pid[1] in self.markers
+                and isinstance(pid[2], str)):
+            raise pickle.UnpicklingError("a reference that is not a tensor storage")
+        dtype = _TORCH_STORAGES[self.markers[pid[1]]]
+        storage = self.storages.setdefault(pid[2], _TorchStorage(dtype, pid[4]))
+        if storage.dtype != dtype or storage.count != pid[4]:
+            raise pickle.UnpicklingError("one storage described twice, differently")
+        return storage
+
+
+def _arrays_in(obj: Any) -> Any:
+    if isinstance(obj, _TorchTensor):
+        return obj.array()
+    if isinstance(obj, dict):
+        return type(obj)((key, _arrays_in(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_arrays_in(value) for value in obj)
+    return obj
+
+
+def _read_torch_legacy(handle: Any) -> Any:
+    plain = _RestrictedUnpickler(handle)
+    if plain.load() != TORCH_LEGACY_MAGIC:
+        raise pickle.UnpicklingError("not a PyTorch file of the format before version 1.6 (torch.save with "
+                                     "_use_new_zipfile_serialization=False)")
+    if _RestrictedUnpickler(handle).load() != TORCH_PROTOCOL:
+        raise pickle.UnpicklingError("a PyTorch protocol version other than 1001")
+    machine = _RestrictedUnpickler(handle).load()
+    if not isinstance(machine, dict) or machine.get("little_endian") is not True:
+        raise pickle.UnpicklingError("written on a big-endian machine")
+    unpickler = _TorchUnpickler(handle)
+    content = unpickler.load()
+    keys = _RestrictedUnpickler(handle).load()
+    if not isinstance(keys, list) or sorted(keys) != sorted(unpickler.storages):
+        raise pickle.UnpicklingError("its storage list does not match its tensors")
+    for key in keys:
+        storage = unpickler.storages[key]
+        count = int(np.frombuffer(handle.read(8), dtype="<i8", count=1)[0])
+        raw = handle.read(count * storage.dtype.itemsize)
+        if count != storage.count or len(raw) != count * storage.dtype.itemsize:
+            raise pickle.UnpicklingError("a storage's data is cut short or of another size than announced")
+        storage.data = np.frombuffer(raw, dtype=storage.dtype)
+    return _arrays_in(content)
+
+
+def load_torch_file(path: Path) -> Any:
+    """The content of a PyTorch .pth file in the legacy format (a state dict: NumPy arrays in
+    plain containers), read without PyTorch and without running code from it, or an
+    UnreadableWeights error saying in one line why it cannot be read."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            return _read_torch_legacy(handle)
+    except OSError as error:
+        raise UnreadableWeights(f"cannot read {path}: {error.strerror}") from None
+    except Exception as error:  # whatever a malformed stream makes the unpickler raise
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UnreadableWeights(f"{path} is not a PyTorch weights file this tool can read ({reason[:160]})") from None
 
 
 def save_weights_file(path: Path, content: Any) -> None:

@@ -36,17 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration_dir", help="class folders to calibrate INT8 with (default: the run's data)")
     parser.add_argument("--calibration_images", type=int, default=300, help="(default: %(default)s)")
     args = parser.parse_args(argv)
-    from utils.deploy.checkpoint import load_student
-    from utils.deploy.export import calibration_images, export_student, run_data_dir
+    from utils.deploy.checkpoint import META_NAME, load_student
+    from utils.deploy.export import calibration_images, export_student, exported_files, run_data_dir
     from utils.deploy.inference import find_weights, int8_speed
+    from utils.runtime.files import refuse_overwriting_inputs
 
     export_dir = Path(args.export_dir)
     if export_dir.exists() and not export_dir.is_dir():
         raise UserError(f"--export_dir {export_dir} is a file, not a folder")
     if args.calibration_images < 1:
         raise UserError("--calibration_images must be at least 1")
-    for weights in find_weights(args.model_path, args.output_dir, args.fold, args.ensemble, args.allow_partial):
-        name = weights.parent.name if weights.name == "best.pdparams" else weights.stem
+    sources = find_weights(args.model_path, args.output_dir, args.fold, args.ensemble, args.allow_partial)
+    targets = {weights: export_dir / (weights.parent.name if weights.name == "best.pdparams" else weights.stem)
+               for weights in sources}
+    refuse_overwriting_inputs([("--export_dir", path) for out in targets.values() for path in exported_files(out)],
+                              [path for weights in sources for path in (weights, weights.with_name(META_NAME))])
+    for weights, out_dir in targets.items():
         calibration = None
         if args.quantize == "int8":
             data_dir = Path(args.calibration_dir) if args.calibration_dir else run_data_dir(weights)
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"INT8 calibration needs images: pass --calibration_dir (found none for {weights})")
             calibration = calibration_images(load_student(weights)[1], data_dir, args.calibration_images)
             print(f"INT8 ranges calibrated on {len(calibration)} images from {data_dir}")
-        out = export_student(weights, export_dir / name, onnx=args.format == "onnx", calibration=calibration)
+        out = export_student(weights, out_dir, onnx=args.format == "onnx", calibration=calibration)
         print(f"exported {weights} -> {out}")
         if calibration is not None:
             print(int8_speed(out, calibration).note())

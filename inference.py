@@ -105,6 +105,33 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError("--explain needs the trained model itself (a run or .pdparams), not --backend onnxruntime")
 
 
+def planned_outputs(args: argparse.Namespace, paths: list[Path], scored: bool) -> list[tuple[str, Path]]:
+    """Every file this invocation may write, with the option that decides where."""
+    from utils.deploy.inference import explanation_path, shown_path
+    from utils.reporting.scoring import SCORE_FILES
+
+    root = Path(args.image_path)
+    outputs = [("--output", Path(args.output))] if args.output else []
+    if args.show:
+        outputs += [("--show_dir", shown_path(path, Path(args.show_dir), root)) for path in paths]
+    if args.explain:
+        outputs += [("--explain", explanation_path(path, Path(args.explain), root)) for path in paths]
+    if scored:
+        outputs += [("--score_dir", Path(args.score_dir) / name) for name in SCORE_FILES]
+    return outputs
+
+
+def model_files(sources: list[Path]) -> list[Path]:
+    """The files the models are read from: a weights file and its best.json, or an exported folder's files."""
+    from utils.deploy.checkpoint import META_NAME
+
+    files = []
+    for source in sources:
+        files += [p for p in source.iterdir() if p.is_file()] if source.is_dir() else [source,
+                                                                                       source.with_name(META_NAME)]
+    return files
+
+
 @reports_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -117,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         save_explanation,
     )
     from utils.reporting.scoring import folder_labels, score
+    from utils.runtime.files import refuse_overwriting_inputs
     from utils.runtime.process import select_device
 
     check_arguments(args)
@@ -140,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         classifier.classes = names
     topk = min(args.topk, len(classifier.classes))
     labels = folder_labels(Path(args.image_path), paths, classifier.classes, args.labels_from_folders)
+    refuse_overwriting_inputs(planned_outputs(args, paths, labels is not None), [*paths, *model_files(sources)])
     if labels is not None:
         print(f"labels: the class folders under {args.image_path}", file=sys.stderr)
 

@@ -80,6 +80,16 @@ TEACHER_VARIANTS = {
     "teacher_lr0.001": {"teacher_lr": 0.001},
     "teacher_lr0.004": {"teacher_lr": 0.004},
 }
+# ImageNet-pretrained EfficientNet-Lite0, fine-tuned: its epochs, learning rate and resolution.
+PRETRAINED = {"teacher": "efficientnet_lite0", "teacher_weights": "imagenet", "teacher_epochs": 10,
+              "teacher_lr": 0.001}
+TEACHER_VARIANTS.update({
+    "lite0": PRETRAINED,
+    "lite0_lr0.0003": {**PRETRAINED, "teacher_lr": 0.0003},
+    "lite0_epochs20": {**PRETRAINED, "teacher_epochs": 20},
+    "lite0_px224": {**PRETRAINED, "teacher_img_size": 224},
+    "lite0_everything": {**PRETRAINED, **EVERYTHING},
+})
 VARIANTS = {**STUDENT_VARIANTS, **TEACHER_VARIANTS}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import shutil
 import sys
 from pathlib import Path
 
@@ -129,6 +130,35 @@ def tiny_run(tiny_data, tmp_path_factory):
         teacher_signal.prepare_teacher = real_prepare
     assert code == 0
     return out, out / "models_saved" / "tiny", data, teacher_calls
+
+
+def expect_error(capsys, code: int, expected: str, status: int = 2) -> str:
+    """The command exited with `status` and said `expected` on stderr, with no traceback."""
+    captured = capsys.readouterr()
+    assert code == status, captured.err
+    assert expected in captured.err, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return captured.err
+
+
+@pytest.fixture(scope="module")
+def finished_run_snapshot(tmp_path_factory):
+    """A finished CE-only tiny run with its data (trained once), and a copy of both."""
+    base = tmp_path_factory.mktemp("finished")
+    data = make_class_folders(base / "work" / "data", per_class=6)
+    assert main.main(tiny_run_args(data, base / "work", "r", "--kd", "none", "--final_model", "true")) == 0
+    shutil.copytree(base / "work", base / "snapshot", symlinks=True)
+    return base / "work", base / "snapshot"
+
+
+@pytest.fixture
+def finished_run(finished_run_snapshot):
+    """The finished run and its data as they were written (restored from the copy, at the same
+    paths, so that its records still match), for a test to damage."""
+    work, snapshot = finished_run_snapshot
+    shutil.rmtree(work)
+    shutil.copytree(snapshot, work, symlinks=True)
+    return work / "data", work / "models_saved" / "r"
 
 
 # Fixtures that hand a test a trained run: a test using one, or calling main.main itself, trains.

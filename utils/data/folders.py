@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -103,26 +103,6 @@ def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[
     return by_class, skipped
 
 
-def _drop_files_in_two_classes(by_class: dict[str, list[str]]) -> list[SkippedFile]:
-    """The same file (by its real path) under two classes has no one label: it is left out of both."""
-    classes_of: dict[str, set[str]] = {}
-    for name, files in by_class.items():
-        for path in files:
-            classes_of.setdefault(os.path.realpath(path), set()).add(name)
-    ambiguous = {real: names for real, names in classes_of.items() if len(names) > 1}
-    skipped = []
-    for name, files in by_class.items():
-        kept = []
-        for path in files:
-            names = ambiguous.get(os.path.realpath(path))
-            if names:
-                skipped.append(SkippedFile(path, f"the same file is in class folders {' and '.join(sorted(names))}"))
-            else:
-                kept.append(path)
-        files[:] = kept
-    return skipped
-
-
 def _layout(data_dir: Path) -> tuple[list[Path], Optional[Path]]:
     """The folders to pool for cross-validation and the held-out test folder, from the
     layout of `data_dir` (LAYOUTS); anything ambiguous is refused in one line."""
@@ -163,7 +143,6 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
         skipped += root_skipped
         for name, files in by_class.items():
             pooled.setdefault(name, []).extend(files)
-    skipped += _drop_files_in_two_classes(pooled)
 
     empty = sorted(name for name, files in pooled.items() if not files)
     for name in empty:
@@ -184,14 +163,47 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
         unknown = sorted(set(by_class) - set(classes))
         if unknown:
             raise DataError(f"{test_root} has class folders not seen in the training splits: {', '.join(unknown)}")
-        trained_on = {os.path.realpath(sample.path) for sample in samples}
-        for name, files in by_class.items():
-            for path in files:
-                if os.path.realpath(path) in trained_on:
-                    skipped.append(SkippedFile(path, "also in train/ or val/: a test image must be new to the model"))
-                else:
-                    test_samples.append(Sample(path, classes.index(name)))
+        test_samples = [Sample(path, classes.index(name)) for name, files in by_class.items() for path in files]
     return DatasetIndex(classes, samples, test_samples, skipped)
+
+
+def drop_duplicates(index: DatasetIndex, digest_of: Mapping[str, str], data_dir: Path) -> tuple[DatasetIndex, int]:
+    """The index without images whose content (`digest_of`: path -> SHA-256) another image
+    has: copies, hard links and symbolic links alike. The same image under two classes has no
+    one label: every copy is left out. Copies within one class count once (the first kept), so
+    that no image is on both sides of a fold. A test image that is also a training image is
+    not new to the model: left out of test/. Each left-out file is in the index's skipped list
+    with its reason; also returns how many."""
+    def name(path: str) -> str:
+        return os.path.relpath(path, data_dir)
+
+    groups: dict[str, list[Sample]] = {}
+    for sample in index.samples:
+        groups.setdefault(digest_of[sample.path], []).append(sample)
+    samples, skipped = [], []
+    for sample in index.samples:
+        group = groups[digest_of[sample.path]]
+        classes = sorted({index.classes[other.label] for other in group})
+        first = next(other for other in group if other is not sample) if len(group) > 1 else None
+        if len(classes) > 1:
+            skipped.append(SkippedFile(sample.path, f"the same image as {name(first.path)}, under classes "
+                                                    f"{' and '.join(classes)}: no one label, so every copy is left out"))
+        elif group[0] is not sample:
+            skipped.append(SkippedFile(sample.path, f"the same image as {name(group[0].path)}: counted once"))
+        else:
+            samples.append(sample)
+    test_samples, seen_in_test = [], {}
+    for sample in index.test_samples:
+        digest = digest_of[sample.path]
+        if digest in groups:
+            skipped.append(SkippedFile(sample.path, f"the same image as {name(groups[digest][0].path)}: a test image "
+                                                    "must be new to the model"))
+        elif digest in seen_in_test:
+            skipped.append(SkippedFile(sample.path, f"the same image as {name(seen_in_test[digest])}: counted once"))
+        else:
+            seen_in_test[digest] = sample.path
+            test_samples.append(sample)
+    return DatasetIndex(index.classes, samples, test_samples, index.skipped + skipped), len(skipped)
 
 
 SHORT_CLASSES_NAMED = 5  # in the message that refuses them

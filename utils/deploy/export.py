@@ -126,6 +126,12 @@ def export_student(weights: Path, out_dir: Path, onnx: bool = False,
     return out_dir
 
 
+def exported_files(out_dir: Path) -> list[Path]:
+    """Every file export_student may write to `out_dir`."""
+    names = [f"{EXPORTED_PREFIX}{suffix}" for suffix in (".json", ".pdmodel", ".pdiparams")]
+    return [out_dir / name for name in (*names, META_NAME, ONNX_NAME, INT8_NAME)]
+
+
 def is_exported(directory: Path) -> bool:
     return (directory / f"{EXPORTED_PREFIX}.pdiparams").is_file()
 

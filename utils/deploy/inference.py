@@ -169,8 +169,12 @@ class OnnxModel:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_count()
         options.log_severity_level = 3  # errors only, not notes on initializers it drops while optimizing
-        self.session = onnxruntime.InferenceSession(str(directory / name), options,
-                                                    providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(directory / name), options,
+                                                        providers=["CPUExecutionProvider"])
+        except Exception as error:  # InvalidProtobuf, a graph ONNX Runtime cannot run, ...
+            raise UserError(f"{directory / name} is not an ONNX model ONNX Runtime can load "
+                            f"({str(error).strip().splitlines()[-1][:160]}); export it again") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -214,15 +218,24 @@ def int8_speed(directory: Path, images: np.ndarray, seconds: float = 0.5, rounds
 
 
 def load_model(path: Path, use_gpu: bool, backend: str = "paddle") -> DynamicModel | ExportedModel | OnnxModel:
-    """A .pdparams file on the dynamic graph, or an exported directory on `backend`."""
+    """A .pdparams file on the dynamic graph, or an exported directory on `backend`, checked to
+    give one output per class its best.json names (an edited best.json would otherwise index
+    past the outputs, or name them wrongly)."""
     if not path.is_dir():
         if backend != "paddle":
             raise UserError(f"--backend {backend} runs exported models: export {path} with python export.py "
                             "--format onnx first")
-        return DynamicModel(path)
-    if backend.startswith("onnxruntime"):
-        return OnnxModel(path, int8=backend == "onnxruntime-int8")
-    return ExportedModel(path, use_gpu)
+        model = DynamicModel(path)
+    elif backend.startswith("onnxruntime"):
+        model = OnnxModel(path, int8=backend == "onnxruntime-int8")
+    else:
+        model = ExportedModel(path, use_gpu)
+    size = model.spec.img_size
+    outputs = model.logits(np.zeros((1, 3, size, size), np.float32)).shape[-1]
+    if outputs != len(model.spec.classes):
+        raise UserError(f"{path}: its {META_NAME} names {len(model.spec.classes)} classes, but the model gives "
+                        f"{outputs} outputs; restore the {META_NAME} the model was saved with")
+    return model
 
 
 class EnsembleClassifier:
@@ -274,32 +287,37 @@ def save_annotated(prediction: Prediction, show_dir: Path, image_root: Path) -> 
     (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     cv2.rectangle(image, (0, 0), (width + 8, height + 12), (0, 0, 0), -1)
     cv2.putText(image, text, (4, height + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    out = shown_path(prediction, show_dir, image_root)
+    out = shown_path(Path(prediction.path), show_dir, image_root)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imencode(out.suffix, image)[1].tofile(str(out))
     return out
 
 
-def shown_path(prediction: Prediction, out_dir: Path, image_root: Path) -> Path:
-    """Where a copy of the image goes under `out_dir`: at its path under `image_root`
-    (a/x.jpg and b/x.jpg stay apart), in its own format."""
-    source = Path(prediction.path)
-    out = out_dir / (source.relative_to(image_root) if image_root.is_dir() else Path(source.name))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+def shown_path(source: Path, out_dir: Path, image_root: Path) -> Path:
+    """Where a copy of the image at `source` goes under `out_dir`: at its path under
+    `image_root` (a/x.jpg and b/x.jpg stay apart), in its own format."""
+    return out_dir / (source.relative_to(image_root) if image_root.is_dir() else Path(source.name))
+
+
+def explanation_path(source: Path, explain_dir: Path, image_root: Path) -> Path:
+    """Where the Grad-CAM picture of the image at `source` goes: x.jpg becomes x.cam.png, so
+    that x.jpg and x.png stay apart."""
+    shown = shown_path(source, explain_dir, image_root)
+    return shown.with_name(f"{shown.stem}.cam.png" if shown.suffix.lower() != ".png" else f"{shown.stem}.png")
 
 
 def save_explanation(classifier: EnsembleClassifier, prediction: Prediction, explain_dir: Path,
                      image_root: Path) -> Path:
     """The image as the students saw it, beside the Grad-CAM map of the predicted class (the mean
     over the ensemble's students), enlarged and captioned. Saved as PNG at the image's path under
-    `explain_dir`: x.jpg becomes x.cam.png, so that x.jpg and x.png stay apart."""
+    `explain_dir` (explanation_path)."""
     models = [model.model for model in classifier.models if isinstance(model, DynamicModel)]
     image = classifier.preprocess([read_image(prediction.path)])[0]
     cam = ensemble_cam(models, image, classifier.classes.index(prediction.top[0][0]))  # an unsure one's best guess
     caption = f"{prediction.top[0][0]} {prediction.top[0][1]:.2f}" + (" (unsure)" if prediction.label == UNSURE else "")
     picture = explanation(visible_image(image, classifier.spec.mean, classifier.spec.std), cam, caption)
-    shown = shown_path(prediction, explain_dir, image_root)
-    out = shown.with_name(f"{shown.stem}.cam.png" if shown.suffix.lower() != ".png" else f"{shown.stem}.png")
+    out = explanation_path(Path(prediction.path), explain_dir, image_root)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))[1].tofile(str(out))
     return out
 

@@ -17,7 +17,7 @@ from models.student import STUDENTS, build_student, input_normalization
 from models.teacher import TEACHERS, build_teacher
 from models.weights import check_weights_arg
 from utils.data.dataset import ImageDataset, make_loader
-from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, scan_dataset
+from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, drop_duplicates, scan_dataset
 from utils.data.images import load_images
 from utils.data.manifest import DigestCache, Manifest, build_manifest, check_same_data
 from utils.data.splits import FoldData, make_folds
@@ -88,11 +88,20 @@ def fetch_imagenet_weights(cfg: Config) -> None:
 
 
 def check_outputs_outside_data(cfg: Config) -> None:
-    """Outputs inside the data directory would be read as a class by the next run."""
+    """Outputs inside the data directory would be read as a class by the next run; a folder the
+    run writes into that holds the data would have the run's files written among the photos."""
+    data = Path(cfg.data_dir)
     for flag, folder in (("output_dir", cfg.output_dir), ("log_dir", cfg.log_dir)):
-        if _inside(Path(folder), Path(cfg.data_dir)):
+        if _inside(Path(folder), data):
             raise UserError(f"--{flag} {folder} is inside --data_dir {cfg.data_dir}: the next run would train on "
                             f"its files; choose a --{flag} outside the data")
+    written = [("--output_dir and --run_name", layout.run_dir(cfg.output_dir, cfg.run_name)),
+               ("--output_dir", layout.teachers_dir(cfg.output_dir)),
+               ("--log_dir and --run_name", Path(cfg.log_dir) / cfg.run_name)]
+    for flags, folder in written:
+        if _inside(data, folder):
+            raise UserError(f"--data_dir {cfg.data_dir} is inside {folder}, which the run writes into; choose other "
+                            f"{flags}")
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -270,6 +279,10 @@ def run_cross_validation(cfg: Config) -> dict:
                                                                         cfg.verify_data))
         check_same_data(manifest, run_dir, cfg.run_name)
         save_config(cfg, run_dir / "config.yaml")
+    index, duplicates = drop_duplicates(index, manifest.digests_by_path(Path(cfg.data_dir)), Path(cfg.data_dir))
+    if duplicates:
+        print(f"warning: {duplicates} image(s) left out as copies of others (the same content: under two classes, "
+              "all copies; in one class, counted once); listed in skipped.txt", flush=True)
     inputs, skipped, folds = decode(cfg, index, manifest, run_dir, device)
     chosen = chosen_folds(cfg, folds)
     workers = parallel_fold_count(cfg, device, len(chosen))

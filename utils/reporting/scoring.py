@@ -12,6 +12,8 @@ from utils.deploy.inference import Prediction
 from utils.reporting.metrics import save_confusion_matrix, write_classification_report
 from utils.runtime.errors import UserError, examples
 
+SCORE_FILES = ("classification_report.txt", "confusion_matrix.png")  # what `score` writes
+
 
 def folder_labels(image_root: Path, paths: Sequence[Path], classes: Sequence[str], mode: str) -> Optional[dict]:
     """path -> class name from the sub-folder of `image_root` each image is in; None when the
@@ -42,8 +44,9 @@ def score(predictions: Sequence[Prediction], labels: dict, classes: Sequence[str
     truth = np.array([index[labels[p.path]] for p in predictions])
     predicted = np.array([index[p.top[0][0]] for p in predictions])
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = write_classification_report(out_dir / "classification_report.txt", truth, predicted, classes)
-    save_confusion_matrix(out_dir / "confusion_matrix.png", truth, predicted, classes,
+    report_name, matrix_name = SCORE_FILES
+    report = write_classification_report(out_dir / report_name, truth, predicted, classes)
+    save_confusion_matrix(out_dir / matrix_name, truth, predicted, classes,
                           f"{len(predictions)} labelled images")
     accuracy = float(np.mean(truth == predicted))
     return (f"accuracy {accuracy:.4f} on {len(predictions)} images labelled by their folders\n{report}"

@@ -29,6 +29,26 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _identity(path: Path) -> Optional[tuple[int, int]]:
+    try:
+        stat = os.stat(path)  # through symbolic links
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def refuse_overwriting_inputs(outputs: Iterable[tuple[str, Path]], inputs: Iterable[Path]) -> None:
+    """One line, before anything is written, when an output (flag, path) would replace one of
+    the `inputs`: a user's photo or model is never overwritten by what this tool writes. Files
+    are compared as the file system sees them (device and inode), so a path through a symbolic
+    link or a hard link is the file it leads to. An output that does not exist yet replaces nothing."""
+    known = {identity: Path(path) for path in inputs if (identity := _identity(path)) is not None}
+    for flag, output in outputs:
+        replaced = known.get(_identity(output))
+        if replaced is not None:
+            raise UserError(f"{flag} would overwrite {replaced}, one of the files it reads; choose another {flag}")
+
+
 def partial_path(path: Path) -> Path:
     """Where to write `path` before renaming it into place with os.replace. Unique per
     process: two processes writing the same file (two runs training one cached teacher

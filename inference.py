@@ -24,6 +24,7 @@ prepare_process()  # must run before anything imports Paddle
 from tqdm import tqdm  # noqa: E402
 
 from utils.runtime.errors import UserError, reports_user_errors  # noqa: E402
+from utils.runtime.text import printable  # noqa: E402
 
 PROGRESS_BAR_FROM = 100  # images
 
@@ -187,15 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             save_annotated(prediction, Path(args.show_dir), Path(args.image_path))
         if args.explain:
             save_explanation(classifier, prediction, Path(args.explain), Path(args.image_path))
-        extra = "  ".join(f"{label} {conf:.4f}" for label, conf in prediction.top[1:])
-        tqdm.write(f"{path}  {prediction.label}  {prediction.confidence:.4f}" + (f"  | {extra}" if extra else ""),
-                   file=sys.stdout)
+        extra = "  ".join(f"{printable(label)} {conf:.4f}" for label, conf in prediction.top[1:])
+        tqdm.write(f"{printable(path)}  {printable(prediction.label)}  {prediction.confidence:.4f}"
+                   + (f"  | {extra}" if extra else ""), file=sys.stdout)
     if args.output:
         write_predictions(Path(args.output), predictions)
     counts = collections.Counter(p.label for p in predictions).most_common()
     per_image = 1000 * (time.perf_counter() - start) / max(1, len(paths))
     print(f"\n{len(predictions)} classified, {len(failed)} failed"
-          + (": " + ", ".join(f"{label} {n}" for label, n in counts) if counts else "")
+          + (": " + ", ".join(f"{printable(label)} {n}" for label, n in counts) if counts else "")
           + f" ({per_image:.1f} ms per image, reading included)")
     if labels is not None and predictions:
         print(score(predictions, labels, classifier.classes, Path(args.score_dir)))

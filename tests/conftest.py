@@ -60,7 +60,7 @@ def _run_from_a_scratch_folder(tmp_path_factory, monkeypatch) -> None:
 
 
 # Fixtures that wait for the background jobs (`background_jobs`).
-BACKGROUND_FIXTURES = {"runs", "late_rank_job"}
+BACKGROUND_FIXTURES = {"runs", "late_rank_job", "repeated_launch"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,15 +68,18 @@ def background_jobs(request, tmp_path_factory):
     """The data-parallel jobs of tests/test_distributed.py that mostly wait (the comparison runs,
     about 70 s on a delayed rank, then the late-rank job), started in the background as the
     session begins when their tests are to run: the serial tests leave a core idle meanwhile."""
-    from tests.data_parallel_job import ComparisonRuns, LateRankJob
+    from tests.data_parallel_job import ComparisonRuns, LateRankJob, RepeatedLaunch
 
     wanted = {name for item in request.session.items if item.nodeid.startswith("tests/test_distributed.py")
               for name in item.fixturenames}
     jobs = {}
     if BACKGROUND_FIXTURES & wanted:
         jobs["runs"] = ComparisonRuns(tmp_path_factory.mktemp("distributed"))
-    if "late_rank_job" in wanted:
+    if {"late_rank_job", "repeated_launch"} & wanted:
         jobs["late_rank_job"] = LateRankJob(tmp_path_factory.mktemp("late"), after=jobs["runs"])
+    if "repeated_launch" in wanted:
+        jobs["repeated_launch"] = RepeatedLaunch(tmp_path_factory.mktemp("again"), jobs["runs"],
+                                                 after=jobs["late_rank_job"])
     yield jobs
     for job in jobs.values():
         job.stop()

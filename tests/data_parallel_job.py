@@ -124,3 +124,33 @@ class LateRankJob:
     def stop(self) -> None:
         if self.job is not None and self.job.poll() is None:
             self.job.kill()
+
+
+class RepeatedLaunch:
+    """Row C of round four: the comparison's launched settings launched again (another run name,
+    the same output folder), once the late-rank job has finished: every fold's teacher must come
+    from the cache that the first job's rank 0 wrote (a late rank used to delete it)."""
+
+    def __init__(self, out: Path, first: ComparisonRuns, after: LateRankJob) -> None:
+        self.first, self.job = first, None
+        self.log_dir = out / "again_logs"
+        self.thread = threading.Thread(target=self._launch_after, args=(after,), daemon=True)
+        self.thread.start()
+
+    def _launch_after(self, after: LateRankJob) -> None:
+        after.thread.join()
+        if after.job is not None:
+            after.job.wait()
+        args = settings(self.first.data, self.first.out / "launched", "dp-again", BATCH)
+        self.job = launch([*args, "--final_model", "false"], self.log_dir)
+
+    def wait(self) -> tuple[int, str]:
+        """The job's exit code and what its launcher printed."""
+        self.thread.join(timeout=1200)
+        assert self.job is not None, "the repeated job was not launched"
+        said = output(self.job, self.log_dir, timeout=600)
+        return self.job.returncode, said
+
+    def stop(self) -> None:
+        if self.job is not None and self.job.poll() is None:
+            self.job.kill()

@@ -21,6 +21,7 @@ from utils.data.images import load_images
 from utils.data.manifest import Manifest
 from utils.data.splits import make_folds
 from utils.data.transforms import resize_size
+from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_path
 from utils.distill.view_cache import label_views, view_cache_path, view_count
 from utils.pipeline.folds import FoldInputs, fold_loaders
@@ -38,6 +39,11 @@ def runs(background_jobs):
 @pytest.fixture(scope="module")
 def late_rank_job(background_jobs):
     return background_jobs["late_rank_job"].wait()
+
+
+@pytest.fixture(scope="module")
+def repeated_launch(background_jobs):
+    return background_jobs["repeated_launch"].wait()
 
 
 def _files(run_dir: Path) -> set[str]:
@@ -62,8 +68,9 @@ def test_data_parallel_students_learn_as_well_as_one_process_with_twice_the_batc
     assert len(rows) == len({row.split(",")[0] for row in rows}) == 135
 
 
-def test_stored_teacher_views_equal_a_single_process_labelling(runs):
+def test_stored_teacher_views_equal_a_single_process_labelling(runs, monkeypatch):
     data, launched, _ = runs
+    monkeypatch.setattr(teachers, "world_size", lambda: 2)  # the launched run's teachers are keyed by it
     cfg = load_saved_config(launched / "config.yaml")
     index = scan_dataset(data)
     images, samples, _ = load_images(index.samples, resize_size(cfg.img_size))
@@ -208,3 +215,10 @@ def test_the_timeout_reaches_paddle_unless_the_user_set_it(monkeypatch):
     monkeypatch.setenv("PADDLE_PG_TIMEOUT", "1000")
     distributed.init_distributed(timeout_minutes=90)
     assert os.environ["PADDLE_PG_TIMEOUT"] == "1000"
+
+
+def test_a_second_data_parallel_run_reuses_the_teachers_the_first_cached(repeated_launch):
+    """Row C of round four: only rank 0 touches the teacher cache."""
+    code, said = repeated_launch
+    assert code == 0, said[-3000:]
+    assert said.count("teacher (cached") == 2 and "teacher (trained" not in said, said[-3000:]

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from utils.runtime.errors import DataError, examples
+from utils.runtime.text import printable
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Operating-system clutter: never an image, listed as skipped without a warning each.
@@ -75,7 +76,10 @@ def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[
     followed. `read_already` holds the real folders read so far, and the data root's.
     """
     by_class: dict[str, list[str]] = {}
-    skipped: list[SkippedFile] = []
+    # Hidden folders (.git, .ipynb_checkpoints, .cache) are never classes; said, so that a class
+    # hidden by mistake is noticed.
+    skipped = [SkippedFile(str(p), "a hidden folder (its name starts with a dot): not read as a class")
+               for p in sorted(root.iterdir()) if p.is_dir() and p.name.startswith(".")]
     folders = _class_folders(root)
     off_limits = read_already | {os.path.realpath(folder) for folder in folders}
     for folder in folders:
@@ -83,6 +87,8 @@ def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             read_already.add(os.path.realpath(dirpath))
             followed = []
+            skipped += [SkippedFile(os.path.join(dirpath, name), "a hidden folder (its name starts with a dot): "
+                                    "not read") for name in sorted(dirnames) if name.startswith(".")]
             for name in sorted(d for d in dirnames if not d.startswith(".")):
                 real = os.path.realpath(os.path.join(dirpath, name))
                 if real in off_limits or real in read_already or os.path.realpath(root).startswith(real + os.sep):
@@ -146,7 +152,7 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
 
     empty = sorted(name for name, files in pooled.items() if not files)
     for name in empty:
-        print(f"warning: class folder '{name}' holds no images and is left out")
+        print(f"warning: class folder '{printable(name)}' holds no images and is left out")
         del pooled[name]
     classes = sorted(pooled)
     if len(classes) < 2:

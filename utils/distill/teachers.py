@@ -23,6 +23,7 @@ from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, fine_tun
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
 from utils.runtime import layout
 from utils.runtime.config import Config
+from utils.runtime.distributed import barrier, is_main, world_size
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import file_digest, write_json_atomic
 from utils.runtime.weights_file import UnreadableWeights, load_weights_file, save_weights_file
@@ -80,6 +81,8 @@ def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int]
         settings["fine_tuning"] = tuning
     if cfg.teacher_img_size:
         settings["teacher_img_size"] = cfg.teacher_img_size
+    if world_size() > 1:  # the batch is batch_size per process: the global batch differs
+        settings["world_size"] = world_size()
     if cfg.teacher_weights not in ("imagenet", "none"):
         settings["teacher_weights"] = file_digest(cfg.teacher_weights)
     digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
@@ -176,12 +179,14 @@ def prepare_teacher(
             checkpoint_path = None
             val_acc = evaluate(teacher, val_loader).acc
     freeze_teacher(teacher)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
-    save_weights_file(cache_path, teacher.state_dict())
-    meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},
-            "history": [dataclasses.asdict(record) for record in history]}
-    write_json_atomic(meta_path, meta)  # last: the cached teacher is complete
-    if checkpoint_path:
-        checkpoint_path.unlink(missing_ok=True)
+    if is_main():  # the ranks of a data-parallel job hold the same teacher: one writes it
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
+        save_weights_file(cache_path, teacher.state_dict())
+        meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},
+                "history": [dataclasses.asdict(record) for record in history]}
+        write_json_atomic(meta_path, meta)  # last: the cached teacher is complete
+        if checkpoint_path:
+            checkpoint_path.unlink(missing_ok=True)
+    barrier()  # no rank looks for the cached teacher before it is complete
     return PreparedTeacher(teacher, val_acc, False)

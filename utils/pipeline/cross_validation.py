@@ -43,6 +43,7 @@ from utils.runtime.distributed import barrier, init_distributed, is_main, rank, 
 from utils.runtime.errors import ConfigError, UserError
 from utils.runtime.files import (
     exclusive_lock,
+    remove_stale_partials,
     write_array_atomic,
     write_csv_atomic,
     write_json_atomic,
@@ -50,6 +51,7 @@ from utils.runtime.files import (
 )
 from utils.runtime.process import select_device
 from utils.runtime.registry import lookup
+from utils.runtime.text import printable
 
 
 def check_components(cfg: Config) -> None:
@@ -78,13 +80,14 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def fetch_imagenet_weights(cfg: Config) -> None:
-    """ImageNet weights are fetched (or found in Paddle's cache) once, in this process, before the
-    estimate and before any fold process starts: offline, the run stops at once with one line."""
-    if cfg.teacher_weights == "imagenet" and needs_teacher(cfg.kd):
-        build_teacher(2, "imagenet", cfg.teacher)
-    if cfg.student_weights == "imagenet":
-        build_student(cfg.student, 2, "imagenet")
+def check_weights(cfg: Config) -> None:
+    """Every weights file is read, and ImageNet weights fetched (or found in Paddle's cache), once,
+    in this process, before anything is written or trained: offline, or with a file that is not
+    weights for the network, the run stops at once with one line."""
+    if cfg.teacher_weights != "none" and needs_teacher(cfg.kd):
+        build_teacher(2, cfg.teacher_weights, cfg.teacher)
+    if cfg.student_weights != "none":
+        build_student(cfg.student, 2, cfg.student_weights)
 
 
 def check_outputs_outside_data(cfg: Config) -> None:
@@ -266,12 +269,15 @@ def run_cross_validation(cfg: Config) -> dict:
     check_outputs_outside_data(cfg)
     # Checked on the files found before anything is written, and again on those that decode.
     check_class_counts(index.classes, [s.label for s in index.samples], cfg.num_folds, cfg.batch_size)
-    fetch_imagenet_weights(cfg)
+    check_weights(cfg)
     if cfg.fast_depthwise and device == "cpu" and not compiled_operators_built():
         # Built (or found unbuildable) once the options and data are checked, and here, so that
         # fold workers neither build nor fail again.
         cfg = dataclasses.replace(cfg, fast_depthwise=False)
     run_dir = prepare_run_dir(cfg)
+    if is_main():  # what killed processes of earlier runs left half-written (169 MB for a ResNet50)
+        for folder in (run_dir, layout.teachers_dir(cfg.output_dir)):
+            remove_stale_partials(folder)
     # The run's settings and data are checked (and, the first time, recorded) by one process at a time.
     with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}"):
         check_same_run(cfg, run_dir)
@@ -320,8 +326,8 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
     labels = np.array([s.label for s in samples], dtype=np.int64)
     check_class_counts(index.classes, labels, cfg.num_folds, cfg.batch_size)
     counts = np.bincount(labels, minlength=len(index.classes))
-    print(f"{len(samples)} images in {len(index.classes)} classes from {cfg.data_dir} "
-          f"({', '.join(f'{c}: {n}' for c, n in zip(index.classes, counts))}); "
+    print(f"{len(samples)} images in {len(index.classes)} classes from {printable(cfg.data_dir)} "
+          f"({', '.join(f'{printable(c)}: {n}' for c, n in zip(index.classes, counts))}); "
           f"{len(skipped)} file(s) skipped{' (listed in skipped.txt)' if skipped else ''}; device {device}; "
           f"run {run_dir}", flush=True)
     # Before any training, so that a long run's skipped files can be looked at while it trains.
@@ -337,10 +343,7 @@ def chosen_folds(cfg: Config, folds: list[FoldData]) -> list[FoldData]:
     """The folds this invocation trains: `folds` is all, or fold numbers such as 0,2."""
     if cfg.folds == "all":
         return folds
-    wanted = sorted({int(k) for k in cfg.folds.split(",")})
-    if wanted[-1] >= len(folds):
-        raise UserError(f"--folds {cfg.folds}: the run has folds 0 to {len(folds) - 1}")
-    return [folds[k] for k in wanted]
+    return [folds[k] for k in sorted({int(k) for k in cfg.folds.split(",")})]  # in range: checked with the config
 
 
 def missing_folds_note(cfg: Config, missing: list[int]) -> str:
@@ -403,7 +406,8 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     if test_scores:
         print(f"held-out test set ({test_scores['n_test']} images), fold ensemble: acc {test_scores['test_acc']:.4f}")
     for item in skipped:
-        print(f"skipped: {item.path} ({item.reason})")
+        print(f"skipped: {printable(item.path)} ({printable(item.reason)})")
     image_store_path(cfg, 0, run_dir, remove=True)
-    print(f"outputs in {run_dir}, the story in {report}; VisualDL: {visualdl_command(cfg.log_dir)}")
+    if is_main():  # the one process that wrote the report
+        print(f"outputs in {run_dir}, the story in {report}; VisualDL: {visualdl_command(cfg.log_dir)}")
     return summary

@@ -13,6 +13,9 @@ from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, classificati
 
 from utils.runtime.files import write_atomically, write_text_atomic
 
+# Class names are drawn as they are: a name with a dollar sign is not TeX for matplotlib to parse.
+matplotlib.rcParams["text.parse_math"] = False
+
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int) -> None:
     """A matplotlib figure as a PNG file, written whole or not at all, then closed."""

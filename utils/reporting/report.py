@@ -2,8 +2,9 @@
 run saved, so that `python main.py --report <run_dir>` rebuilds it at any time."""
 from __future__ import annotations
 
-import csv
+import html
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,8 @@ from utils.reporting.metrics import save_figure
 from utils.reporting.out_of_fold import OOF_PROBS, analyse_out_of_fold, load_oof_probs, save_oof_probs
 from utils.runtime import layout
 from utils.runtime.errors import UserError
-from utils.runtime.files import TEXT_ERRORS, write_json_atomic, write_text_atomic
+from utils.runtime.files import read_csv_rows, write_json_atomic, write_text_atomic
+from utils.runtime.text import printable
 
 GALLERY_SIZE = 16
 
@@ -57,11 +59,33 @@ def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict], list[dict]]:
             histories[fold] = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise _damaged(path) from None
-    with open(run_dir / "oof_predictions.csv", newline="", encoding="utf-8", errors=TEXT_ERRORS) as handle:
-        oof_rows = list(csv.DictReader(handle))
+    oof_rows = read_csv_rows(run_dir / "oof_predictions.csv")
     if not oof_rows or not {"path", "label", "pred", "confidence"} <= set(oof_rows[0]):
         raise _damaged(run_dir / "oof_predictions.csv")
     return summary, (run_dir / "config.yaml").read_text(encoding="utf-8"), histories, oof_rows
+
+
+_MARKDOWN_MARKS = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md(text: object) -> str:
+    """Text from the data (a class name, a path) as plain text inside report.md's lines and table
+    cells: HTML shown, not run; Markdown's marks and table bars escaped; control characters (a
+    newline would end a table row) written as \\xNN."""
+    return _MARKDOWN_MARKS.sub(r"\\\1", html.escape(printable(text), quote=False))
+
+
+def code_block(text: str, info: str = "") -> list[str]:
+    """`text` as a fenced block whose fence is longer than any run of backticks inside it, so that
+    nothing in it (a class name with backticks) can end the block early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, printable_lines(text), fence]
+
+
+def printable_lines(text: str) -> str:
+    """Each line of `text` with its control characters (but the line breaks) escaped."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 FOLD_MARKERS = "osD^v<>p*h"
@@ -177,7 +201,7 @@ def model_warnings(oof_rows: list[dict], classes: list[str]) -> list[str]:
     majority = max(truth.values()) / len(oof_rows)
     warnings = []
     if len(predicted) == 1:
-        warnings.append(f"the students answer '{next(iter(predicted))}' for every image: they learned nothing "
+        warnings.append(f"the students answer '{md(next(iter(predicted)))}' for every image: they learned nothing "
                         "about the pictures (train longer, or check the data)")
     elif accuracy <= majority + 0.01:
         warnings.append(f"out-of-fold accuracy {accuracy:.4f} is no better than always answering the most common "
@@ -275,8 +299,9 @@ def _label_issues_section(run_dir: Path, summary: dict) -> list[str]:
     if shown:
         lines += ["| image | given | suggested | score |", "|---|---|---|---|"]
         for path, row in zip(shown, rows):
-            lines.append(f"| ![{row['given']} or {row['suggested']}?]({GALLERY_DIR}/{path.name}) | {row['given']} "
-                         f"| {row['suggested']} | {float(row['score']):.3f} |")
+            given, suggested = md(row["given"]), md(row["suggested"])
+            lines.append(f"| ![{given} or {suggested}?]({GALLERY_DIR}/{path.name}) | {given} | {suggested} "
+                         f"| {float(row['score']):.3f} |")
         lines.append("")
     return lines
 
@@ -311,10 +336,7 @@ def _calibration_section(summary: dict) -> list[str]:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as handle:
-        return list(csv.DictReader(handle))
+    return read_csv_rows(path) if path.is_file() else []
 
 
 def reanalyse(run_dir: Path) -> None:
@@ -361,10 +383,10 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         "## Dataset",
         "",
         f"{sum(counts.values())} images in {len(summary['classes'])} classes: "
-        + ", ".join(f"{name} {counts[name]}" for name in summary["classes"]) + ".",
+        + ", ".join(f"{md(name)} {counts[name]}" for name in summary["classes"]) + ".",
         "",
         f"Skipped files: {len(summary['skipped_files'])}.",
-        *[f"- `{item['path']}`: {item['reason']}" for item in summary["skipped_files"]],
+        *[f"- {md(item['path'])}: {md(item['reason'])}" for item in summary["skipped_files"]],
         "",
         "## Cross-validation",
         "",
@@ -389,9 +411,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         "",
         "## Out-of-fold classification report",
         "",
-        "```",
-        (run_dir / "classification_report.txt").read_text(encoding="utf-8").rstrip(),
-        "```",
+        *code_block((run_dir / "classification_report.txt").read_text(encoding="utf-8").rstrip()),
         "",
         "![confusion matrix](confusion_matrix.png)",
         "",
@@ -402,7 +422,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
     lines += [f"## Most confidently misclassified ({mistakes})", "",
               "Each image as its fold's student saw it, coloured by Grad-CAM where the student found the class "
               "it wrongly predicted (red: most).", "", "![misclassified](misclassified.png)", "",
-              "## Configuration", "", "```yaml", config.rstrip(), "```", ""]
+              "## Configuration", "", *code_block(config.rstrip(), "yaml"), ""]
     out = run_dir / "report.md"
     write_text_atomic(out, "\n".join(lines))
     return out

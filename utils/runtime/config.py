@@ -202,6 +202,21 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _mapping_without_repeated_keys(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A YAML mapping, refused when a key appears twice (PyYAML keeps the last silently)."""
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice (line "
+                                                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeated_keys)
+
+
 def _flag_value(text: str, expected: Any) -> Any:
     """A command-line value: a number where a number is expected (as Python reads it: 1e-3,
     inf), a YAML boolean where a boolean is, else the text itself (refused later if wrong)."""
@@ -242,6 +257,8 @@ def _check_ranges(cfg: Config) -> None:
         (2 <= cfg.num_folds <= 100, "num_folds must be between 2 and 100"),
         (cfg.folds == "all" or re.fullmatch(r"\d+(,\d+)*", cfg.folds) is not None,
          "folds must be all or fold numbers separated by commas, such as 0,2"),
+        (not re.fullmatch(r"\d+(,\d+)*", cfg.folds) or max(int(k) for k in cfg.folds.split(",")) < cfg.num_folds,
+         f"--folds {cfg.folds}: the run has folds 0 to {cfg.num_folds - 1}"),
         (0 <= cfg.seed < 2**32, "seed must be between 0 and 2**32 - 1"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),

@@ -9,7 +9,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -49,11 +51,30 @@ def refuse_overwriting_inputs(outputs: Iterable[tuple[str, Path]], inputs: Itera
             raise UserError(f"{flag} would overwrite {replaced}, one of the files it reads; choose another {flag}")
 
 
+# The host in a partial file's name: folds of one run may train on several machines that share
+# the output folder, and a process is known to be gone only on its own machine.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_PARTIAL = re.compile(r"\.(?:(?P<host>[A-Za-z0-9-]+)-)?(?P<pid>\d+)\.tmp$")
+
+
 def partial_path(path: Path) -> Path:
     """Where to write `path` before renaming it into place with os.replace. Unique per
     process: two processes writing the same file (two runs training one cached teacher
     at once) never write into each other's partial file."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f"{path.name}.{_HOST}-{os.getpid()}.tmp")
+
+
+def remove_stale_partials(folder: Path) -> int:
+    """Remove the partial files under `folder` that a process of this machine left when it was
+    killed (its process is gone); returns how many. Those of live processes, and of other
+    machines, stay."""
+    removed = 0
+    for path in Path(folder).rglob("*.tmp"):
+        match = _PARTIAL.search(path.name)
+        if match and match["host"] in (None, _HOST) and not _process_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
@@ -90,13 +111,44 @@ def write_json_atomic(path: Path, content: Any) -> None:
     write_text_atomic(path, json.dumps(content, indent=2) + "\n")
 
 
+# Spreadsheets run a cell that starts with one of these as a formula (CSV injection, OWASP): such
+# text cells get a leading apostrophe, as OWASP recommends; so do cells that start with one, so
+# that read_csv_rows gives back exactly what was written.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """A CSV cell that no spreadsheet runs: text that starts like a formula gets a leading
+    apostrophe; numbers (and text that is a number, such as -0.5) stay as they are."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) and not _is_number(cell):
+        return "'" + cell
+    return cell
+
+
 def write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV file whose text cells are spreadsheet_safe."""
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     write_atomically(path, lambda partial: partial.write_text(text.getvalue(), encoding="utf-8", errors=TEXT_ERRORS,
                                                                      newline=""))
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written by write_csv_atomic, by column name, with the apostrophes
+    that spreadsheet_safe added taken off again."""
+    with open(path, newline="", encoding="utf-8", errors=TEXT_ERRORS) as handle:
+        return [{key: value[1:] if value.startswith("'") and value[1:].startswith(_FORMULA_STARTS) else value
+                 for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def write_array_atomic(path: Path, array: np.ndarray) -> None:

@@ -19,6 +19,7 @@ from utils.distill.methods import METHOD_SETTINGS  # noqa: E402
 from utils.runtime.config import add_config_flags  # noqa: E402
 from utils.runtime.distributed import collective_timeout  # noqa: E402
 from utils.runtime.errors import UserError, continue_with, reports_user_errors  # noqa: E402
+from utils.runtime.layout import resume_command, run_dir  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.pipeline.demo import resolve_run_config
 
     cfg = resolve_run_config(args)
-    resume = f"  python main.py --resume {cfg.run_name} --output_dir {cfg.output_dir}"
+    resume = "  " + resume_command(run_dir(cfg.output_dir, cfg.run_name))
     # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: finished folds and epochs are already on disk.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -18,6 +18,7 @@ import export
 import inference
 import main
 from tests.conftest import expect_error, make_class_folders, tiny_run_args, write_image
+from utils.data.images import decoded_or_reason
 from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_key
 from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
@@ -203,3 +204,19 @@ def test_row_m_teachers_of_data_parallel_runs_are_keyed_by_the_world_size(monkey
     single = teacher_cache_key(cfg, *key)
     monkeypatch.setattr(teachers, "world_size", lambda: 2)
     assert teacher_cache_key(cfg, *key) != single
+
+
+def test_row_n_messages_say_what_happened_and_hints_work_when_pasted(finished_run, tmp_path, capsys):
+    data, run_dir = finished_run
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    for odd in ("/dev/zero", str(fifo)):
+        expect_error(capsys, inference.main(["--image_path", odd, "--model_path", str(run_dir)]),
+                     "is not a regular file or a folder")
+    assert decoded_or_reason(str(fifo)) == "not a regular file (a device, pipe or socket)"  # no hang
+    assert decoded_or_reason(str(tmp_path / "gone.jpg")).startswith("disappeared while reading")
+    # A damaged run's hint names its folder, so that it works from anywhere.
+    (run_dir / "summary.json").write_text("{")
+    code = main.main(["--report", str(run_dir)])
+    hint = expect_error(capsys, code, "is damaged; run python main.py --resume r --output_dir")
+    assert str(run_dir.parent) in hint

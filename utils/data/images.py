@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
@@ -36,8 +37,12 @@ def decode_image(path: str, max_short_side: Optional[int] = None) -> np.ndarray:
     `max_short_side`.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block the read for ever
+            raise UnreadableImage("not a regular file (a device, pipe or socket)")
         buffer = np.fromfile(path, dtype=np.uint8)
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    except FileNotFoundError:
+        raise UnreadableImage("disappeared while reading (deleted or moved since the folder was listed)") from None
     except (OSError, cv2.error):
         image = None
     if image is None:

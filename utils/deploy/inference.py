@@ -103,8 +103,8 @@ def find_weights(model_path: Optional[str], output_dir: str, fold: Optional[int]
     if final and not ensemble:
         return [final]
     if expected and len(folds) < expected and (not allow_partial or not folds):
-        raise UserError(f"{path}: {len(folds)} of {expected} folds finished; finish the run with python main.py "
-                        f"--resume {path.name}, or use the finished folds with --allow_partial")
+        raise UserError(f"{path}: {len(folds)} of {expected} folds finished; finish the run with "
+                        f"{layout.resume_command(path)}, or use the finished folds with --allow_partial")
     if not folds:
         raise UserError(f"no trained model in {path} (looked for {layout.FINAL_DIR}/ and fold*/ with "
                         f"{WEIGHTS_NAME} or an exported model)")
@@ -272,7 +272,8 @@ def list_images(path: Path, recursive: bool) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise UserError(f"--image_path {path} does not exist")
+        raise UserError(f"--image_path {path} " + ("is not a regular file or a folder (a device, pipe or socket)"
+                                                   if path.exists() else "does not exist"))
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in path.glob(pattern)
                   if p.is_file() and is_image_name(p.name) and not p.name.startswith("."))

@@ -348,10 +348,10 @@ def chosen_folds(cfg: Config, folds: list[FoldData]) -> list[FoldData]:
 
 def missing_folds_note(cfg: Config, missing: list[int]) -> str:
     names = ",".join(map(str, missing))
+    command = layout.resume_command(layout.run_dir(cfg.output_dir, cfg.run_name), "--folds", names)
     return (f"run {cfg.run_name}: fold(s) {names} of {cfg.num_folds} not finished yet. Train them here or on another "
-            f"machine that shares {cfg.output_dir}: python main.py --resume {cfg.run_name} --folds {names} "
-            f"--output_dir {cfg.output_dir}. The run's summary, report and final student are written when the last "
-            "fold finishes.")
+            f"machine that shares {cfg.output_dir}: {command}. The run's summary, report and final student are "
+            "written when the last fold finishes.")
 
 
 def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], results: list[FoldResult],

@@ -35,8 +35,8 @@ RUN_FILES = ("summary.json", "config.yaml", "oof_predictions.csv", "classificati
 
 
 def _damaged(path: Path) -> UserError:
-    return UserError(f"{path} is damaged; run python main.py --resume {path.parent.name} to write the run's "
-                     "outputs again")
+    run = path.parent if (path.parent / "config.yaml").is_file() else path.parent.parent
+    return UserError(f"{path} is damaged; run {layout.resume_command(run)} to write the run's outputs again")
 
 
 def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict], list[dict]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Optional, Union
 
@@ -25,6 +26,13 @@ FOLD_RESULT = "result.json"  # a fold's last file: present only when the fold is
 RESERVED_RUN_NAMES = (LATEST_NAME, TEACHERS_DIR)
 
 _FOLD_DIR = re.compile(r"fold(\d+)")
+
+
+def resume_command(run: Path, *options: str) -> str:
+    """The command that continues run folder `run`, as a line to paste: with its --output_dir
+    always (the run may live anywhere), quoted where a path needs it."""
+    run = Path(run)
+    return shlex.join(["python", "main.py", "--resume", run.name, *options, "--output_dir", str(run.parent)])
 
 
 def user_cache_dir() -> Path:

@@ -3,7 +3,7 @@
 For each model and input size, one training step (batch 32, AdamW, cross-entropy,
 random inputs) is timed in PyTorch (torchvision's same architecture) and in this
 project (as it trains them: the compiled depthwise convolution in the students, small
-maps as one product per batch in every model, models/batched_conv.py), each in
+maps as one product per batch in every model, kernels/batched_conv.py), each in
 its own process with one thread, in alternated rounds; the median of the rounds, in
 images per second, and the ratio project / PyTorch.
 
@@ -50,7 +50,7 @@ def paddle_rate(name: str, role: str, px: int, seconds: float) -> float:
     import paddle
     import paddle.nn.functional as F
 
-    from models.cpu_kernels import use_fast_cpu_kernels
+    from kernels.cpu_kernels import use_fast_cpu_kernels
     from models.student import build_student
     from models.teacher import build_teacher
 

@@ -2,7 +2,7 @@
 their ratios.
 
 Part `kernels`: CE-only student training with Paddle's convolutions and with
-the project's fast ones (models/cpu_kernels.py: the compiled depthwise
+the project's fast ones (kernels/cpu_kernels.py: the compiled depthwise
 convolution and MobileNetV3 gates, convolutions through oneDNN, and small maps as
 one product per batch), for MobileNetV3-Small and MobileNetV2 at 64 and 112 px,
 alternated and each the best of two rounds; and the ResNet50 teacher's training
@@ -52,7 +52,7 @@ import tempfile  # noqa: E402
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from models.cpu_kernels import use_fast_cpu_kernels  # noqa: E402
+from kernels.cpu_kernels import use_fast_cpu_kernels  # noqa: E402
 from models.student import build_student, input_normalization  # noqa: E402
 from models.teacher import build_teacher, freeze_teacher  # noqa: E402
 from utils.data.dataset import ImageDataset, make_loader  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import paddle
 
-import models.compiled_ops as compiled_ops
+import kernels.compiled_ops as compiled_ops
 from utils.deploy.export import exported_model_file, save_inference_model
 from utils.deploy.inference import InferencePredictor
 
@@ -82,7 +82,7 @@ def machine_description() -> str:
     verbose log, in a process of its own): what a failure on one kind of machine needs said."""
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    probe = ("import paddle; from models.onednn_conv import onednn_operators; ops = onednn_operators(); "
+    probe = ("import paddle; from kernels.onednn_conv import onednn_operators; ops = onednn_operators(); "
              "x = paddle.randn([2, 8, 12, 12]); x.stop_gradient = False; w = paddle.randn([8, 8, 3, 3]); "
              "w.stop_gradient = False; ops.onednn_conv2d(x, w, 1, 1).sum().backward()")
     try:

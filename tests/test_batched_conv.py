@@ -11,8 +11,8 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-import models.batched_conv as batched_conv
-from models.batched_conv import SMALL_MAP, BatchedConv2D, batched_conv2d, is_supported, output_size, use_batched_conv
+import kernels.batched_conv as batched_conv
+from kernels.batched_conv import SMALL_MAP, BatchedConv2D, batched_conv2d, is_supported, output_size, use_batched_conv
 from models.student import build_student
 from models.teacher import TEACHERS, build_teacher
 from tests.kernel_checks import (
@@ -35,13 +35,17 @@ def batched_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
     return layer_shapes(model, img_size, is_supported, describe)
 
 
+RESNETS = sorted(name for name in TEACHERS if name.startswith("resnet"))
+
+
 @pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])
 def test_outputs_and_gradients_match_paddles_convolution(name):
     model = build_teacher(6, "none", name)[0] if name in TEACHERS else build_student(name, 6)
     shapes = set().union(*(batched_shapes(model, size) for size in (45, 64, 96, 112)))
-    # Teachers batch 3x3 and 1x1 convolutions, strided or not; students their 1x1 convolutions.
-    assert {shape[4] for shape in shapes} == ({1, 3} if name in TEACHERS else {1})
-    assert {shape[5] for shape in shapes} == ({1, 2} if name in TEACHERS else {1})
+    # ResNets batch 3x3 and 1x1 convolutions, strided or not; MobileNets and EfficientNet-Lite their
+    # 1x1 convolutions (their strided layers are depthwise, or padded as TensorFlow's SAME).
+    assert {shape[4] for shape in shapes} == ({1, 3} if name in RESNETS else {1})
+    assert {shape[5] for shape in shapes} == ({1, 2} if name in RESNETS else {1})
     rng = np.random.default_rng(0)
     for c, out, h, w, kernel, stride, padding, has_bias in sorted(shapes):
         arrays = [rng.standard_normal((2, c, h, w)), rng.standard_normal((out, c, kernel, kernel))]

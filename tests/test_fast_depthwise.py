@@ -11,9 +11,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-import models.compiled_ops as compiled_ops
-import models.fast_depthwise as fast_depthwise
-from models.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
+import kernels.compiled_ops as compiled_ops
+import kernels.fast_depthwise as fast_depthwise
+from kernels.fast_depthwise import FastDepthwiseConv2D, fast_depthwise_operator, is_supported, use_fast_depthwise
 from models.student import build_student
 from tests.kernel_checks import (
     assert_operator_as_accurate_as_paddles,
@@ -110,7 +110,7 @@ def test_two_checkouts_share_one_build(tmp_path):
     directory = compiled_ops.build_directory(source)
 
     def build_from(source: Path) -> None:  # in a process of its own, as a run of each checkout would
-        code = (f"import sys; sys.path.insert(0, {str(root)!r}); import models.compiled_ops as c; "
+        code = (f"import sys; sys.path.insert(0, {str(root)!r}); import kernels.compiled_ops as c; "
                 f"from pathlib import Path; c.build_operators(Path({str(source)!r}), Path({str(directory)!r}))")
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
 
@@ -139,7 +139,7 @@ def test_a_finished_build_loads_without_paddles_builder():
     code = ("import sys; sys.path.insert(0, {root!r}); import paddle.utils.cpp_extension as builder\n"
             "def no_builder(*args, **kwargs): raise AssertionError('the builder ran')\n"
             "builder.load = no_builder\n"
-            "import models.compiled_ops as c; from pathlib import Path\n"
+            "import kernels.compiled_ops as c; from pathlib import Path\n"
             "module = c.build_operators(Path({source!r}), c.build_directory(Path({source!r})))\n"
             "print(module.fast_depthwise_conv2d.__name__)").format(root=str(root), source=str(source))
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

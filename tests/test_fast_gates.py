@@ -9,8 +9,8 @@ import numpy as np
 import paddle
 import pytest
 
-import models.fast_gates as fast_gates
-from models.fast_gates import FastHardswish, FastSqueezeExcitation, use_fast_gates
+import kernels.fast_gates as fast_gates
+from kernels.fast_gates import FastHardswish, FastSqueezeExcitation, use_fast_gates
 from models.student import build_student
 from tests.kernel_checks import assert_training_steps_as_accurate_as_paddles, break_the_build, exported_program
 

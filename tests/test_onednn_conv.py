@@ -12,9 +12,9 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-import models.onednn_conv as onednn_conv
-from models.batched_conv import BatchedConv2D, use_batched_conv
-from models.onednn_conv import BATCHED_UP_TO, OneDNNConv2D, is_supported, onednn_operators, use_onednn_conv
+import kernels.onednn_conv as onednn_conv
+from kernels.batched_conv import BatchedConv2D, use_batched_conv
+from kernels.onednn_conv import BATCHED_UP_TO, OneDNNConv2D, is_supported, onednn_operators, use_onednn_conv
 from models.student import build_student
 from models.teacher import TEACHERS, build_teacher
 from tests.kernel_checks import (
@@ -38,12 +38,15 @@ def onednn_shapes(model: paddle.nn.Layer, img_size: int) -> set[Shape]:
     return layer_shapes(model, img_size, is_supported, describe)
 
 
-@pytest.mark.parametrize("name", sorted(TEACHERS) + ["mobilenet_v3_small", "mobilenet_v2"])
+RESNETS = sorted(name for name in TEACHERS if name.startswith("resnet"))
+
+
+@pytest.mark.parametrize("name", RESNETS + ["mobilenet_v3_small", "mobilenet_v2"])
 def test_outputs_and_gradients_match_paddles_convolution(name):
-    model = build_teacher(6, "none", name)[0] if name in TEACHERS else build_student(name, 6)
+    model = build_teacher(6, "none", name)[0] if name in RESNETS else build_student(name, 6)
     shapes = set().union(*(onednn_shapes(model, size) for size in (45, 64, 96, 112)))
     # Teachers: the 7x7 stem and 3x3 layers, strided or not; students: their 3x3 stem only.
-    assert {shape[4] for shape in shapes} == ({3, 7} if name in TEACHERS else {3})
+    assert {shape[4] for shape in shapes} == ({3, 7} if name in RESNETS else {3})
     assert sum(shape[7] for shape in shapes) == 4, "the first layer, at each size"
     operators = onednn_operators()
     rng = np.random.default_rng(0)
@@ -89,6 +92,12 @@ def test_larger_maps_take_onednn_the_smallest_and_1x1_layers_the_other_kernels(m
     assert len(calls) == 1 + 4 + 4 + 4
     assert sum(isinstance(layer, OneDNNConv2D) for layer in model.sublayers()) == 17
     assert sum(type(layer) is BatchedConv2D for layer in model.sublayers()) == 3
+
+
+def test_efficientnet_lites_convolutions_stay_paddles():
+    """Its stem is strided with TensorFlow's SAME padding (not one the operator takes), the rest
+    depthwise or 1x1."""
+    assert use_onednn_conv(build_teacher(3, "none", "efficientnet_lite0")[0]) == 0
 
 
 def test_exported_model_holds_standard_operators_only(tmp_path):

@@ -1,6 +1,7 @@
 """The library behind main.py, inference.py and export.py, in layers; a module
 imports only from its own layer or the layers above it in this list (and from
-models/, which sits between `runtime` and `data`):
+models/, the networks, and kernels/, their CPU speed-ups, which sit between
+`runtime` and `data`):
 
     runtime    configuration, run layout on disk, errors, process set-up, atomic files, registries
     data       image folders, decoding, the fold split, datasets, augmentation and mixing

@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from models.cpu_kernels import use_fast_cpu_kernels
+from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import input_normalization
 from models.teacher import adapt_inputs, build_teacher, freeze_backbone, freeze_teacher, head_name
 from utils.data.splits import FoldData

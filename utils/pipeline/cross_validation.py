@@ -11,8 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from kernels.cpu_kernels import compiled_operators_built
 from models.attention import check_attention
-from models.cpu_kernels import compiled_operators_built
 from models.student import STUDENTS, build_student, input_normalization
 from models.teacher import TEACHERS, build_teacher
 from models.weights import check_weights_arg

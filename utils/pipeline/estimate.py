@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from models.cpu_kernels import use_fast_cpu_kernels
+from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student, input_normalization
 from models.teacher import build_teacher
 from utils.data.transforms import build_train_transform

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import paddle
 
-from models.cpu_kernels import use_fast_cpu_kernels
+from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student, head_name, input_normalization
 from models.teacher import last_stage
 from utils.data.dataset import ImageDataset, make_loader

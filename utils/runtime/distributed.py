@@ -11,12 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from utils.runtime.process import die_with_parent
-
-
-def launched() -> bool:
-    """Started by paddle.distributed.launch with more than one process."""
-    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
+from utils.runtime.process import die_with_parent, launched
 
 
 def init_distributed(timeout_minutes: float = 60.0) -> None:

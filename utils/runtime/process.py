@@ -98,6 +98,11 @@ def seed_everything(*key: int) -> None:
     paddle.seed(seed)
 
 
+def launched() -> bool:
+    """Started by paddle.distributed.launch with more than one process."""
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
+
+
 def die_with_parent() -> None:
     """Ask Linux to end this worker process when its parent dies, so that a killed
     run leaves no orphaned fold still training. Elsewhere, a no-op."""
@@ -120,7 +125,6 @@ def select_device(requested: str) -> str:
     """'gpu' when Paddle has CUDA and the user allows it, else 'cpu'."""
     import paddle
 
-    from utils.runtime.distributed import launched
     from utils.runtime.errors import ConfigError
 
     has_cuda = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0

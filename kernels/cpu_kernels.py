@@ -1,15 +1,15 @@
 """Every CPU speed-up of a model's training in one call: the compiled depthwise convolution,
 MobileNetV3 gates and oneDNN convolutions (when `compiled`, the --fast_depthwise setting), and
 small feature maps as one product per batch. Each leaves parameters, checkpoints and exported
-models as they were, and does nothing on a GPU (models/layer_swap.py)."""
+models as they were, and does nothing on a GPU (kernels/layer_swap.py)."""
 from __future__ import annotations
 
 import paddle.nn as nn
 
-from models.batched_conv import use_batched_conv
-from models.fast_depthwise import fast_depthwise_operator, use_fast_depthwise
-from models.fast_gates import gate_operators, use_fast_gates
-from models.onednn_conv import onednn_operators, use_onednn_conv
+from kernels.batched_conv import use_batched_conv
+from kernels.fast_depthwise import fast_depthwise_operator, use_fast_depthwise
+from kernels.fast_gates import gate_operators, use_fast_gates
+from kernels.onednn_conv import onednn_operators, use_onednn_conv
 
 
 def use_fast_cpu_kernels(model: nn.Layer, compiled: bool = True) -> dict[str, int]:

@@ -8,7 +8,7 @@ batch: ResNet18's 512-channel 3x3 convolutions at 3x3 took 63 ms forward and bac
 for a batch of 32, against 27 ms as one product over the batch's columns (measured,
 docs/speed-on-cpu.md). So on the CPU, in the dynamic graph, layers whose output has at
 most SMALL_MAP positions gather the batch's columns (`F.unfold`) and multiply once.
-Larger maps keep Paddle's kernel, which is faster there (or oneDNN's, models/onednn_conv.py,
+Larger maps keep Paddle's kernel, which is faster there (or oneDNN's, kernels/onednn_conv.py,
 which takes maps of more than 9 positions when it is built). It is made of Paddle's own
 operators, so gradients are exact; weights and parameter names are those of the plain
 layer, and exported models (`paddle.jit.save` traces outside the dynamic graph) hold the
@@ -20,7 +20,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from models.layer_swap import on_cpu_training, swap_layers
+from kernels.layer_swap import on_cpu_training, swap_layers
 
 # Output positions (height x width) up to which one product per batch is faster: measured on
 # ResNet18/34 at 96 px and ResNet50 at 64 px, where 16 to 64 all gained and 144 lost.

@@ -10,7 +10,7 @@ is Paddle's own, and where the operator cannot be built (or its self-check fails
 training keeps Paddle's kernels, after a one-line note.
 
 1x1 convolutions stay with Paddle, whose kernel for them is one matrix product per
-image (oneDNN ran them at 0.7x), and the smallest maps with `models/batched_conv.py`.
+image (oneDNN ran them at 0.7x), and the smallest maps with `kernels/batched_conv.py`.
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from models.batched_conv import BatchedConv2D
-from models.batched_conv import is_supported as is_plain_convolution
-from models.compiled_ops import compiled
-from models.layer_swap import on_cpu_training, swap_layers
+from kernels.batched_conv import BatchedConv2D
+from kernels.batched_conv import is_supported as is_plain_convolution
+from kernels.compiled_ops import compiled
+from kernels.layer_swap import on_cpu_training, swap_layers
 
 SOURCE_NAME = "onednn_conv2d.cc"
 LIBRARIES = ("libdnnl.so.3",)

@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import paddle
 import paddle.nn as nn
 
-from models.compiled_ops import compiled
-from models.layer_swap import on_cpu_training, swap_layers
+from kernels.compiled_ops import compiled
+from kernels.layer_swap import on_cpu_training, swap_layers
 
 SOURCE_NAME = "depthwise_conv2d.cc"
 KERNEL_SIZES = (3, 5, 7)

@@ -17,8 +17,8 @@ import paddle
 import paddle.nn as nn
 from paddle.vision.models.mobilenetv3 import SqueezeExcitation
 
-from models.compiled_ops import compiled
-from models.layer_swap import on_cpu_training, swap_layers
+from kernels.compiled_ops import compiled
+from kernels.layer_swap import on_cpu_training, swap_layers
 
 SOURCE_NAME = "gates.cc"
 

@@ -1,4 +1,4 @@
-"""Building the project's C++ CPU operators (models/csrc/) with `paddle.utils.cpp_extension`:
+"""Building the project's C++ CPU operators (kernels/csrc/) with `paddle.utils.cpp_extension`:
 compiled on first use for this machine, cached under the user's cache directory by the
 source's content, compiler flags, Paddle version and CPU, and shared by every checkout.
 Where no compiler is available or the build fails, callers keep Paddle's own kernels."""

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.pipeline.demo import resolve_run_config
 
     cfg = resolve_run_config(args)
-    resume = "  " + resume_command(run_dir(cfg.output_dir, cfg.run_name))
+    resume = "  " + resume_command(run_dir(cfg.outputs.output_dir, cfg.outputs.run_name))
     # SIGTERM (a scheduler, `kill`) stops like Ctrl-C: finished folds and epochs are already on disk.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -29,7 +29,6 @@ at once, as main.py trains them).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -99,16 +98,16 @@ class Bench:
                              "batch_size": self.args.batch_size, "student": student})
 
     def loader(self, cfg, count: int | None = None, views: int | None = None):
-        transform = build_train_transform(cfg, input_normalization(cfg.student))
-        dataset = ImageDataset(self.images[:count], self.labels[:count], transform, (cfg.seed, 0, 1), views)
-        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+        transform = build_train_transform(cfg.augment, cfg.data.img_size, input_normalization(cfg.student.student))
+        dataset = ImageDataset(self.images[:count], self.labels[:count], transform, (cfg.data.seed, 0, 1), views)
+        return make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers)
 
     def epoch(self, model, cfg, loader, loss_fn=None, teacher=None, trainer=None):
         """One training epoch of `model` over `loader`, as a function to time; `trainer`, when
         given, is its paddle.DataParallel wrapper (made once per model)."""
-        schedule = warmup_cosine(cfg.lr, 1, 0, len(loader))
-        optimizer = build_optimizer(model, schedule, cfg.weight_decay)
-        settings = TrainingSettings(cfg.lr, 1, 0, cfg.weight_decay, cfg.mixup_alpha, False, None)
+        schedule = warmup_cosine(cfg.optim.lr, 1, 0, len(loader))
+        optimizer = build_optimizer(model, schedule, cfg.optim.weight_decay)
+        settings = TrainingSettings(cfg.optim.lr, 1, 0, cfg.optim.weight_decay, cfg.augment.mixup_alpha, False, None)
         return lambda: train_one_epoch(model, teacher, loader, optimizer, schedule,
                                        loss_fn or CrossEntropyOnly(HardLabelLoss()), settings,
                                        np.random.default_rng(0), grad_scaler(False), 1, desc="benchmark",
@@ -117,11 +116,11 @@ class Bench:
     def rate(self, model, cfg, loss_fn=None, teacher=None, loader=None) -> float:
         """img/s of one epoch, after a few untimed steps (a model's first steps pay one-off costs)."""
         loader = loader or self.loader(cfg)
-        self.epoch(model, cfg, self.loader(cfg, count=3 * cfg.batch_size), loss_fn, teacher)()
-        return len(loader) * cfg.batch_size / seconds(self.epoch(model, cfg, loader, loss_fn, teacher))
+        self.epoch(model, cfg, self.loader(cfg, count=3 * cfg.data.batch_size), loss_fn, teacher)()
+        return len(loader) * cfg.data.batch_size / seconds(self.epoch(model, cfg, loader, loss_fn, teacher))
 
     def student(self, cfg, fast: bool):
-        model = build_student(cfg.student, self.num_classes, "none")
+        model = build_student(cfg.student.student, self.num_classes, "none")
         if fast and use_fast_cpu_kernels(model)["depthwise"] == 0:
             raise UserError("the fast depthwise convolution is not available on this machine")
         return model
@@ -183,7 +182,8 @@ def measure_data_parallel(bench: Bench) -> dict:
     data_parallel = sum(ce_only_children(2, "tuned", env, data_parallel=True))
     side_by_side = sum(ce_only_children(2, "tuned", env))
     cfg = bench.config(bench.args.img_size, bench.args.student)
-    return {"setting": f"{cfg.student}, {cfg.img_size} px, CE-only, batch {cfg.batch_size} per process",
+    setting = f"{cfg.student.student}, {cfg.data.img_size} px, CE-only, batch {cfg.data.batch_size} per process"
+    return {"setting": setting,
             "img_per_s": {"one_process": one, "two_processes_data_parallel": data_parallel,
                           "two_processes_side_by_side": side_by_side},
             "data_parallel_vs_one": data_parallel / one, "side_by_side_vs_one": side_by_side / one}
@@ -193,15 +193,15 @@ def measure_distillation(bench: Bench) -> dict:
     args = bench.args
     cfg = bench.config(args.img_size, args.student)
     loader = bench.loader(cfg, views=args.views)
-    seen = len(loader) * cfg.batch_size
+    seen = len(loader) * cfg.data.batch_size
     default_env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
     [default_rate] = ce_only_children(1, DEFAULTS, {**default_env, "OMP_NUM_THREADS": "2"})
     side_by_side = ce_only_children(cpu_count(), "tuned", dict(os.environ))
     teacher, _ = build_teacher(bench.num_classes, "none")
     freeze_teacher(teacher)
-    kd_loss = create_method(dataclasses.replace(cfg, kd="kl"), HardLabelLoss())
+    kd_loss = create_method(cfg.replace(kd="kl").distill, HardLabelLoss(), cfg.optim.epochs)
     start = time.perf_counter()
-    stored = label_views(teacher, loader.dataset, args.views, cfg.img_size, "cpu")
+    stored = label_views(teacher, loader.dataset, args.views, cfg.data.img_size, "cpu")
     labelling_seconds = time.perf_counter() - start
     rates = {
         "loader_only": seen / seconds(lambda: [None for _ in loader]),
@@ -214,7 +214,8 @@ def measure_distillation(bench: Bench) -> dict:
         f"ce_only_students_{len(side_by_side)}_processes_at_once_total": sum(side_by_side),
     }
     return {
-        "setting": f"{cfg.student}, {cfg.img_size} px, batch {cfg.batch_size}, {seen} images per measurement",
+        "setting": f"{cfg.student.student}, {cfg.data.img_size} px, batch {cfg.data.batch_size}, "
+                   f"{seen} images per measurement",
         "img_per_s": rates,
         "view_cache_labelling": {"views": args.views, "images": len(loader.dataset),
                                  "seconds": round(labelling_seconds, 1),
@@ -265,10 +266,10 @@ def child_rate(bench: Bench, settings: str, start_at: float) -> float:
     model = bench.student(cfg, fast=settings != DEFAULTS)
     trainer = paddle.DataParallel(model) if world_size() > 1 else model
     loader = bench.loader(cfg)
-    bench.epoch(model, cfg, bench.loader(cfg, count=3 * cfg.batch_size), trainer=trainer)()
+    bench.epoch(model, cfg, bench.loader(cfg, count=3 * cfg.data.batch_size), trainer=trainer)()
     run = bench.epoch(model, cfg, loader, trainer=trainer)
     time.sleep(max(0.0, start_at - time.time()))
-    return len(loader) * cfg.batch_size / seconds(run)
+    return len(loader) * cfg.data.batch_size / seconds(run)
 
 
 @reports_user_errors

@@ -10,10 +10,10 @@ def test_ablation_runs_each_combination_once_and_writes_tables(tmp_path, tiny_da
     calls = []
 
     def fake_run(cfg):
-        calls.append((cfg.attention, cfg.kd, cfg.run_name))
-        run_dir = Path(cfg.output_dir) / cfg.run_name
+        calls.append((cfg.student.attention, cfg.distill.kd, cfg.outputs.run_name))
+        run_dir = Path(cfg.outputs.output_dir) / cfg.outputs.run_name
         run_dir.mkdir(parents=True)
-        with_teacher = cfg.kd == "kl"
+        with_teacher = cfg.distill.kd == "kl"
         summary = {"classes": ["a", "b", "c"], "student_val_acc_mean": 0.9 if with_teacher else 0.8,
                    "student_val_acc_std": 0.01, "student_val_macro_f1_mean": 0.85,
                    "teacher_val_acc_mean": 0.95 if with_teacher else None}

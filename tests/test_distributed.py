@@ -24,7 +24,7 @@ from utils.data.transforms import resize_size
 from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_path
 from utils.distill.view_cache import label_views, view_cache_path, view_count
-from utils.pipeline.folds import FoldInputs, fold_loaders
+from utils.pipeline.folds import FoldInputs, fold_loaders, teacher_setup
 from utils.runtime.config import load_saved_config
 from utils.runtime.weights_file import load_weights_file
 
@@ -73,18 +73,19 @@ def test_stored_teacher_views_equal_a_single_process_labelling(runs, monkeypatch
     monkeypatch.setattr(teachers, "world_size", lambda: 2)  # the launched run's teachers are keyed by it
     cfg = load_saved_config(launched / "config.yaml")
     index = scan_dataset(data)
-    images, samples, _ = load_images(index.samples, resize_size(cfg.img_size))
+    images, samples, _ = load_images(index.samples, resize_size(cfg.data.img_size))
     labels = np.array([s.label for s in samples])
     digests = Manifest(**json.loads((launched / "dataset.json").read_text())).digests_by_path(data)
     inputs = FoldInputs(index, samples, images, labels, [digests[s.path] for s in samples], launched)
-    fold = make_folds(labels, cfg.num_folds, cfg.seed)[0]
-    teacher_path = teacher_cache_path(cfg, inputs.teacher_key, fold)
-    stored = np.load(view_cache_path(teacher_path, view_count(cfg)))
-    teacher, _ = build_teacher(len(index.classes), "none", cfg.teacher)
+    fold = make_folds(labels, cfg.data.num_folds, cfg.data.seed)[0]
+    teacher_path = teacher_cache_path(teacher_setup(cfg), inputs.teacher_key, fold)
+    views = view_count(cfg.teacher, cfg.optim.epochs)
+    stored = np.load(view_cache_path(teacher_path, views))
+    teacher, _ = build_teacher(len(index.classes), "none", cfg.teacher.teacher)
     teacher.set_state_dict(load_weights_file(teacher_path))
     freeze_teacher(teacher)
     dataset = fold_loaders(cfg, fold, images, labels, replay_views=True).student.dataset
-    relabelled = label_views(teacher, dataset, view_count(cfg), cfg.img_size, "cpu")
+    relabelled = label_views(teacher, dataset, views, cfg.data.img_size, "cpu")
     assert stored.shape == relabelled.shape == (2, len(fold.train_indices), 3)
     assert np.array_equal(relabelled, stored)
 

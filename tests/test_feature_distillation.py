@@ -74,10 +74,10 @@ def test_every_method_uses_the_scheduled_temperature_and_gives_it_to_the_stored_
     cfg = resolve_run_config(main.parse_args(["--data_dir", "x", "--kd", "dist", "--dist_temperature", "8",
                                               "--temperature_schedule", "linear", "--temperature_end", "2",
                                               "--epochs", "4"]))
-    method = create_method(cfg, HardLabelLoss())
+    method = create_method(cfg.distill, HardLabelLoss(), cfg.optim.epochs)
     assert isinstance(method, DIST)
     assert [method.temperature_at(e) for e in (1, 4)] == pytest.approx([8.0, 2.0])
-    assert create_method(cfg, HardLabelLoss(), epochs=7).temperature_at(7) == pytest.approx(2.0)  # the final student's
+    assert create_method(cfg.distill, HardLabelLoss(), 7).temperature_at(7) == pytest.approx(2.0)  # the final student's
 
     rng = np.random.default_rng(0)
     logits = paddle.to_tensor(rng.normal(size=(3, 4)).astype("float32"))
@@ -107,7 +107,8 @@ def test_stored_features_replay_the_teachers_features_of_that_very_view():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (24, 28, 3), dtype=np.uint8) for _ in range(10)]
     cfg = resolve_run_config(main.parse_args(["--data_dir", "x", "--img_size", "32"]))
-    dataset = ImageDataset(images, np.arange(10) % 3, build_train_transform(cfg, IMAGENET), (42, 0, 1), views=2)
+    transform = build_train_transform(cfg.augment, cfg.data.img_size, IMAGENET)
+    dataset = ImageDataset(images, np.arange(10) % 3, transform, (42, 0, 1), views=2)
     live = LiveTeacher(teacher, 3, features_from="fc")
     assert live.feature_dim == 8 and isinstance(teacher.fc, LogitsAndFeatures)
     stored = label_views(teacher, dataset, 2, 32, "cpu")

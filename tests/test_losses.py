@@ -178,7 +178,8 @@ def test_class_weights_are_balanced_and_weigh_each_image_by_its_class(batch):
 def test_every_method_is_found_by_name_and_says_whether_it_needs_a_teacher():
     values = read_yaml(DEFAULT_CONFIG)
     for name in METHODS:
-        method = create_method(build_config({**values, "kd": name}))
+        cfg = build_config({**values, "kd": name})
+        method = create_method(cfg.distill, HardLabelLoss(cfg.optim.label_smoothing), cfg.optim.epochs)
         assert method.needs_teacher == (name != "none")
         if method.needs_teacher:
             assert method.temperature > 0

@@ -3,11 +3,11 @@ and flags, checked by the method's declaration, listed in --help and saved with 
 import argparse
 
 import pytest
-import yaml
 
 import main
 from utils.distill.features import FEATURE_METHODS
 from utils.distill.methods import DIST, DKD, KL, METHOD_SETTINGS, METHODS, create_method, method_settings
+from utils.engine.losses import HardLabelLoss
 from utils.pipeline.demo import resolve_run_config
 from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml, save_config
 from utils.runtime.errors import ConfigError
@@ -27,13 +27,13 @@ def test_every_method_setting_is_declared_once_and_owned_by_its_class():
 
 
 def test_flags_and_yaml_keys_reach_the_method(tmp_path):
-    kl = create_method(_resolved("--kd", "kl", "--alpha", "0.7", "--temperature", "3"))
+    kl = create_method(_resolved("--kd", "kl", "--alpha", "0.7", "--temperature", "3").distill, HardLabelLoss(), 1)
     assert isinstance(kl, KL) and (kl.alpha, kl.temperature) == (0.7, 3.0)
     own = tmp_path / "own.yaml"
     own.write_text("kd: dkd\ndkd_beta: 2\ndkd_temperature: 1.5e0\ndkd_warmup: 0\n")
-    dkd = create_method(_resolved(config=str(own)))
+    dkd = create_method(_resolved(config=str(own)).distill, HardLabelLoss(), 1)
     assert isinstance(dkd, DKD) and (dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup) == (1.0, 2.0, 1.5, 0)
-    dist = create_method(_resolved("--kd", "dist"))
+    dist = create_method(_resolved("--kd", "dist").distill, HardLabelLoss(), 1)
     assert isinstance(dist, DIST) and (dist.beta, dist.gamma, dist.temperature) == (2.0, 2.0, 4.0)
 
 
@@ -61,16 +61,16 @@ def test_yaml_booleans_and_strings_are_not_numbers_and_unknown_keys_are_refused(
             _resolved(config=str(own))
         assert str(error.value) == message
     own.write_text("lr: 1e-3\n")  # a number in YAML 1.2, and for every user
-    assert _resolved(config=str(own)).lr == 0.001
+    assert _resolved(config=str(own)).optim.lr == 0.001
 
 
 def test_a_run_saves_every_method_setting_and_reads_them_back(tmp_path):
     cfg = _resolved("--kd", "dkd", "--dkd_beta", "3")
     save_config(cfg, tmp_path / "config.yaml")
-    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    saved = read_yaml(tmp_path / "config.yaml")  # its sections' keys
     assert {s.name for s in METHOD_SETTINGS} <= set(saved) and saved["dkd_beta"] == 3.0 and saved["alpha"] == 0.5
     again = build_config({**read_yaml(DEFAULT_CONFIG), **saved})
-    assert method_settings(again) == method_settings(cfg)
+    assert method_settings(again.distill) == method_settings(cfg.distill)
 
 
 def test_help_lists_each_method_setting_with_its_default_and_range(capsys):

@@ -61,8 +61,8 @@ def test_a_run_over_an_hour_on_a_cpu_names_the_quick_preset_which_loads():
     assert QUICK_PRESET in quick_preset_note(long_run, "cpu", cfg)
     preset = build_config({**read_yaml(DEFAULT_CONFIG), **read_yaml(ROOT / QUICK_PRESET)})
     assert quick_preset_note(long_run, "cpu", preset) is None  # already on it: the machine is slow or busy
-    assert (preset.num_folds, preset.img_size, preset.student, preset.teacher) == (3, 64, "mobilenet_v3_small",
-                                                                                   "resnet18")
+    assert (preset.data.num_folds, preset.data.img_size, preset.student.student, preset.teacher.teacher) == \
+        (3, 64, "mobilenet_v3_small", "resnet18")
 
 
 def test_planned_work_counts_every_epoch_evaluation_view_and_augmentation():

@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
 
 import main
 from tests.conftest import tiny_run_args, write_image
+from utils.runtime.config import read_yaml
 
 
 def test_run_writes_fold_checkpoints_with_metadata(tiny_run):
@@ -33,7 +33,7 @@ def test_run_writes_fold_checkpoints_with_metadata(tiny_run):
 
 def test_run_writes_config_folds_summary_and_oof(tiny_run):
     out, run_dir, data, _ = tiny_run
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_yaml(run_dir / "config.yaml")  # its sections' keys
     assert config["num_folds"] == 2 and config["img_size"] == 32 and config["run_name"] == "tiny"
 
     folds = json.loads((run_dir / "folds.json").read_text())

@@ -124,13 +124,14 @@ def test_recipe_defaults_follow_the_weights_and_never_override_the_user():
     defaults, scratch = read_yaml(DEFAULT_CONFIG), read_yaml(RECIPE_DIR / "scratch.yaml")
     assert scratch["epochs"] != defaults["epochs"] and scratch["teacher_epochs"] != defaults["teacher_epochs"]
     finetune = _resolve()
-    assert finetune.epochs == defaults["epochs"] and finetune.teacher_epochs == defaults["teacher_epochs"]
+    assert finetune.optim.epochs == defaults["epochs"] and finetune.teacher.teacher_epochs == defaults["teacher_epochs"]
     both = _resolve("--student_weights", "none", "--teacher_weights", "none")
-    assert both.epochs == scratch["epochs"] and both.teacher_epochs == scratch["teacher_epochs"]
-    assert both.label_smoothing == scratch["label_smoothing"]
+    assert both.optim.epochs == scratch["epochs"] and both.teacher.teacher_epochs == scratch["teacher_epochs"]
+    assert both.optim.label_smoothing == scratch["label_smoothing"]
     # keys that start with "teacher" follow the teacher's weights, the others the student's
     student_only = _resolve("--student_weights", "none")
-    assert student_only.epochs == scratch["epochs"] and student_only.teacher_epochs == defaults["teacher_epochs"]
-    assert _resolve("--student_weights", "none", "--epochs", "7").epochs == 7
-    assert _resolve("--recipe", "finetune", "--student_weights", "none").epochs == defaults["epochs"]
-    assert _resolve("--recipe", "scratch").teacher_epochs == scratch["teacher_epochs"]
+    assert student_only.optim.epochs == scratch["epochs"]
+    assert student_only.teacher.teacher_epochs == defaults["teacher_epochs"]
+    assert _resolve("--student_weights", "none", "--epochs", "7").optim.epochs == 7
+    assert _resolve("--recipe", "finetune", "--student_weights", "none").optim.epochs == defaults["epochs"]
+    assert _resolve("--recipe", "scratch").teacher.teacher_epochs == scratch["teacher_epochs"]

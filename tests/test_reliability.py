@@ -28,6 +28,7 @@ from utils.data.manifest import DigestCache, build_manifest
 from utils.deploy.checkpoint import read_meta
 from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_key
+from utils.pipeline.folds import teacher_setup
 from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.errors import UserError
 from utils.runtime.files import SCRATCH_PREFIX, exclusive_lock, file_digest, scratch_dir, write_csv_atomic
@@ -100,8 +101,8 @@ def test_teachers_are_cached_by_content_not_by_path_and_size(tmp_path):
     def key() -> str:
         manifest = build_manifest(index, data, DigestCache(tmp_path / "digests.json"))
         digests = manifest.digests_by_path(data)
-        return teacher_cache_key(cfg, [digests[s.path] for s in index.samples], [s.label for s in index.samples],
-                                 np.arange(5), 0)
+        return teacher_cache_key(teacher_setup(cfg), [digests[s.path] for s in index.samples],
+                                 [s.label for s in index.samples], np.arange(5), 0)
 
     first = key()
     photo = Path(index.samples[0].path)

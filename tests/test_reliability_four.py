@@ -21,6 +21,7 @@ from tests.conftest import expect_error, make_class_folders, tiny_run_args, writ
 from utils.data.images import decoded_or_reason
 from utils.distill import teachers
 from utils.distill.teachers import teacher_cache_key
+from utils.pipeline.folds import teacher_setup
 from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.files import partial_path
 
@@ -201,9 +202,9 @@ def test_row_l_a_key_given_twice_in_yaml_is_refused(tmp_path, capsys):
 def test_row_m_teachers_of_data_parallel_runs_are_keyed_by_the_world_size(monkeypatch):
     cfg = build_config({**read_yaml(DEFAULT_CONFIG), "data_dir": "x"})
     key = [["a", "b"], [0, 1], np.array([0, 1]), 0]
-    single = teacher_cache_key(cfg, *key)
+    single = teacher_cache_key(teacher_setup(cfg), *key)
     monkeypatch.setattr(teachers, "world_size", lambda: 2)
-    assert teacher_cache_key(cfg, *key) != single
+    assert teacher_cache_key(teacher_setup(cfg), *key) != single
 
 
 def test_row_n_messages_say_what_happened_and_hints_work_when_pasted(finished_run, tmp_path, capsys):

@@ -67,7 +67,8 @@ def test_help_shows_every_settings_comment_default_and_group(capsys):
     for doc in docs:
         assert f"--{doc.key}" in text
         assert " ".join(doc.comment.split())[:30] in text, doc.key
-    for section in ("Data:", "Student:", "Distillation:", "Recipe:", "Runtime and outputs:"):
+    for section in ("Data:", "Augmentation:", "Student:", "Teacher:", "Distillation:", "Optimisation:", "Runtime:",
+                    "Outputs:"):
         assert section in text
     assert "--kd KD none: cross-entropy only (the baseline) | kl | dkd | dist" in text
     assert "(default: mobilenet_v2)" in text

@@ -1,6 +1,5 @@
 """The teacher view cache replays exactly the views the teacher labelled, mixes the stored
 teacher targets as the images were mixed, and is never used for another fold or setting."""
-import dataclasses
 import os
 
 import numpy as np
@@ -18,7 +17,8 @@ from utils.data.mixing import MixedTargets, mixup
 from utils.data.transforms import build_train_transform
 from utils.distill.signal import StoredViews
 from utils.distill.teachers import teacher_cache_key
-from utils.distill.view_cache import label_views, prepare_views, view_cache_path
+from utils.distill.view_cache import label_views, prepare_views, view_cache_path, view_count
+from utils.pipeline.folds import teacher_setup
 from utils.runtime.config import DEFAULT_CONFIG, build_config, read_yaml
 from utils.runtime.errors import ConfigError
 
@@ -30,7 +30,15 @@ def _config(**overrides):
 def _dataset(n=10, views=None, seed=(42, 0, 1)):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8) for _ in range(n)]
-    return ImageDataset(images, rng.integers(0, 3, size=n), build_train_transform(_config(), IMAGENET), seed, views)
+    cfg = _config()
+    transform = build_train_transform(cfg.augment, cfg.data.img_size, IMAGENET)
+    return ImageDataset(images, rng.integers(0, 3, size=n), transform, seed, views)
+
+
+def _prepare(cfg, teacher, teacher_is_new, dataset, teacher_path, num_classes, device):
+    """prepare_views with the settings of `cfg`, as a run's fold does."""
+    return prepare_views(cfg.teacher, view_count(cfg.teacher, cfg.optim.epochs), teacher, teacher_is_new, dataset,
+                         teacher_path, num_classes, cfg.data.img_size, device)
 
 
 def _teacher():
@@ -103,14 +111,14 @@ def test_cache_keys_separate_contents_labels_folds_settings_and_view_counts(tmp_
     digests, labels = [f"{i:064x}" for i in range(6)], [i % 2 for i in range(6)]
     train = np.arange(4)
     cfg = _config()
-    base = teacher_cache_key(cfg, digests, labels, train, 0)
-    assert teacher_cache_key(cfg, digests, labels, train, 1) != base
-    assert teacher_cache_key(cfg, digests, labels, np.arange(1, 5), 0) != base
-    assert teacher_cache_key(cfg, digests[::-1], labels, train, 0) != base
-    assert teacher_cache_key(cfg, digests, labels[::-1], train, 0) != base
+    base = teacher_cache_key(teacher_setup(cfg), digests, labels, train, 0)
+    assert teacher_cache_key(teacher_setup(cfg), digests, labels, train, 1) != base
+    assert teacher_cache_key(teacher_setup(cfg), digests, labels, np.arange(1, 5), 0) != base
+    assert teacher_cache_key(teacher_setup(cfg), digests[::-1], labels, train, 0) != base
+    assert teacher_cache_key(teacher_setup(cfg), digests, labels[::-1], train, 0) != base
     for change in ({"crop": "pad"}, {"rotation": 5.0}, {"seed": 1}, {"img_size": 48}, {"teacher": "resnet18"},
                    {"label_smoothing": 0.1}, {"auto_augment": "randaugment"}):
-        assert teacher_cache_key(dataclasses.replace(cfg, **change), digests, labels, train, 0) != base, change
+        assert teacher_cache_key(teacher_setup(cfg.replace(**change)), digests, labels, train, 0) != base, change
     path = tmp_path / f"{base}.pdparams"
     assert view_cache_path(path, 4) != view_cache_path(path, 5)
     assert view_cache_path(path, 4).name.startswith(base)
@@ -120,26 +128,26 @@ def test_views_are_reused_only_for_the_same_teacher_and_shape(tmp_path):
     cfg = _config(epochs=2, teacher_views=2)
     teacher, dataset = _teacher(), _dataset()
     teacher_path = tmp_path / "abc.pdparams"
-    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
+    first = _prepare(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
     assert not first.from_cache and first.path.is_file()
-    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
+    again = _prepare(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
     assert again.from_cache
     np.testing.assert_array_equal(np.asarray(again.logits), first.logits)
     # A retrained teacher labels again; so does a dataset of another size.
-    assert not prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu").from_cache
-    assert not prepare_views(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu").from_cache
+    assert not _prepare(cfg, teacher, True, dataset, teacher_path, 3, "cpu").from_cache
+    assert not _prepare(cfg, teacher, False, _dataset(n=8), teacher_path, 3, "cpu").from_cache
 
 
 def test_damaged_stored_views_or_features_are_labelled_again(tmp_path, capsys):
     cfg = _config(epochs=2, teacher_views=2)
     teacher, dataset = _teacher(), _dataset()
     teacher_path = tmp_path / "abc.pdparams"
-    first = prepare_views(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
+    first = _prepare(cfg, teacher, True, dataset, teacher_path, 3, "cpu")
     first.path.write_bytes(first.path.read_bytes()[:90])  # cut short, as by a full disk
-    again = prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
+    again = _prepare(cfg, teacher, False, dataset, teacher_path, 3, "cpu")
     assert not again.from_cache and "are damaged (ValueError): not used" in capsys.readouterr().out
     np.testing.assert_array_equal(np.asarray(again.logits), np.asarray(first.logits))
-    assert prepare_views(cfg, teacher, False, dataset, teacher_path, 3, "cpu").from_cache  # repaired
+    assert _prepare(cfg, teacher, False, dataset, teacher_path, 3, "cpu").from_cache  # repaired
 
 
 def test_stored_views_stay_within_their_disk_bound(tmp_path):
@@ -148,12 +156,12 @@ def test_stored_views_stay_within_their_disk_bound(tmp_path):
     for i, path in enumerate(old):
         np.save(path, np.zeros(2**20 // 4, np.float16))  # 0.5 MB each
         os.utime(path, (1000 + i, 1000 + i))
-    made = prepare_views(cfg, _teacher(), True, _dataset(), tmp_path / "new.pdparams", 3, "cpu")
+    made = _prepare(cfg, _teacher(), True, _dataset(), tmp_path / "new.pdparams", 3, "cpu")
     kept = sorted(p.name for p in tmp_path.glob("*.views-*.npy"))
     assert made.path.name in kept and "old2.views-x.npy" in kept  # the newest old one survives
     assert "old0.views-x.npy" not in kept and "old1.views-x.npy" not in kept
     with pytest.raises(ConfigError, match="lower --teacher_views"):
-        prepare_views(dataclasses.replace(cfg, teacher_cache_max_mb=1), _teacher(), True, _dataset(n=10),
+        _prepare(cfg.replace(teacher_cache_max_mb=1), _teacher(), True, _dataset(n=10),
                       tmp_path / "big.pdparams", 2**17, "cpu")
 
 

@@ -12,7 +12,7 @@ import paddle.vision.transforms as T
 
 from models.weights import Normalization
 from utils.data.augment import AUTO_AUGMENTS
-from utils.runtime.config import Config
+from utils.runtime.config import AugmentSettings
 
 # Evaluation resizes the short side to img_size / 0.875 (256 for 224), then crops the centre.
 CENTER_CROP_FRACTION = 0.875
@@ -29,25 +29,24 @@ def _normalize(normalization: Normalization) -> T.Normalize:
     return T.Normalize([255 * m for m in normalization.mean], [255 * s for s in normalization.std], data_format="HWC")
 
 
-def build_train_transform(cfg: Config, normalization: Normalization) -> T.Compose:
-    """The training augmentation, ending with the student's input `normalization`."""
-    size = cfg.img_size
-    if cfg.crop == "random_resized":
-        steps = [T.RandomResizedCrop(size, scale=(cfg.crop_scale_min, 1.0))]
+def build_train_transform(augment: AugmentSettings, size: int, normalization: Normalization) -> T.Compose:
+    """The training augmentation to `size` pixels, ending with the student's input `normalization`."""
+    if augment.crop == "random_resized":
+        steps = [T.RandomResizedCrop(size, scale=(augment.crop_scale_min, 1.0))]
     else:
         steps = [T.Resize((size, size)), T.Pad(size // 8), T.RandomCrop(size)]
-    if cfg.hflip > 0:
-        steps.append(T.RandomHorizontalFlip(cfg.hflip))
-    if cfg.auto_augment != "none":
-        steps.append(AUTO_AUGMENTS[cfg.auto_augment]())
-    if cfg.rotation > 0:
-        steps.append(T.RandomRotation(cfg.rotation))
-    if cfg.color_jitter > 0:
-        steps.append(T.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter))
+    if augment.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(augment.hflip))
+    if augment.auto_augment != "none":
+        steps.append(AUTO_AUGMENTS[augment.auto_augment]())
+    if augment.rotation > 0:
+        steps.append(T.RandomRotation(augment.rotation))
+    if augment.color_jitter > 0:
+        steps.append(T.ColorJitter(augment.color_jitter, augment.color_jitter, augment.color_jitter))
     steps.append(_normalize(normalization))
-    if cfg.erasing > 0:
+    if augment.erasing > 0:
         # After normalising, so that the erased box is filled with the mean colour (0).
-        steps.append(T.RandomErasing(prob=cfg.erasing))
+        steps.append(T.RandomErasing(prob=augment.erasing))
     steps.append(T.Transpose())
     return T.Compose(steps)
 

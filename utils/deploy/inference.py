@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import paddle
 import paddle.inference as paddle_infer
-import yaml
 from scipy.special import softmax
 
 from utils.data.folders import is_image_name
@@ -24,7 +23,8 @@ from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_
 from utils.deploy.explain import ensemble_cam, explanation, visible_image
 from utils.deploy.export import EXPORTED_PREFIX, INT8_NAME, ONNX_NAME, exported_model_file, is_exported
 from utils.runtime import layout
-from utils.runtime.errors import UserError
+from utils.runtime.config import read_yaml
+from utils.runtime.errors import ConfigError, UserError
 from utils.runtime.process import cpu_count
 
 UNSURE = "unsure"  # the label of a prediction below --min_confidence
@@ -62,8 +62,8 @@ def _model_in(directory: Path) -> Optional[Path]:
 def _expected_folds(run_dir: Path) -> Optional[int]:
     """The run's fold count, from its config.yaml (None for an export.py directory, which has none)."""
     try:
-        return int(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["num_folds"])
-    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return int(read_yaml(run_dir / "config.yaml")["num_folds"])
+    except (ConfigError, ValueError, TypeError, KeyError):  # none there, or not one this tool wrote
         return None
 
 

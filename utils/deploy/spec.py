@@ -15,7 +15,7 @@ from models.attention import ATTENTIONS
 from models.student import STUDENTS, build_student, input_normalization
 from models.weights import Normalization
 from utils.data.transforms import build_eval_transform
-from utils.runtime.config import MAX_IMG_SIZE, MIN_IMG_SIZE, Config, img_size_problem
+from utils.runtime.config import MAX_IMG_SIZE, MIN_IMG_SIZE, StudentSettings, img_size_problem
 from utils.runtime.errors import UserError
 
 MAX_CLASSES = 100_000
@@ -41,10 +41,13 @@ class ModelSpec:
     temperature: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg: Config, classes: Sequence[str], temperature: float = 1.0) -> ModelSpec:
-        normalization = input_normalization(cfg.student)
-        return cls(tuple(classes), cfg.student, cfg.student_width, cfg.attention, cfg.attention_blocks, cfg.img_size,
-                   cfg.crop, normalization.mean, normalization.std, temperature)
+    def for_student(cls, student: StudentSettings, img_size: int, crop: str, classes: Sequence[str],
+                    temperature: float = 1.0) -> ModelSpec:
+        """The spec of a student trained with `student`'s settings on `img_size` px inputs, cropped
+        as `crop` says, normalised as its network's weights expect."""
+        normalization = input_normalization(student.student)
+        return cls(tuple(classes), student.student, student.student_width, student.attention,
+                   student.attention_blocks, img_size, crop, normalization.mean, normalization.std, temperature)
 
     def to_json(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value

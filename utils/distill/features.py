@@ -23,7 +23,7 @@ import paddle.nn as nn
 from models.weights import pooled_feature_size
 from utils.data.mixing import MixedTargets
 from utils.engine.losses import LossParts
-from utils.runtime.config import Config, Setting
+from utils.runtime.config import DistillSettings, Setting
 from utils.runtime.registry import lookup
 
 
@@ -107,16 +107,16 @@ class FeatureDistillation:
         return LossParts(loss.total + term.total, {**loss.parts, **term.parts})
 
 
-def wants_features(cfg: Config) -> bool:
-    return lookup(FEATURE_METHODS, cfg.feature_kd, "feature_kd") is not None
+def wants_features(distill: DistillSettings) -> bool:
+    return lookup(FEATURE_METHODS, distill.feature_kd, "feature_kd") is not None
 
 
-def create_feature_distillation(cfg: Config, settings: dict, student: nn.Layer, student_head: str,
+def create_feature_distillation(distill: DistillSettings, settings: dict, student: nn.Layer, student_head: str,
                                 teacher_dim: Optional[int]) -> Optional[FeatureDistillation]:
     """The `--feature_kd` method for this student, or None (none chosen, or no teacher features).
     Build it where the student is built (inside its unique_name guard), so that a resumed run
     gives the projection the same parameter names."""
-    method_class = lookup(FEATURE_METHODS, cfg.feature_kd, "feature_kd")
+    method_class = lookup(FEATURE_METHODS, distill.feature_kd, "feature_kd")
     if method_class is None or teacher_dim is None:
         return None
     own = {setting.name: settings[setting.name] for setting in method_class.settings}

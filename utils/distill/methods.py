@@ -23,7 +23,7 @@ import paddle.nn.functional as F
 from utils.data.mixing import MixedTargets
 from utils.distill.features import FEATURE_METHODS
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, LossParts, TrainingLoss
-from utils.runtime.config import Config, Setting
+from utils.runtime.config import DistillSettings, Setting
 from utils.runtime.errors import ConfigError
 from utils.runtime.registry import lookup
 
@@ -217,13 +217,13 @@ def _declared_settings() -> tuple[Setting, ...]:
 METHOD_SETTINGS = _declared_settings()
 
 
-def method_settings(cfg: Config) -> dict[str, Any]:
+def method_settings(distill: DistillSettings) -> dict[str, Any]:
     """Every method's settings: the configuration's values, checked, and the declared defaults
     for the others. A key that no method (and no core setting) declares is refused."""
-    unknown = sorted(set(cfg.method_settings) - {setting.name for setting in METHOD_SETTINGS})
+    unknown = sorted(set(distill.methods) - {setting.name for setting in METHOD_SETTINGS})
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
-    return {setting.name: setting.value(cfg.method_settings.get(setting.name, setting.default))
+    return {setting.name: setting.value(distill.methods.get(setting.name, setting.default))
             for setting in METHOD_SETTINGS}
 
 
@@ -231,16 +231,14 @@ def needs_teacher(kd: str) -> bool:
     return lookup(METHODS, kd, "kd").needs_teacher
 
 
-def create_method(cfg: Config, hard_loss: Optional[HardLabelLoss] = None,
-                  epochs: Optional[int] = None) -> TrainingLoss:
-    """The `--kd` method, with its settings, the hard-label loss (label smoothing, class
-    weights, focal) it adds to, and the temperature schedule over `epochs` (cfg.epochs)."""
-    method_class = lookup(METHODS, cfg.kd, "kd")
-    values = method_settings(cfg)
-    hard_loss = hard_loss or HardLabelLoss(cfg.label_smoothing, None, cfg.focal_gamma)
+def create_method(distill: DistillSettings, hard_loss: HardLabelLoss, epochs: int) -> TrainingLoss:
+    """The `--kd` method, with its settings, the hard-label loss (label smoothing, class weights,
+    focal) it adds to, and the temperature schedule over `epochs`."""
+    method_class = lookup(METHODS, distill.kd, "kd")
+    values = method_settings(distill)
     method = method_class(hard_loss, **{setting.name: values[setting.name]
                                         for setting in getattr(method_class, "settings", ())})
     if method.needs_teacher:
-        method.schedule = TemperatureSchedule(method.temperature, cfg.temperature_end, cfg.temperature_schedule,
-                                              epochs or cfg.epochs)
+        method.schedule = TemperatureSchedule(method.temperature, distill.temperature_end,
+                                              distill.temperature_schedule, epochs)
     return method

@@ -31,11 +31,18 @@ from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldDa
 from utils.data.transforms import seeded_augmentation
 from utils.distill.features import emit_features, mix_features, split_features, wants_features
 from utils.distill.methods import DistillationMethod, needs_teacher
-from utils.distill.teachers import TeacherKey, is_cached, load_teacher, prepare_teacher, teacher_cache_path
+from utils.distill.teachers import (
+    TeacherKey,
+    TeacherSetup,
+    is_cached,
+    load_teacher,
+    prepare_teacher,
+    teacher_cache_path,
+)
 from utils.distill.view_cache import features_path, prepare_views, read_stored, view_cache_path, view_count
 from utils.engine.loops import EpochRecord, Teaching
 from utils.engine.losses import HardLabelLoss
-from utils.runtime.config import Config
+from utils.runtime.config import DistillSettings, TeacherSettings
 from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
 
@@ -191,44 +198,50 @@ class EnsembleTeacher:
         return Teaching(logits_of(probs, temperature), features)
 
 
-def replays_views(cfg: Config) -> bool:
+def replays_views(distill: DistillSettings, teacher: TeacherSettings) -> bool:
     """Whether the students replay the teachers' stored views (the view cache)."""
-    return needs_teacher(cfg.kd) and cfg.teacher_cache == "views"
+    return needs_teacher(distill.kd) and teacher.teacher_cache == "views"
 
 
-def pending_teacher_work(cfg: Config, teacher_key: TeacherKey, fold: FoldData) -> tuple[bool, bool]:
+def stored_views(setup: TeacherSetup) -> int:
+    """The views stored per image (for the folds' students' epochs)."""
+    return view_count(setup.teacher, setup.optim.epochs)
+
+
+def pending_teacher_work(setup: TeacherSetup, teacher_key: TeacherKey, fold: FoldData) -> tuple[bool, bool]:
     """(the fold's teacher still to train, its views still to label)."""
-    cache_path = teacher_cache_path(cfg, teacher_key, fold)
-    cached = is_cached(cache_path) and not cfg.retrain_teacher
-    views_stored = cached and view_cache_path(cache_path, view_count(cfg)).is_file()
-    return not cached, replays_views(cfg) and not views_stored
+    cache_path = teacher_cache_path(setup, teacher_key, fold)
+    cached = is_cached(cache_path) and not setup.teacher.retrain_teacher
+    views_stored = cached and view_cache_path(cache_path, stored_views(setup)).is_file()
+    return not cached, replays_views(setup.distill, setup.teacher) and not views_stored
 
 
-def teach_fold(cfg: Config, method: DistillationMethod, fold: FoldData, teacher_key: TeacherKey,
+def teach_fold(setup: TeacherSetup, method: DistillationMethod, fold: FoldData, teacher_key: TeacherKey,
                hard_loss: HardLabelLoss, loaders: FoldTeacherLoaders, device: str,
                on_epoch: Callable[[EpochRecord, bool], None]) -> tuple[TeacherSignal, float]:
     """The fold's teacher signal for the student's training set, and its teacher's validation
     accuracy. The teacher comes from the cache or is trained now (its epochs go to `on_epoch`);
     the student then learns from it on every batch, or from its stored views."""
-    seed_everything(cfg.seed + fold.fold)
-    cache_path = teacher_cache_path(cfg, teacher_key, fold)
-    teacher = prepare_teacher(cfg, teacher_key.num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
-                              (cfg.seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
+    seed = setup.data.seed
+    seed_everything(seed + fold.fold)
+    cache_path = teacher_cache_path(setup, teacher_key, fold)
+    teacher = prepare_teacher(setup, teacher_key.num_classes, hard_loss, cache_path, loaders.teacher, loaders.val,
+                              (seed, fold.fold, TEACHER_AUGMENTATION), on_epoch)
     source = "cached" if teacher.from_cache else "trained"
     print(f"fold {fold.fold} teacher ({source}, {cache_path.name}): val acc {teacher.val_acc:.4f}", flush=True)
-    features_from = head_name(cfg.teacher) if wants_features(cfg) else None
-    if not replays_views(cfg):
+    features_from = head_name(setup.teacher.teacher) if wants_features(setup.distill) else None
+    if not replays_views(setup.distill, setup.teacher):
         return LiveTeacher(teacher.model, teacher_key.num_classes, features_from), teacher.val_acc
     train_set = loaders.student.dataset
     feature_dim = _teacher_features(teacher.model, features_from) if features_from else None
-    views = prepare_views(cfg, teacher.model, not teacher.from_cache, train_set, cache_path,
-                          teacher_key.num_classes, device, feature_dim)
+    views = prepare_views(setup.teacher, stored_views(setup), teacher.model, not teacher.from_cache, train_set,
+                          cache_path, teacher_key.num_classes, setup.data.img_size, device, feature_dim)
     what = "reused" if views.from_cache else f"labelled {views.logits.shape[0]} views of {len(train_set)} images"
     print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
     return StoredViews(views.logits, method.temperature_at, views.features), teacher.val_acc
 
 
-def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldData], teacher_key: TeacherKey,
+def teach_final(setup: TeacherSetup, method: DistillationMethod, folds: Sequence[FoldData], teacher_key: TeacherKey,
                 images: Sequence[np.ndarray], transform: Callable, seed: Sequence[int],
                 ) -> tuple[ImageDataset, Optional[TeacherSignal]]:
     """The final student's training images and teacher signal (None for a method without a
@@ -237,21 +250,21 @@ def teach_final(cfg: Config, method: DistillationMethod, folds: Sequence[FoldDat
     labels = teacher_key.labels
     if not method.needs_teacher:
         return ImageDataset(images, labels, transform, seed), None
-    teacher_paths = [teacher_cache_path(cfg, teacher_key, fold) for fold in folds]
+    teacher_paths = [teacher_cache_path(setup, teacher_key, fold) for fold in folds]
     missing = [str(path) for path in teacher_paths if not path.is_file()]
     if missing:
         raise UserError(f"the final student needs the fold teachers, but {missing[0]} is gone; run again with "
                         "--final_model false, or with the same settings to train the teachers again")
-    views, features = view_count(cfg), wants_features(cfg)
+    views, features = stored_views(setup), wants_features(setup.distill)
     stored = [view_cache_path(path, views) for path in teacher_paths]
-    if replays_views(cfg):
+    if replays_views(setup.distill, setup.teacher):
         logits = {fold.fold: read_stored(path) for fold, path in zip(folds, stored)}
         stored_features = ({fold.fold: read_stored(features_path(path)) for fold, path in zip(folds, stored)}
                            if features else None)
         if all(value is not None for value in [*logits.values(), *(stored_features or {}).values()]):
-            return (FoldViews(images, labels, transform, cfg.seed, folds, views),
+            return (FoldViews(images, labels, transform, setup.data.seed, folds, views),
                     FoldViewsTeacher(logits, views, method.temperature_at, stored_features))
-    teachers = [load_teacher(cfg, teacher_key.num_classes, path) for path in teacher_paths]
+    teachers = [load_teacher(setup, teacher_key.num_classes, path) for path in teacher_paths]
     return (ImageDataset(images, labels, transform, seed),
             EnsembleTeacher(teachers, method.temperature_at, teacher_key.num_classes,
-                            head_name(cfg.teacher) if features else None))
+                            head_name(setup.teacher.teacher) if features else None))

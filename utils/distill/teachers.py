@@ -9,20 +9,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 
 from kernels.cpu_kernels import use_fast_cpu_kernels
-from models.student import input_normalization
 from models.teacher import adapt_inputs, build_teacher, freeze_backbone, freeze_teacher, head_name
+from models.weights import Normalization
 from utils.data.splits import FoldData
 from utils.engine.loops import EpochRecord, TrainingSettings, evaluate, fine_tuning_settings, train_model
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss
-from utils.runtime import layout
-from utils.runtime.config import Config
+from utils.runtime.config import AugmentSettings, DataSettings, DistillSettings, OptimSettings, TeacherSettings
 from utils.runtime.distributed import barrier, is_main, world_size
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import file_digest, write_json_atomic
@@ -36,6 +35,29 @@ TEACHER_SETTINGS = (
     "color_jitter", "erasing", "auto_augment", "label_smoothing", "class_weights", "focal_gamma", "ema_decay",
     "clip_grad_norm", "num_folds", "seed",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSetup:
+    """The teacher side's part of the configuration. The teacher section, and the data,
+    augmentation and optimisation settings it trains with beside the student, shape a teacher
+    (TEACHER_SETTINGS of them key its cache); the distillation section says whether and how it
+    is used; the rest is where and how it runs."""
+    teacher: TeacherSettings
+    data: DataSettings
+    augment: AugmentSettings
+    optim: OptimSettings
+    distill: DistillSettings
+    student_inputs: Normalization  # how the pipeline normalises images (for the student)
+    cache_dir: Path  # the teacher cache: trained teachers and their stored views
+    fast_kernels: bool  # the compiled CPU operators (--fast_depthwise)
+    amp: bool
+
+    def settings(self) -> dict[str, Any]:
+        """The values of TEACHER_SETTINGS, by key."""
+        values = {**dataclasses.asdict(self.data), **dataclasses.asdict(self.augment),
+                  **dataclasses.asdict(self.optim), **dataclasses.asdict(self.teacher)}
+        return {key: values[key] for key in TEACHER_SETTINGS}
 
 
 @dataclasses.dataclass
@@ -54,10 +76,10 @@ class PreparedTeacher:
     from_cache: bool
 
 
-def teacher_cache_path(cfg: Config, key: TeacherKey, fold: FoldData) -> Path:
+def teacher_cache_path(setup: TeacherSetup, key: TeacherKey, fold: FoldData) -> Path:
     """Where the fold's trained teacher is cached (its views and training state go beside it)."""
-    name = teacher_cache_key(cfg, key.digests, key.labels, fold.train_indices, fold.fold)
-    return layout.teachers_dir(cfg.output_dir) / f"{name}.pdparams"
+    name = teacher_cache_key(setup, key.digests, key.labels, fold.train_indices, fold.fold)
+    return setup.cache_dir / f"{name}.pdparams"
 
 
 def is_cached(cache_path: Path) -> bool:
@@ -65,7 +87,7 @@ def is_cached(cache_path: Path) -> bool:
     return cache_path.is_file() and cache_path.with_suffix(".json").is_file()
 
 
-def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int], train_indices: np.ndarray,
+def teacher_cache_key(setup: TeacherSetup, digests: Sequence[str], labels: Sequence[int], train_indices: np.ndarray,
                       fold: int) -> str:
     """A hash of the images' contents and labels (in order), this fold's training split and
     the teacher settings: a photo replaced by another never finds the old photo's teacher."""
@@ -73,18 +95,18 @@ def teacher_cache_key(cfg: Config, digests: Sequence[str], labels: Sequence[int]
     for content, label in zip(digests, labels):
         digest.update(f"{content}\t{int(label)}\n".encode())
     digest.update(np.asarray(sorted(train_indices), dtype=np.int64).tobytes())
-    settings = {key: getattr(cfg, key) for key in TEACHER_SETTINGS}
-    tuning = fine_tuning_settings(cfg, head_name(cfg.teacher))
+    settings = setup.settings()
+    tuning = fine_tuning_settings(setup.optim, head_name(setup.teacher.teacher))
     # In the key only when they change the teacher's training, so that teachers cached before
     # these settings existed keep their keys.
     if tuning["head_epochs"] or tuning["restart_epochs"] or tuning["backbone_lr_scale"] != 1.0:
         settings["fine_tuning"] = tuning
-    if cfg.teacher_img_size:
-        settings["teacher_img_size"] = cfg.teacher_img_size
+    if setup.teacher.teacher_img_size:
+        settings["teacher_img_size"] = setup.teacher.teacher_img_size
     if world_size() > 1:  # the batch is batch_size per process: the global batch differs
         settings["world_size"] = world_size()
-    if cfg.teacher_weights not in ("imagenet", "none"):
-        settings["teacher_weights"] = file_digest(cfg.teacher_weights)
+    if setup.teacher.teacher_weights not in ("imagenet", "none"):
+        settings["teacher_weights"] = file_digest(setup.teacher.teacher_weights)
     digest.update(json.dumps({"fold": fold, **settings}, sort_keys=True).encode())
     return digest.hexdigest()[:20]
 
@@ -108,34 +130,36 @@ def read_cached(cache_path: Path) -> Optional[tuple[dict, dict]]:
         return None
 
 
-def built_teacher(cfg: Config, num_classes: int, weights: str) -> tuple[nn.Layer, bool]:
+def built_teacher(setup: TeacherSetup, num_classes: int, weights: str) -> tuple[nn.Layer, bool]:
     """The configured teacher with `weights` (and whether its head knows these classes), on the
     faster CPU kernels, taking the pipeline's inputs: normalised for the student, at the
     student's size (resized to teacher_img_size when that is set)."""
-    teacher, head_trained = build_teacher(num_classes, weights, cfg.teacher)
-    use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
-    adapt_inputs(teacher, cfg.teacher, input_normalization(cfg.student), cfg.teacher_img_size or None)
+    name = setup.teacher.teacher
+    teacher, head_trained = build_teacher(num_classes, weights, name)
+    use_fast_cpu_kernels(teacher, setup.fast_kernels)
+    adapt_inputs(teacher, name, setup.student_inputs, setup.teacher.teacher_img_size or None)
     return teacher, head_trained
 
 
-def load_teacher(cfg: Config, num_classes: int, cache_path: Path) -> nn.Layer:
+def load_teacher(setup: TeacherSetup, num_classes: int, cache_path: Path) -> nn.Layer:
     """A cached fold teacher, frozen."""
-    teacher, _ = built_teacher(cfg, num_classes, "none")
+    teacher, _ = built_teacher(setup, num_classes, "none")
     teacher.set_state_dict(load_weights_file(cache_path))
     freeze_teacher(teacher)
     return teacher
 
 
-def teacher_training_settings(cfg: Config) -> TrainingSettings:
+def teacher_training_settings(setup: TeacherSetup) -> TrainingSettings:
     """The teacher trains to its last epoch (no early stopping: it is never selected on validation images)."""
-    return TrainingSettings(cfg.teacher_lr, cfg.teacher_epochs, cfg.warmup_epochs, cfg.weight_decay,
-                            cfg.mixup_alpha, cfg.amp, patience=None, cutmix_alpha=cfg.cutmix_alpha,
-                            clip_grad_norm=cfg.clip_grad_norm, ema_decay=cfg.ema_decay,
-                            **fine_tuning_settings(cfg, head_name(cfg.teacher)))
+    teacher, augment, optim = setup.teacher, setup.augment, setup.optim
+    return TrainingSettings(teacher.teacher_lr, teacher.teacher_epochs, optim.warmup_epochs, optim.weight_decay,
+                            augment.mixup_alpha, setup.amp, patience=None, cutmix_alpha=augment.cutmix_alpha,
+                            clip_grad_norm=optim.clip_grad_norm, ema_decay=optim.ema_decay,
+                            **fine_tuning_settings(optim, head_name(teacher.teacher)))
 
 
 def prepare_teacher(
-    cfg: Config,
+    setup: TeacherSetup,
     num_classes: int,
     hard_loss: HardLabelLoss,
     cache_path: Path,
@@ -148,13 +172,13 @@ def prepare_teacher(
     are kept beside it and go to `on_epoch` (as replayed) when it comes from the cache."""
     meta_path = cache_path.with_suffix(".json")
     with paddle.utils.unique_name.guard():  # EpochCheckpoint: the same parameter names on resumption
-        teacher, head_trained = built_teacher(cfg, num_classes, cfg.teacher_weights)
-        if cfg.teacher_epochs == 0 and not head_trained:
+        teacher, head_trained = built_teacher(setup, num_classes, setup.teacher.teacher_weights)
+        if setup.teacher.teacher_epochs == 0 and not head_trained:
             raise ConfigError(
                 "teacher_epochs is 0, but the teacher weights carry no head trained for these "
                 f"{num_classes} classes; train it with --teacher_epochs N or pass such weights"
             )
-        cached = None if cfg.retrain_teacher else read_cached(cache_path)
+        cached = None if setup.teacher.retrain_teacher else read_cached(cache_path)
         if cached is not None:
             state, meta = cached
             teacher.set_state_dict(state)
@@ -164,14 +188,14 @@ def prepare_teacher(
             return PreparedTeacher(teacher, meta["val_acc"], True)
 
         history: list[EpochRecord] = []
-        if cfg.teacher_epochs > 0:
-            if cfg.teacher_train == "head":
-                freeze_backbone(teacher, cfg.teacher)
+        if setup.teacher.teacher_epochs > 0:
+            if setup.teacher.teacher_train == "head":
+                freeze_backbone(teacher, setup.teacher.teacher)
             checkpoint_path = cache_path.with_suffix(".training.pdparams")
-            if cfg.retrain_teacher:
+            if setup.teacher.retrain_teacher:
                 checkpoint_path.unlink(missing_ok=True)
             result = train_model(teacher, None, CrossEntropyOnly(hard_loss), train_loader, val_loader,
-                                 teacher_training_settings(cfg), seed_key, on_epoch, checkpoint_path,
+                                 teacher_training_settings(setup), seed_key, on_epoch, checkpoint_path,
                                  desc="teacher epoch")
             teacher.set_state_dict(result.best_state)  # the last epoch's weights, or their average
             val_acc, history = result.best.acc, result.history
@@ -183,7 +207,7 @@ def prepare_teacher(
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)  # until the new weights are in place, the cache holds no teacher
         save_weights_file(cache_path, teacher.state_dict())
-        meta = {"val_acc": val_acc, **{k: getattr(cfg, k) for k in TEACHER_SETTINGS},
+        meta = {"val_acc": val_acc, **setup.settings(),
                 "history": [dataclasses.asdict(record) for record in history]}
         write_json_atomic(meta_path, meta)  # last: the cached teacher is complete
         if checkpoint_path:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from utils.data.dataset import ImageDataset, make_loader
 from utils.deploy.export import EXPORTED_PREFIX, exported_model_file, save_inference_model
 from utils.deploy.inference import InferencePredictor
-from utils.runtime.config import Config
+from utils.runtime.config import TeacherSettings
 from utils.runtime.distributed import gather_rows, is_main, world_size
 from utils.runtime.errors import ConfigError
 from utils.runtime.files import scratch_dir, write_array_atomic
@@ -46,9 +46,9 @@ class PreparedViews:
     features: Optional[np.ndarray] = None  # (views, images, teacher channels), float16, with --feature_kd
 
 
-def view_count(cfg: Config) -> int:
-    """Views labelled per image: one per epoch, up to teacher_views; later epochs cycle."""
-    return min(cfg.teacher_views, cfg.epochs)
+def view_count(teacher: TeacherSettings, epochs: int) -> int:
+    """Views labelled per image: one per epoch (of `epochs`), up to teacher_views; later epochs cycle."""
+    return min(teacher.teacher_views, epochs)
 
 
 def view_cache_path(teacher_path: Path, views: int) -> Path:
@@ -141,14 +141,14 @@ def _load_stored(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
     return stored if stored is not None and stored.shape == shape else None
 
 
-def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset: ImageDataset, teacher_path: Path,
-                  num_classes: int, device: str, feature_dim: Optional[int] = None) -> PreparedViews:
+def prepare_views(settings: TeacherSettings, views: int, teacher: nn.Layer, teacher_is_new: bool,
+                  dataset: ImageDataset, teacher_path: Path, num_classes: int, img_size: int, device: str,
+                  feature_dim: Optional[int] = None) -> PreparedViews:
     """The fold's stored views: reused when this very teacher labelled them before,
     otherwise labelled now, written atomically and kept within teacher_cache_max_mb. With
     `feature_dim` (feature distillation), the teacher emits its pooled features beside its
-    logits (utils/distill/features.py), and they are stored too."""
+    logits (utils/distill/features.py), and they are stored too. `views` per image, at `img_size`."""
     start = time.perf_counter()
-    views = view_count(cfg)
     path = view_cache_path(teacher_path, views)
     if not teacher_is_new:
         logits = _load_stored(path, (views, len(dataset), num_classes))
@@ -157,15 +157,16 @@ def prepare_views(cfg: Config, teacher: nn.Layer, teacher_is_new: bool, dataset:
             os.utime(path)  # recently used: the last to be evicted
             return PreparedViews(logits, path, True, time.perf_counter() - start, features)
     needed_mb = views * len(dataset) * (num_classes + (feature_dim or 0)) * 2 / 2**20
-    if needed_mb > cfg.teacher_cache_max_mb:
+    bound_mb = settings.teacher_cache_max_mb
+    if needed_mb > bound_mb:
         raise ConfigError(f"{views} teacher views of {len(dataset)} images need {needed_mb:.0f} MB, more than "
-                          f"teacher_cache_max_mb={cfg.teacher_cache_max_mb}; lower --teacher_views or raise the bound")
-    outputs = label_views(teacher, dataset, views, cfg.img_size, device)
+                          f"teacher_cache_max_mb={bound_mb}; lower --teacher_views or raise the bound")
+    outputs = label_views(teacher, dataset, views, img_size, device)
     logits, features = outputs[..., :num_classes], None
     if feature_dim:
         features = np.ascontiguousarray(outputs[..., num_classes:])
         write_array_atomic(features_path(path), features)
     write_array_atomic(path, np.ascontiguousarray(logits))  # last: the views are complete when it exists
     if is_main():
-        _evict_least_recently_used(path.parent, path, cfg.teacher_cache_max_mb * 2**20)
+        _evict_least_recently_used(path.parent, path, bound_mb * 2**20)
     return PreparedViews(logits, path, False, time.perf_counter() - start, features)

@@ -24,6 +24,7 @@ from utils.engine.ema import WeightAverage
 from utils.engine.losses import LossParts, TrainingLoss
 from utils.engine.optimization import build_optimizer, warmup_cosine
 from utils.engine.training_state import EpochCheckpoint
+from utils.runtime.config import OptimSettings
 from utils.runtime.distributed import average_buffers, barrier, gather_rows, rank, world_size
 from utils.runtime.errors import UserError
 from utils.runtime.process import seed_everything
@@ -148,11 +149,11 @@ class TrainingSettings:
     restart_epochs: int = 0  # > 0: cosine with warm restarts of this period (after warmup)
 
 
-def fine_tuning_settings(cfg: Any, head: str) -> dict[str, Any]:
-    """TrainingSettings' fine-tuning fields from a run's configuration, for a model whose
+def fine_tuning_settings(optim: OptimSettings, head: str) -> dict[str, Any]:
+    """TrainingSettings' fine-tuning fields from the optimisation settings, for a model whose
     classifier layer is `head`."""
-    return {"head": head, "head_epochs": cfg.head_epochs, "backbone_lr_scale": cfg.backbone_lr_scale,
-            "restart_epochs": cfg.restart_epochs if cfg.lr_schedule == "cosine_restarts" else 0}
+    return {"head": head, "head_epochs": optim.head_epochs, "backbone_lr_scale": optim.backbone_lr_scale,
+            "restart_epochs": optim.restart_epochs if optim.lr_schedule == "cosine_restarts" else 0}
 
 
 def grad_scaler(amp: bool) -> paddle.amp.GradScaler:

@@ -11,7 +11,6 @@ interrupted ablation continues where it stopped. Writes ablation.md and ablation
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ COLUMNS = ["student", "attention", "kd", "acc_mean", "acc_std", "macro_f1", "par
 
 
 def combination_config(base: Config, ablation_name: str, attention: str, kd: str) -> Config:
-    return dataclasses.replace(base, attention=attention, kd=KD_CHOICES[kd],
+    return base.replace(attention=attention, kd=KD_CHOICES[kd],
                                run_name=f"{ablation_name}-{attention}-kd{kd}")
 
 
@@ -44,31 +43,31 @@ def run_ablation(base: Config, ablation_name: str, attentions: list[str], kds: l
     for attention in attentions:
         for kd in kds:
             cfg = combination_config(base, ablation_name, attention, kd)
-            summary_path = Path(cfg.output_dir) / cfg.run_name / "summary.json"
+            summary_path = Path(cfg.outputs.output_dir) / cfg.outputs.run_name / "summary.json"
             if summary_path.is_file():
-                print(f"ablation: {cfg.run_name} already finished, reusing its summary", flush=True)
+                print(f"ablation: {cfg.outputs.run_name} already finished, reusing its summary", flush=True)
             else:
-                print(f"ablation: running {cfg.run_name}", flush=True)
+                print(f"ablation: running {cfg.outputs.run_name}", flush=True)
                 run_cross_validation(cfg)
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
             if summary["teacher_val_acc_mean"] is not None:
                 teacher_accs.append(summary["teacher_val_acc_mean"])
-            model = build_student(cfg.student, len(summary["classes"]), "none", attention=attention,
-                                  attention_blocks=cfg.attention_blocks, width=cfg.student_width)
+            model = build_student(cfg.student.student, len(summary["classes"]), "none", attention=attention,
+                                  attention_blocks=cfg.student.attention_blocks, width=cfg.student.student_width)
             rows.append({
-                "student": cfg.student, "attention": attention, "kd": kd,
+                "student": cfg.student.student, "attention": attention, "kd": kd,
                 "acc_mean": summary["student_val_acc_mean"], "acc_std": summary["student_val_acc_std"],
                 "macro_f1": summary["student_val_macro_f1_mean"],
-                "params_m": count_parameters(model) / 1e6, "flops_g": count_flops(model, cfg.img_size) / 1e9,
-                "latency_ms": measure_speed(model, cfg.img_size)[0],
+                "params_m": count_parameters(model) / 1e6, "flops_g": count_flops(model, cfg.data.img_size) / 1e9,
+                "latency_ms": measure_speed(model, cfg.data.img_size)[0],
             })
     if teacher_accs:
         teacher, _ = build_teacher(len(summary["classes"]), "none")
         rows.append({
             "student": "resnet50 (teacher)", "attention": "-", "kd": "-",
             "acc_mean": sum(teacher_accs) / len(teacher_accs), "acc_std": float("nan"), "macro_f1": float("nan"),
-            "params_m": count_parameters(teacher) / 1e6, "flops_g": count_flops(teacher, base.img_size) / 1e9,
-            "latency_ms": measure_speed(teacher, base.img_size)[0],
+            "params_m": count_parameters(teacher) / 1e6, "flops_g": count_flops(teacher, base.data.img_size) / 1e9,
+            "latency_ms": measure_speed(teacher, base.data.img_size)[0],
         })
     return rows
 
@@ -77,9 +76,9 @@ def write_tables(rows: list[dict], out_dir: Path, base: Config) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(out_dir / "ablation.csv", COLUMNS, [[row[key] for key in COLUMNS] for row in rows])
     lines = [
-        f"Ablation on {base.data_dir}: {base.num_folds}-fold CV, {base.img_size} px, {base.epochs} epochs, "
-        f"seed {base.seed}. Accuracy: mean ± std over folds of the best-epoch validation accuracy; "
-        "the teacher row gives the mean validation accuracy of the per-fold teachers. "
+        f"Ablation on {base.data.data_dir}: {base.data.num_folds}-fold CV, {base.data.img_size} px, "
+        f"{base.optim.epochs} epochs, seed {base.data.seed}. Accuracy: mean ± std over folds of the best-epoch "
+        "validation accuracy; the teacher row gives the mean validation accuracy of the per-fold teachers. "
         "FLOPs are multiply-accumulates; latency is batch 1 on this CPU, dynamic graph.",
         "",
         "| student | attention | KD | accuracy | macro-F1 | params (M) | FLOPs (G) | latency (ms) |",
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--kd takes on, off or on,off")
     base = resolve_run_config(args)
     rows = run_ablation(base, args.ablation_name, attentions, kds)
-    print(write_tables(rows, Path(base.output_dir) / args.ablation_name, base))
+    print(write_tables(rows, Path(base.outputs.output_dir) / args.ablation_name, base))
     return 0
 
 

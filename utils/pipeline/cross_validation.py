@@ -27,10 +27,11 @@ from utils.distill.features import wants_features
 from utils.distill.methods import create_method, needs_teacher
 from utils.distill.signal import pending_teacher_work
 from utils.engine.loops import predict
+from utils.engine.losses import HardLabelLoss
 from utils.pipeline.disk import RemainingWork, check_room, needed_mb
 from utils.pipeline.estimate import RunClock, describe, plan_final, plan_fold, quick_preset_note, start_clock
 from utils.pipeline.final_model import train_final_student
-from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result
+from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result, teacher_setup
 from utils.pipeline.workers import parallel_fold_count, run_folds
 from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, write_classification_report
 from utils.reporting.out_of_fold import analyse_out_of_fold, save_oof_probs
@@ -56,16 +57,16 @@ from utils.runtime.text import printable
 
 def check_components(cfg: Config) -> None:
     """Unknown component names and missing weights files stop the run before any work."""
-    check_weights_arg(cfg.teacher_weights, "teacher_weights")
-    check_weights_arg(cfg.student_weights, "student_weights")
-    lookup(STUDENTS, cfg.student, "student")
-    lookup(TEACHERS, cfg.teacher, "teacher")
-    check_attention(cfg.attention)
-    create_method(cfg)
-    if wants_features(cfg) and not needs_teacher(cfg.kd):
-        raise ConfigError(f"--feature_kd {cfg.feature_kd} learns from a teacher: choose a --kd method too (kl, dkd "
-                          "or dist), not none")
-    if wants_features(cfg) and world_size() > 1:
+    check_weights_arg(cfg.teacher.teacher_weights, "teacher_weights")
+    check_weights_arg(cfg.student.student_weights, "student_weights")
+    lookup(STUDENTS, cfg.student.student, "student")
+    lookup(TEACHERS, cfg.teacher.teacher, "teacher")
+    check_attention(cfg.student.attention)
+    create_method(cfg.distill, HardLabelLoss(), cfg.optim.epochs)
+    if wants_features(cfg.distill) and not needs_teacher(cfg.distill.kd):
+        raise ConfigError(f"--feature_kd {cfg.distill.feature_kd} learns from a teacher: choose a --kd method too "
+                          "(kl, dkd or dist), not none")
+    if wants_features(cfg.distill) and world_size() > 1:
         raise ConfigError("--feature_kd trains a projection beside the student, which data-parallel training does "
                           "not share yet: train one process per fold (--parallel_folds) or set --feature_kd none")
 
@@ -84,32 +85,32 @@ def check_weights(cfg: Config) -> None:
     """Every weights file is read, and ImageNet weights fetched (or found in Paddle's cache), once,
     in this process, before anything is written or trained: offline, or with a file that is not
     weights for the network, the run stops at once with one line."""
-    if cfg.teacher_weights != "none" and needs_teacher(cfg.kd):
-        build_teacher(2, cfg.teacher_weights, cfg.teacher)
-    if cfg.student_weights != "none":
-        build_student(cfg.student, 2, cfg.student_weights)
+    if cfg.teacher.teacher_weights != "none" and needs_teacher(cfg.distill.kd):
+        build_teacher(2, cfg.teacher.teacher_weights, cfg.teacher.teacher)
+    if cfg.student.student_weights != "none":
+        build_student(cfg.student.student, 2, cfg.student.student_weights)
 
 
 def check_outputs_outside_data(cfg: Config) -> None:
     """Outputs inside the data directory would be read as a class by the next run; a folder the
     run writes into that holds the data would have the run's files written among the photos."""
-    data = Path(cfg.data_dir)
-    for flag, folder in (("output_dir", cfg.output_dir), ("log_dir", cfg.log_dir)):
+    data = Path(cfg.data.data_dir)
+    for flag, folder in (("output_dir", cfg.outputs.output_dir), ("log_dir", cfg.outputs.log_dir)):
         if _inside(Path(folder), data):
-            raise UserError(f"--{flag} {folder} is inside --data_dir {cfg.data_dir}: the next run would train on "
+            raise UserError(f"--{flag} {folder} is inside --data_dir {cfg.data.data_dir}: the next run would train on "
                             f"its files; choose a --{flag} outside the data")
-    written = [("--output_dir and --run_name", layout.run_dir(cfg.output_dir, cfg.run_name)),
-               ("--output_dir", layout.teachers_dir(cfg.output_dir)),
-               ("--log_dir and --run_name", Path(cfg.log_dir) / cfg.run_name)]
+    written = [("--output_dir and --run_name", layout.run_dir(cfg.outputs.output_dir, cfg.outputs.run_name)),
+               ("--output_dir", layout.teachers_dir(cfg.outputs.output_dir)),
+               ("--log_dir and --run_name", Path(cfg.outputs.log_dir) / cfg.outputs.run_name)]
     for flags, folder in written:
         if _inside(data, folder):
-            raise UserError(f"--data_dir {cfg.data_dir} is inside {folder}, which the run writes into; choose other "
-                            f"{flags}")
+            raise UserError(f"--data_dir {cfg.data.data_dir} is inside {folder}, which the run writes into; choose "
+                            f"other {flags}")
 
 
 def prepare_run_dir(cfg: Config) -> Path:
     """The run's directory, checked to be writable (the room it needs is checked once the work left is known)."""
-    run_dir = layout.run_dir(cfg.output_dir, cfg.run_name)
+    run_dir = layout.run_dir(cfg.outputs.output_dir, cfg.outputs.run_name)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write_test.{os.getpid()}"
@@ -129,8 +130,8 @@ def check_same_run(cfg: Config, run_dir: Path) -> None:
     # Where the run is kept is not what it computes: a moved or copied run resumes (--output_dir).
     differs = [k for k, v in cfg.to_dict().items() if k not in (*RUNTIME_SETTINGS, "output_dir") and saved.get(k) != v]
     if differs:
-        raise UserError(f"run {cfg.run_name} already exists with other settings ({', '.join(differs)}); "
-                        f"choose another --run_name, or continue it with --resume {cfg.run_name}")
+        raise UserError(f"run {cfg.outputs.run_name} already exists with other settings ({', '.join(differs)}); "
+                        f"choose another --run_name, or continue it with --resume {cfg.outputs.run_name}")
 
 
 
@@ -143,13 +144,14 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
     by the final student when there is one."""
     if not index.test_samples:
         return None, []
-    images, samples, skipped = load_images(index.test_samples, resize_size(cfg.img_size), desc="decoding test images")
+    images, samples, skipped = load_images(index.test_samples, resize_size(cfg.data.img_size),
+                                           desc="decoding test images")
     if not samples:
         return None, skipped
     labels = np.array([s.label for s in samples])
-    transform = build_eval_transform(cfg.img_size, cfg.crop, input_normalization(cfg.student))
-    loader = make_loader(ImageDataset(images, labels, transform), cfg.batch_size * 2, train=False,
-                         num_workers=cfg.num_workers)
+    transform = build_eval_transform(cfg.data.img_size, cfg.augment.crop, input_normalization(cfg.student.student))
+    loader = make_loader(ImageDataset(images, labels, transform), cfg.data.batch_size * 2, train=False,
+                         num_workers=cfg.runtime.num_workers)
     probs = np.mean([predict(load_student(path)[0], loader)[0]
                      for path in (d / WEIGHTS_NAME for d in layout.fold_dirs(run_dir).values())], axis=0)
     preds = probs.argmax(axis=1)
@@ -214,16 +216,16 @@ def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers
     machine and say how long it will take. `workers` fold processes side by side, each step
     shared by `share` data-parallel processes."""
     to_do = [fold for fold in folds if load_fold_result(inputs.fold_dir(fold)) is None]
-    teacher_needed = needs_teacher(cfg.kd)
-    pending = [pending_teacher_work(cfg, inputs.teacher_key, fold) if teacher_needed else (False, False)
+    teacher_needed = needs_teacher(cfg.distill.kd)
+    pending = [pending_teacher_work(teacher_setup(cfg), inputs.teacher_key, fold) if teacher_needed else (False, False)
                for fold in to_do]
     teachers = sum(to_train for to_train, _ in pending)
     views = sum(to_label for _, to_label in pending)
-    final_to_train = cfg.final_model and not (layout.final_dir(inputs.run_dir) / META_NAME).is_file()
-    students = len(to_do) * (1 + (cfg.baseline and teacher_needed)) + final_to_train
+    final_to_train = cfg.outputs.final_model and not (layout.final_dir(inputs.run_dir) / META_NAME).is_file()
+    students = len(to_do) * (1 + (cfg.distill.baseline and teacher_needed)) + final_to_train
     n_train_mean = float(np.mean([len(f.train_indices) for f in to_do])) if to_do else 0.0
     remaining = RemainingWork(students, teachers, views * n_train_mean, workers * share)
-    check_room(Path(cfg.output_dir), needed_mb(cfg, inputs.num_classes, remaining),
+    check_room(Path(cfg.outputs.output_dir), needed_mb(cfg, inputs.num_classes, remaining),
                f"the work left ({len(to_do)} fold(s), {teachers} teacher(s){', the final model' * final_to_train})")
     fold_work = [plan_fold(cfg, len(fold.train_indices), len(fold.val_indices), to_train, to_label, teacher_needed)
                  for fold, (to_train, to_label) in zip(to_do, pending)]
@@ -244,12 +246,12 @@ def image_store_path(cfg: Config, count: int, run_dir: Path, remove: bool = Fals
     if remove:
         path.unlink(missing_ok=True)
         return None
-    side = resize_size(cfg.img_size)
+    side = resize_size(cfg.data.img_size)
     expected_mb = count * side * side * 3 * 4 / 3 / 2**20  # short side `side`, photos about 4:3
-    if expected_mb <= cfg.image_memory_mb:
+    if expected_mb <= cfg.data.image_memory_mb:
         return None
     print(f"{count} decoded images need about {expected_mb:.0f} MB, more than image_memory_mb="
-          f"{cfg.image_memory_mb}: they go to a memory-mapped file in {run_dir}", flush=True)
+          f"{cfg.data.image_memory_mb}: they go to a memory-mapped file in {run_dir}", flush=True)
     return path
 
 
@@ -259,33 +261,34 @@ def run_cross_validation(cfg: Config) -> dict:
     missing, {"missing_folds": [...]}."""
     check_components(cfg)
     start = time.perf_counter()
-    device = select_device(cfg.device)
-    init_distributed(cfg.dist_timeout_minutes)
-    if cfg.quiet or not is_main():
+    device = select_device(cfg.runtime.device)
+    init_distributed(cfg.runtime.dist_timeout_minutes)
+    if cfg.outputs.quiet or not is_main():
         os.environ["TQDM_DISABLE"] = "1"  # inherited by fold workers too
-    if cfg.amp and device != "gpu":
+    if cfg.runtime.amp and device != "gpu":
         print("note: --amp (mixed precision) works on a GPU only; training in float32 on the CPU")
-    index = scan_dataset(Path(cfg.data_dir))
+    index = scan_dataset(Path(cfg.data.data_dir))
     check_outputs_outside_data(cfg)
     # Checked on the files found before anything is written, and again on those that decode.
-    check_class_counts(index.classes, [s.label for s in index.samples], cfg.num_folds, cfg.batch_size)
+    check_class_counts(index.classes, [s.label for s in index.samples], cfg.data.num_folds, cfg.data.batch_size)
     check_weights(cfg)
-    if cfg.fast_depthwise and device == "cpu" and not compiled_operators_built():
+    if cfg.runtime.fast_depthwise and device == "cpu" and not compiled_operators_built():
         # Built (or found unbuildable) once the options and data are checked, and here, so that
         # fold workers neither build nor fail again.
-        cfg = dataclasses.replace(cfg, fast_depthwise=False)
+        cfg = cfg.replace(fast_depthwise=False)
     run_dir = prepare_run_dir(cfg)
     if is_main():  # what killed processes of earlier runs left half-written (169 MB for a ResNet50)
-        for folder in (run_dir, layout.teachers_dir(cfg.output_dir)):
+        for folder in (run_dir, layout.teachers_dir(cfg.outputs.output_dir)):
             remove_stale_partials(folder)
     # The run's settings and data are checked (and, the first time, recorded) by one process at a time.
-    with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}"):
+    with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.outputs.run_name}"):
         check_same_run(cfg, run_dir)
-        manifest = build_manifest(index, Path(cfg.data_dir), DigestCache(Path(cfg.output_dir) / DIGEST_CACHE_NAME,
-                                                                        cfg.verify_data))
-        check_same_data(manifest, run_dir, cfg.run_name)
+        digests = DigestCache(Path(cfg.outputs.output_dir) / DIGEST_CACHE_NAME, cfg.data.verify_data)
+        manifest = build_manifest(index, Path(cfg.data.data_dir), digests)
+        check_same_data(manifest, run_dir, cfg.outputs.run_name)
         save_config(cfg, run_dir / "config.yaml")
-    index, duplicates = drop_duplicates(index, manifest.digests_by_path(Path(cfg.data_dir)), Path(cfg.data_dir))
+    data_dir = Path(cfg.data.data_dir)
+    index, duplicates = drop_duplicates(index, manifest.digests_by_path(data_dir), data_dir)
     if duplicates:
         print(f"warning: {duplicates} image(s) left out as copies of others (the same content: under two classes, "
               "all copies; in one class, counted once); listed in skipped.txt", flush=True)
@@ -293,21 +296,21 @@ def run_cross_validation(cfg: Config) -> dict:
     chosen = chosen_folds(cfg, folds)
     workers = parallel_fold_count(cfg, device, len(chosen))
     if world_size() > 1:
-        print(f"training data-parallel on {world_size()} processes; --batch_size {cfg.batch_size} per process, "
-              f"{cfg.batch_size * world_size()} in all", flush=True)
+        print(f"training data-parallel on {world_size()} processes; --batch_size {cfg.data.batch_size} per process, "
+              f"{cfg.data.batch_size * world_size()} in all", flush=True)
     elif workers > 1:
         print(f"training {workers} folds at a time, one process each", flush=True)
-        if cfg.num_workers:
+        if cfg.runtime.num_workers:
             # A fold process may not start processes of its own (multiprocessing's daemonic workers):
             # --num_workers > 0 crashed there. Each fold's process reads its own images instead.
-            print(f"note: --num_workers {cfg.num_workers} applies to one fold at a time (--parallel_folds 1); the "
-                  f"{workers} fold processes read their images themselves", flush=True)
-            cfg = dataclasses.replace(cfg, num_workers=0)
+            print(f"note: --num_workers {cfg.runtime.num_workers} applies to one fold at a time (--parallel_folds 1); "
+                  f"the {workers} fold processes read their images themselves", flush=True)
+            cfg = cfg.replace(num_workers=0)
     inputs.clock = estimate_run(cfg, chosen, inputs, workers, world_size(), device)
     run_folds(cfg, chosen, workers, device, inputs)
     barrier()
     # Whichever invocation finishes the last fold writes the run's outputs (folds may train elsewhere).
-    with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.run_name}", wait=True):
+    with exclusive_lock(run_dir / LOCK_NAME, f"run {cfg.outputs.run_name}", wait=True):
         results = [load_fold_result(inputs.fold_dir(fold)) for fold in folds]
         missing = [fold.fold for fold, result in zip(folds, results) if result is None]
         if missing:
@@ -319,20 +322,20 @@ def run_cross_validation(cfg: Config) -> dict:
 def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, device: str
            ) -> tuple[FoldInputs, list[SkippedFile], list[FoldData]]:
     """The images, decoded once, the folds, and folds.json."""
-    images, samples, skipped = load_images(index.samples, resize_size(cfg.img_size),
+    images, samples, skipped = load_images(index.samples, resize_size(cfg.data.img_size),
                                            store=image_store_path(cfg, len(index.samples), run_dir))
     skipped = index.skipped + skipped
-    digest_of = manifest.digests_by_path(Path(cfg.data_dir))
+    digest_of = manifest.digests_by_path(Path(cfg.data.data_dir))
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    check_class_counts(index.classes, labels, cfg.num_folds, cfg.batch_size)
+    check_class_counts(index.classes, labels, cfg.data.num_folds, cfg.data.batch_size)
     counts = np.bincount(labels, minlength=len(index.classes))
-    print(f"{len(samples)} images in {len(index.classes)} classes from {printable(cfg.data_dir)} "
+    print(f"{len(samples)} images in {len(index.classes)} classes from {printable(cfg.data.data_dir)} "
           f"({', '.join(f'{printable(c)}: {n}' for c, n in zip(index.classes, counts))}); "
           f"{len(skipped)} file(s) skipped{' (listed in skipped.txt)' if skipped else ''}; device {device}; "
           f"run {run_dir}", flush=True)
     # Before any training, so that a long run's skipped files can be looked at while it trains.
     write_text_atomic(run_dir / SKIPPED_LIST, "".join(f"{item.path}\t{item.reason}\n" for item in skipped))
-    folds = make_folds(labels, cfg.num_folds, cfg.seed)
+    folds = make_folds(labels, cfg.data.num_folds, cfg.data.seed)
     fold_of = {s.path: fold.fold for fold in folds for s in (samples[i] for i in fold.val_indices)}
     write_text_atomic(run_dir / "folds.json", json.dumps({s.path: fold_of[s.path] for s in samples}, indent=1))
     inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir)
@@ -341,17 +344,17 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
 
 def chosen_folds(cfg: Config, folds: list[FoldData]) -> list[FoldData]:
     """The folds this invocation trains: `folds` is all, or fold numbers such as 0,2."""
-    if cfg.folds == "all":
+    if cfg.data.folds == "all":
         return folds
-    return [folds[k] for k in sorted({int(k) for k in cfg.folds.split(",")})]  # in range: checked with the config
+    return [folds[k] for k in sorted({int(k) for k in cfg.data.folds.split(",")})]  # in range: checked with the config
 
 
 def missing_folds_note(cfg: Config, missing: list[int]) -> str:
     names = ",".join(map(str, missing))
-    command = layout.resume_command(layout.run_dir(cfg.output_dir, cfg.run_name), "--folds", names)
-    return (f"run {cfg.run_name}: fold(s) {names} of {cfg.num_folds} not finished yet. Train them here or on another "
-            f"machine that shares {cfg.output_dir}: {command}. The run's summary, report and final student are "
-            "written when the last fold finishes.")
+    command = layout.resume_command(layout.run_dir(cfg.outputs.output_dir, cfg.outputs.run_name), "--folds", names)
+    return (f"run {cfg.outputs.run_name}: fold(s) {names} of {cfg.data.num_folds} not finished yet. Train them here "
+            f"or on another machine that shares {cfg.outputs.output_dir}: {command}. The run's summary, report and "
+            "final student are written when the last fold finishes.")
 
 
 def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], results: list[FoldResult],
@@ -371,13 +374,13 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     save_oof_probs(run_dir, oof_probs)
     write_classification_report(run_dir / "classification_report.txt", labels, oof_preds, index.classes)
     save_confusion_matrix(run_dir / "confusion_matrix.png", labels, oof_preds, index.classes,
-                          f"out-of-fold predictions, {cfg.num_folds} folds")
+                          f"out-of-fold predictions, {cfg.data.num_folds} folds")
     out_of_fold = analyse_out_of_fold(run_dir, [s.path for s in samples], index.classes, labels, fold_of, oof_probs,
-                                      cfg.find_label_issues) if is_main() else {}
+                                      cfg.outputs.find_label_issues) if is_main() else {}
     barrier()  # the others wait out rank 0's analysis here, not in the final student's first step
     folds_summary = fold_summary(results)
     final = None
-    if cfg.final_model:
+    if cfg.outputs.final_model:
         temperature = out_of_fold["calibration"]["applied_temperature"] if out_of_fold else 1.0
         final_dir = train_final_student(cfg, folds, inputs, results, folds_summary["student_val_acc_mean"],
                                         temperature)
@@ -397,9 +400,9 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json_atomic(run_dir / "summary.json", summary)
-    log_run(layout.log_dir(cfg.log_dir, cfg.run_name, layout.RUN_LOG), cfg.to_dict(), summary,
+    log_run(layout.log_dir(cfg.outputs.log_dir, cfg.outputs.run_name, layout.RUN_LOG), cfg.to_dict(), summary,
             run_dir / "confusion_matrix.png")
-    write_text_atomic(layout.latest_pointer(cfg.output_dir), cfg.run_name + "\n")
+    write_text_atomic(layout.latest_pointer(cfg.outputs.output_dir), cfg.outputs.run_name + "\n")
     barrier()
     report = write_report(run_dir) if is_main() else None
     print_summary_table(summary)
@@ -409,5 +412,5 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
         print(f"skipped: {printable(item.path)} ({printable(item.reason)})")
     image_store_path(cfg, 0, run_dir, remove=True)
     if is_main():  # the one process that wrote the report
-        print(f"outputs in {run_dir}, the story in {report}; VisualDL: {visualdl_command(cfg.log_dir)}")
+        print(f"outputs in {run_dir}, the story in {report}; VisualDL: {visualdl_command(cfg.outputs.log_dir)}")
     return summary

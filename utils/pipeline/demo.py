@@ -3,7 +3,6 @@ or else the offline demo on scikit-learn's bundled handwritten digits."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 from utils.data.folders import has_class_folders, write_digits_demo
@@ -21,16 +20,16 @@ def resolve_run_config(args: argparse.Namespace) -> Config:
     if args.resume:
         return resumed_config(args)
     cfg = resolve_config(args, component_settings=METHOD_SETTINGS)
-    if cfg.data_dir is None:
+    if cfg.data.data_dir is None:
         if has_class_folders(DATA_ROOT):
-            cfg = dataclasses.replace(cfg, data_dir=str(DATA_ROOT))
+            cfg = cfg.replace(data_dir=str(DATA_ROOT))
         else:
-            cfg = dataclasses.replace(resolve_config(args, DEMO_CONFIG, METHOD_SETTINGS), data_dir=str(DIGITS_DIR))
+            cfg = resolve_config(args, DEMO_CONFIG, METHOD_SETTINGS).replace(data_dir=str(DIGITS_DIR))
             check_components(cfg)  # options are checked before the demo's images are written
             if not has_class_folders(DIGITS_DIR):
                 write_digits_demo(DIGITS_DIR)
             print(f"No --data_dir and no class folders in {DATA_ROOT}: running the offline demo on "
                   f"scikit-learn's handwritten digits (written to {DIGITS_DIR}) with {DEMO_CONFIG.name}.")
-    if cfg.run_name is None:
-        cfg = dataclasses.replace(cfg, run_name=time.strftime("run-%Y%m%d-%H%M%S"))
-    return dataclasses.replace(cfg, method_settings=method_settings(cfg))
+    if cfg.outputs.run_name is None:
+        cfg = cfg.replace(run_name=time.strftime("run-%Y%m%d-%H%M%S"))
+    return cfg.replace(**method_settings(cfg.distill))

@@ -47,17 +47,19 @@ def needed_mb(cfg: Config, num_classes: int, work: RemainingWork) -> int:
     total, largest = SMALL_FILES_MB * MB, 0
     with paddle.utils.unique_name.guard():  # built to be counted: the run's parameter names stay as they are
         if work.students:
-            student = weights_bytes(build_student(cfg.student, num_classes, "none", width=cfg.student_width,
-                                                  attention=cfg.attention, attention_blocks=cfg.attention_blocks))
+            settings = cfg.student
+            student = weights_bytes(build_student(settings.student, num_classes, "none", width=settings.student_width,
+                                                  attention=settings.attention,
+                                                  attention_blocks=settings.attention_blocks))
             total, largest = total + work.students * student, student
         if work.teachers or work.labelled_images:
-            model, _ = build_teacher(num_classes, "none", cfg.teacher)
+            model, _ = build_teacher(num_classes, "none", cfg.teacher.teacher)
             teacher = weights_bytes(model)
             total += work.teachers * teacher
             largest = max(largest, teacher if work.teachers else 0)
-            head = getattr(model, head_name(cfg.teacher))
-            outputs = num_classes + (pooled_feature_size(head) if wants_features(cfg) else 0)
-            total += work.labelled_images * min(cfg.teacher_views, cfg.epochs) * outputs * FLOAT16
+            head = getattr(model, head_name(cfg.teacher.teacher))
+            outputs = num_classes + (pooled_feature_size(head) if wants_features(cfg.distill) else 0)
+            total += work.labelled_images * min(cfg.teacher.teacher_views, cfg.optim.epochs) * outputs * FLOAT16
     total += work.processes * CHECKPOINT_COPIES * largest
     return int(total // MB) + 1
 

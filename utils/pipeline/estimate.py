@@ -114,11 +114,11 @@ def describe(seconds: float) -> str:
 def _train_rate(model: paddle.nn.Layer, cfg: Config, num_classes: int, steps: int = 2) -> float:
     """Training images per second of `model` (with its weight average, when the run keeps
     one), timed over `steps` steps after one untimed one."""
-    schedule = warmup_cosine(cfg.lr, 1, 0, steps + 1)
-    optimizer = build_optimizer(model, schedule, cfg.weight_decay)
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    images = paddle.randn([cfg.batch_size, 3, cfg.img_size, cfg.img_size])
-    labels = paddle.randint(0, num_classes, [cfg.batch_size])
+    schedule = warmup_cosine(cfg.optim.lr, 1, 0, steps + 1)
+    optimizer = build_optimizer(model, schedule, cfg.optim.weight_decay)
+    average = WeightAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    images = paddle.randn([cfg.data.batch_size, 3, cfg.data.img_size, cfg.data.img_size])
+    labels = paddle.randint(0, num_classes, [cfg.data.batch_size])
     model.train()
     start = 0.0
     for step in range(steps + 1):
@@ -130,13 +130,13 @@ def _train_rate(model: paddle.nn.Layer, cfg: Config, num_classes: int, steps: in
         optimizer.clear_grad()
         if average is not None:
             average.update(model)
-    return steps * cfg.batch_size / (time.perf_counter() - start)
+    return steps * cfg.data.batch_size / (time.perf_counter() - start)
 
 
 def _loading_rate(cfg: Config, images: Sequence[np.ndarray], count: int = 64) -> float:
     """Images per second through the run's training augmentation (done in the training
     process unless --num_workers), on up to `count` of the run's decoded images."""
-    transform = build_train_transform(cfg, input_normalization(cfg.student))
+    transform = build_train_transform(cfg.augment, cfg.data.img_size, input_normalization(cfg.student.student))
     sample = [images[i] for i in np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)]
     start = time.perf_counter()
     for image in sample:
@@ -147,7 +147,7 @@ def _loading_rate(cfg: Config, images: Sequence[np.ndarray], count: int = 64) ->
 @paddle.no_grad()
 def _forward_rate(model: paddle.nn.Layer, cfg: Config) -> float:
     model.eval()
-    images = paddle.randn([cfg.batch_size * 2, 3, cfg.img_size, cfg.img_size])
+    images = paddle.randn([cfg.data.batch_size * 2, 3, cfg.data.img_size, cfg.data.img_size])
     model(images)
     start = time.perf_counter()
     model(images)
@@ -163,15 +163,15 @@ def measure_rates(cfg: Config, num_classes: int, kinds: set[str], images: Sequen
         rates["loading"] = _loading_rate(cfg, images)
     if kinds & {"teacher", "labelling"}:
         with paddle.utils.unique_name.guard():
-            teacher, _ = build_teacher(num_classes, "none", cfg.teacher)
-            use_fast_cpu_kernels(teacher, cfg.fast_depthwise)
+            teacher, _ = build_teacher(num_classes, "none", cfg.teacher.teacher)
+            use_fast_cpu_kernels(teacher, cfg.runtime.fast_depthwise)
             rates["labelling"] = _forward_rate(teacher, cfg)
             if "teacher" in kinds:
                 rates["teacher"] = _train_rate(teacher, cfg, num_classes)
     with paddle.utils.unique_name.guard():
-        student = build_student(cfg.student, num_classes, "none", width=cfg.student_width,
-                                attention=cfg.attention, attention_blocks=cfg.attention_blocks)
-        use_fast_cpu_kernels(student, cfg.fast_depthwise)
+        student = build_student(cfg.student.student, num_classes, "none", width=cfg.student.student_width,
+                                attention=cfg.student.attention, attention_blocks=cfg.student.attention_blocks)
+        use_fast_cpu_kernels(student, cfg.runtime.fast_depthwise)
         rates["eval"] = _forward_rate(student, cfg)
         rates["student"] = _train_rate(student, cfg, num_classes)
     return rates
@@ -183,28 +183,29 @@ def plan_fold(cfg: Config, n_train: int, n_val: int, train_teacher: bool, label_
     epochs (early stopping can only make it shorter); every epoch evaluates the model, and its
     weight average when there is one; the teacher's evaluations and the views it labels are
     teacher forward passes ("labelling"); every training image is augmented ("loading")."""
-    evaluations = 1 + (cfg.ema_decay > 0)
+    evaluations = 1 + (cfg.optim.ema_decay > 0)
     teacher: Work = {"teacher": 0.0, "labelling": 0.0, "loading": 0.0}
     if train_teacher:
-        teacher["teacher"] = teacher["loading"] = cfg.teacher_epochs * n_train
-        teacher["labelling"] = cfg.teacher_epochs * n_val * evaluations
+        teacher["teacher"] = teacher["loading"] = cfg.teacher.teacher_epochs * n_train
+        teacher["labelling"] = cfg.teacher.teacher_epochs * n_val * evaluations
     if label_views:
-        views = min(cfg.teacher_views, cfg.epochs) * n_train
+        views = min(cfg.teacher.teacher_views, cfg.optim.epochs) * n_train
         teacher["labelling"] += views
         teacher["loading"] += views
-    students = 1 + (cfg.baseline and needs_teacher)
-    student: Work = {"student": students * cfg.epochs * n_train, "eval": students * cfg.epochs * n_val * evaluations,
-                     "loading": students * cfg.epochs * n_train,
-                     "labelling": cfg.epochs * n_train if needs_teacher and cfg.teacher_cache == "off" else 0.0}
+    students = 1 + (cfg.distill.baseline and needs_teacher)
+    epochs = cfg.optim.epochs
+    student: Work = {"student": students * epochs * n_train, "eval": students * epochs * n_val * evaluations,
+                     "loading": students * epochs * n_train,
+                     "labelling": epochs * n_train if needs_teacher and cfg.teacher.teacher_cache == "off" else 0.0}
     return FoldWork(teacher, student)
 
 
 def plan_final(cfg: Config, images: int, needs_teacher: bool) -> Work:
-    """The final student's work on `images` (0: it is not to train), at most cfg.epochs epochs;
+    """The final student's work on `images` (0: it is not to train), at most cfg.optim.epochs epochs;
     with the teacher in the loop, every fold's teacher labels each batch."""
-    live = needs_teacher and cfg.teacher_cache == "off"
-    return {"student": cfg.epochs * images, "loading": cfg.epochs * images,
-            "labelling": cfg.num_folds * cfg.epochs * images if live else 0.0}
+    live = needs_teacher and cfg.teacher.teacher_cache == "off"
+    return {"student": cfg.optim.epochs * images, "loading": cfg.optim.epochs * images,
+            "labelling": cfg.data.num_folds * cfg.optim.epochs * images if live else 0.0}
 
 
 def start_clock(cfg: Config, num_classes: int, folds: list[FoldWork], final: Work, workers: int, share: int,
@@ -216,7 +217,8 @@ def start_clock(cfg: Config, num_classes: int, folds: list[FoldWork], final: Wor
 
 def uses_quick_preset(cfg: Config) -> bool:
     """Every setting of the quick preset already in force (given by --config or by hand)."""
-    return all(getattr(cfg, key) == value for key, value in read_yaml(PROJECT_ROOT / QUICK_PRESET).items())
+    settings = cfg.to_dict()
+    return all(settings[key] == value for key, value in read_yaml(PROJECT_ROOT / QUICK_PRESET).items())
 
 
 def quick_preset_note(clock: RunClock, device: str, cfg: Config) -> Optional[str]:

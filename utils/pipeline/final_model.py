@@ -21,11 +21,19 @@ from utils.data.dataset import make_loader
 from utils.data.splits import FINAL_SEED_STREAM, STUDENT_AUGMENTATION, FoldData
 from utils.data.transforms import build_train_transform
 from utils.deploy.checkpoint import META_NAME, save_checkpoint
-from utils.deploy.spec import ModelSpec
 from utils.distill.methods import create_method
 from utils.distill.signal import teach_final
 from utils.engine.loops import train_model
-from utils.pipeline.folds import FoldInputs, FoldResult, check_finite, hard_label_loss, new_student, student_settings
+from utils.pipeline.folds import (
+    FoldInputs,
+    FoldResult,
+    check_finite,
+    hard_label_loss,
+    new_student,
+    student_settings,
+    student_spec,
+    teacher_setup,
+)
 from utils.reporting.visual_logging import epoch_logger, fresh_log
 from utils.runtime import layout
 from utils.runtime.config import Config
@@ -46,34 +54,34 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
     carries `temperature`, fitted on the out-of-fold predictions, which inference applies."""
     final_dir = layout.final_dir(inputs.run_dir)
     if (final_dir / META_NAME).is_file():
-        print(f"the final student was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
+        print(f"the final student was finished by an earlier run of {cfg.outputs.run_name}: reusing it", flush=True)
         return final_dir
     final_dir.mkdir(parents=True, exist_ok=True)
     epochs = final_epochs(results)
     hard_loss = hard_label_loss(cfg, inputs.labels, inputs.num_classes)
-    method = create_method(cfg, hard_loss, epochs)
-    transform = build_train_transform(cfg, input_normalization(cfg.student))
-    dataset, teacher = teach_final(cfg, method, folds, inputs.teacher_key, inputs.images, transform,
-                                   (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION))
-    loader = make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+    method = create_method(cfg.distill, hard_loss, epochs)
+    transform = build_train_transform(cfg.augment, cfg.data.img_size, input_normalization(cfg.student.student))
+    dataset, teacher = teach_final(teacher_setup(cfg), method, folds, inputs.teacher_key, inputs.images, transform,
+                                   (cfg.data.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION))
+    loader = make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers)
     print(f"final student: {len(dataset)} images, {epochs} epochs (the median best epoch of the folds)", flush=True)
     if inputs.clock is not None:
-        inputs.clock.start_final(epochs / cfg.epochs)
+        inputs.clock.start_final(epochs / cfg.optim.epochs)
     history: list[dict] = []
     settings = student_settings(cfg)
     settings.epochs, settings.patience = epochs, None
-    seed_everything(cfg.seed + FINAL_SEED_STREAM)
-    log = layout.log_dir(cfg.log_dir, cfg.run_name, layout.FINAL_DIR)
+    seed_everything(cfg.data.seed + FINAL_SEED_STREAM)
+    log = layout.log_dir(cfg.outputs.log_dir, cfg.outputs.run_name, layout.FINAL_DIR)
     with paddle.utils.unique_name.guard(), fresh_log(log) as writer:
         student, feature_term = new_student(cfg, inputs.num_classes, teacher)
         result = train_model(student, teacher, method, loader, None, settings,
-                             (cfg.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION),
-                             epoch_logger(writer, "", "final", epochs, history, cfg.quiet,
+                             (cfg.data.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION),
+                             epoch_logger(writer, "", "final", epochs, history, cfg.outputs.quiet,
                                           inputs.progress("student", len(dataset), epochs)),
                              final_dir / FINAL_STATE, desc="final epoch", feature_term=feature_term)
     check_finite(result, "final", cfg)
-    save_checkpoint(final_dir, result.best_state, ModelSpec.from_config(cfg, inputs.index.classes, temperature), {
-        "kd": cfg.kd,
+    save_checkpoint(final_dir, result.best_state, student_spec(cfg, inputs.index.classes, temperature), {
+        "kd": cfg.distill.kd,
         "fold": "final",
         "epochs": epochs,
         "trained_on": len(dataset),

@@ -23,9 +23,8 @@ from utils.deploy.explain import cam_agreement, grad_cams
 from utils.deploy.spec import ModelSpec
 from utils.distill.features import create_feature_distillation
 from utils.distill.methods import create_method, method_settings
-from utils.distill.signal import TeacherSignal, pending_teacher_work, replays_views, teach_fold
-from utils.distill.teachers import TeacherKey, load_teacher, teacher_cache_path
-from utils.distill.view_cache import view_count
+from utils.distill.signal import TeacherSignal, pending_teacher_work, replays_views, stored_views, teach_fold
+from utils.distill.teachers import TeacherKey, TeacherSetup, load_teacher, teacher_cache_path
 from utils.engine.loops import (
     EpochRecord,
     FeatureTerm,
@@ -142,10 +141,22 @@ def load_fold_result(fold_dir: Path) -> Optional[FoldResult]:
         return None
 
 
+def teacher_setup(cfg: Config) -> TeacherSetup:
+    """The teacher side's part of the configuration (utils/distill/teachers.py)."""
+    return TeacherSetup(cfg.teacher, cfg.data, cfg.augment, cfg.optim, cfg.distill,
+                        input_normalization(cfg.student.student), layout.teachers_dir(cfg.outputs.output_dir),
+                        cfg.runtime.fast_depthwise, cfg.runtime.amp)
+
+
+def student_spec(cfg: Config, classes: Sequence[str], temperature: float = 1.0) -> ModelSpec:
+    """The spec of the run's students (utils/deploy/spec.py)."""
+    return ModelSpec.for_student(cfg.student, cfg.data.img_size, cfg.augment.crop, classes, temperature)
+
+
 def hard_label_loss(cfg: Config, train_labels: np.ndarray, num_classes: int) -> HardLabelLoss:
     """The fold's hard-label loss; balanced class weights come from its training split."""
-    weights = balanced_class_weights(train_labels, num_classes) if cfg.class_weights == "balanced" else None
-    return HardLabelLoss(cfg.label_smoothing, weights, cfg.focal_gamma)
+    weights = balanced_class_weights(train_labels, num_classes) if cfg.optim.class_weights == "balanced" else None
+    return HardLabelLoss(cfg.optim.label_smoothing, weights, cfg.optim.focal_gamma)
 
 
 @dataclasses.dataclass
@@ -161,27 +172,28 @@ def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labe
                  replay_views: bool) -> FoldLoaders:
     """`replay_views`: the student replays the teacher's stored views (the view cache)."""
     train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
-    normalization = input_normalization(cfg.student)
+    normalization = input_normalization(cfg.student.student)
 
     def train_loader(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
-        dataset = ImageDataset(train_images, train_labels, build_train_transform(cfg, normalization),
-                               (cfg.seed, fold.fold, stream), views)
-        return make_loader(dataset, cfg.batch_size, train=True, num_workers=cfg.num_workers)
+        transform = build_train_transform(cfg.augment, cfg.data.img_size, normalization)
+        dataset = ImageDataset(train_images, train_labels, transform, (cfg.data.seed, fold.fold, stream), views)
+        return make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers)
 
     val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
-                           build_eval_transform(cfg.img_size, cfg.crop, normalization))
+                           build_eval_transform(cfg.data.img_size, cfg.augment.crop, normalization))
     return FoldLoaders(
-        student=train_loader(STUDENT_AUGMENTATION, view_count(cfg) if replay_views else None),
+        student=train_loader(STUDENT_AUGMENTATION, stored_views(teacher_setup(cfg)) if replay_views else None),
         fresh=train_loader(STUDENT_AUGMENTATION),
         teacher=train_loader(TEACHER_AUGMENTATION),
-        val=make_loader(val_set, cfg.batch_size * 2, train=False, num_workers=cfg.num_workers),
+        val=make_loader(val_set, cfg.data.batch_size * 2, train=False, num_workers=cfg.runtime.num_workers),
     )
 
 
 def student_settings(cfg: Config) -> TrainingSettings:
-    return TrainingSettings(cfg.lr, cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.mixup_alpha, cfg.amp,
-                            cfg.patience, cfg.cutmix_alpha, cfg.clip_grad_norm, cfg.ema_decay,
-                            **fine_tuning_settings(cfg, head_name(cfg.student)))
+    optim, augment = cfg.optim, cfg.augment
+    return TrainingSettings(optim.lr, optim.epochs, optim.warmup_epochs, optim.weight_decay, augment.mixup_alpha,
+                            cfg.runtime.amp, optim.patience, augment.cutmix_alpha, optim.clip_grad_norm,
+                            optim.ema_decay, **fine_tuning_settings(optim, head_name(cfg.student.student)))
 
 
 def new_student(cfg: Config, num_classes: int, teacher: Optional[TeacherSignal]
@@ -189,10 +201,12 @@ def new_student(cfg: Config, num_classes: int, teacher: Optional[TeacherSignal]
     """A freshly built student, and the feature distillation that trains with it when
     --feature_kd asks for it and the teacher gives features. Call inside
     `paddle.utils.unique_name.guard()` (EpochCheckpoint: the same parameter names on resumption)."""
-    student = build_student(cfg.student, num_classes, cfg.student_weights, cfg.freeze_student_blocks,
-                            cfg.attention, cfg.attention_blocks, cfg.student_width)
-    use_fast_cpu_kernels(student, cfg.fast_depthwise)
-    feature_term = create_feature_distillation(cfg, method_settings(cfg), student, head_name(cfg.student),
+    settings = cfg.student
+    student = build_student(settings.student, num_classes, settings.student_weights, settings.freeze_student_blocks,
+                            settings.attention, settings.attention_blocks, settings.student_width)
+    use_fast_cpu_kernels(student, cfg.runtime.fast_depthwise)
+    feature_term = create_feature_distillation(cfg.distill, method_settings(cfg.distill), student,
+                                               head_name(cfg.student.student),
                                                teacher and teacher.feature_dim)
     return student, feature_term
 
@@ -206,17 +220,17 @@ def train_student(cfg: Config, fold: int, num_classes: int, loss_fn: TrainingLos
     if checkpoint_path.is_file():
         print(f"fold {fold}: continuing from the training state an interrupted run saved ({checkpoint_path})",
               flush=True)
-    seed_everything(cfg.seed + fold)
+    seed_everything(cfg.data.seed + fold)
     with paddle.utils.unique_name.guard():
         student, feature_term = new_student(cfg, num_classes, teacher)
         return train_model(student, teacher, loss_fn, train_loader, val_loader, student_settings(cfg),
-                           (cfg.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path, desc=f"fold {fold} epoch",
-                           feature_term=feature_term)
+                           (cfg.data.seed, fold, STUDENT_AUGMENTATION), on_epoch, checkpoint_path,
+                           desc=f"fold {fold} epoch", feature_term=feature_term)
 
 
 def fold_method(cfg: Config, fold: FoldData, inputs: FoldInputs) -> tuple[HardLabelLoss, TrainingLoss]:
     hard_loss = hard_label_loss(cfg, inputs.labels[fold.train_indices], inputs.num_classes)
-    return hard_loss, create_method(cfg, hard_loss)
+    return hard_loss, create_method(cfg.distill, hard_loss, cfg.optim.epochs)
 
 
 def device_kind() -> str:
@@ -227,13 +241,13 @@ def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
     """Train and cache the fold's teacher (and label its views) ahead of the fold, where
     run_fold then finds it: a separate task, so that the workers keep every core busy."""
     if (load_fold_result(inputs.fold_dir(fold)) is not None
-            or pending_teacher_work(cfg, inputs.teacher_key, fold) == (False, False)):
+            or pending_teacher_work(teacher_setup(cfg), inputs.teacher_key, fold) == (False, False)):
         return  # nothing to do ahead: the fold finds its teacher and views cached
     hard_loss, method = fold_method(cfg, fold, inputs)
-    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg))
-    teach_fold(cfg, method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
-               epoch_logger(None, "teacher", fold.fold, cfg.teacher_epochs, [], cfg.quiet,
-                            inputs.progress("teacher", len(fold.train_indices), cfg.teacher_epochs)))
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg.distill, cfg.teacher))
+    teach_fold(teacher_setup(cfg), method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
+               epoch_logger(None, "teacher", fold.fold, cfg.teacher.teacher_epochs, [], cfg.outputs.quiet,
+                            inputs.progress("teacher", len(fold.train_indices), cfg.teacher.teacher_epochs)))
 
 
 def teacher_warning(fold: int, teacher_acc: float, baseline_acc: float) -> str:
@@ -250,7 +264,8 @@ def check_finite(result: FitResult, fold: int | str, cfg: Config) -> None:
     if weights_finite and (result.best is None or math.isfinite(result.best.loss)):
         return
     raise TrainingDiverged(f"{fold_name(fold)}: the best model's weights or validation loss are not finite numbers, "
-                           f"so it is not saved; lower --lr (now {cfg.lr}) or clip gradients with --clip_grad_norm 5")
+                           f"so it is not saved; lower --lr (now {cfg.optim.lr}) or clip gradients with "
+                           "--clip_grad_norm 5")
 
 
 def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
@@ -258,11 +273,11 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
     name finished it. One process trains a fold at a time (its folds may train on other machines)."""
     fold_dir = inputs.fold_dir(fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(fold_dir / ".lock", f"fold {fold.fold} of run {cfg.run_name}",
+    with exclusive_lock(fold_dir / ".lock", f"fold {fold.fold} of run {cfg.outputs.run_name}",
                         advice="let it finish, and train other folds with --folds"):
         finished = load_fold_result(fold_dir)
         if finished is not None:
-            print(f"fold {fold.fold} was finished by an earlier run of {cfg.run_name}: reusing it", flush=True)
+            print(f"fold {fold.fold} was finished by an earlier run of {cfg.outputs.run_name}: reusing it", flush=True)
             return finished
         return train_fold(cfg, fold, inputs, fold_dir)
 
@@ -271,10 +286,11 @@ def cam_agreements(cfg: Config, fold: FoldData, inputs: FoldInputs, val_set: Ima
                    states: Sequence[dict]) -> list[float]:
     """For each student state, the mean correlation of its Grad-CAM maps with the fold teacher's,
     on the first CAM_IMAGES validation images, for the class the teacher predicts."""
-    teacher = load_teacher(cfg, inputs.num_classes, teacher_cache_path(cfg, inputs.teacher_key, fold))
+    setup = teacher_setup(cfg)
+    teacher = load_teacher(setup, inputs.num_classes, teacher_cache_path(setup, inputs.teacher_key, fold))
     images = np.stack([val_set[i][0] for i in range(min(CAM_IMAGES, len(val_set)))])
     teacher_maps, teacher_classes = grad_cams(teacher, images, stage=last_stage(teacher))
-    spec = ModelSpec.from_config(cfg, inputs.index.classes)
+    spec = student_spec(cfg, inputs.index.classes)
     agreements = []
     for state in states:
         student = spec.build()
@@ -287,31 +303,33 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
     """The fold's teacher (cached or trained), its student (and CE-only student), and its files."""
     classes = inputs.index.classes
     hard_loss, method = fold_method(cfg, fold, inputs)
-    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg))
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg.distill, cfg.teacher))
     train_set, val_set = loaders.student.dataset, loaders.val.dataset
 
-    with fresh_log(layout.log_dir(cfg.log_dir, cfg.run_name, fold.fold)) as writer:
-        log_augmented_batch(writer, train_set, cfg.mixup_alpha, cfg.cutmix_alpha,
-                            np.random.default_rng([cfg.seed, fold.fold, 2]), *input_normalization(cfg.student))
+    with fresh_log(layout.log_dir(cfg.outputs.log_dir, cfg.outputs.run_name, fold.fold)) as writer:
+        log_augmented_batch(writer, train_set, cfg.augment.mixup_alpha, cfg.augment.cutmix_alpha,
+                            np.random.default_rng([cfg.data.seed, fold.fold, 2]),
+                            *input_normalization(cfg.student.student))
         teacher, teacher_acc = None, None
         history: dict[str, list] = {"teacher": [], "student": [], "baseline": []}
         if method.needs_teacher:
             teacher, teacher_acc = teach_fold(
-                cfg, method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
-                epoch_logger(writer, "teacher", fold.fold, cfg.teacher_epochs, history["teacher"], cfg.quiet,
-                             inputs.progress("teacher", len(train_set), cfg.teacher_epochs)))
+                teacher_setup(cfg), method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
+                epoch_logger(writer, "teacher", fold.fold, cfg.teacher.teacher_epochs, history["teacher"],
+                             cfg.outputs.quiet, inputs.progress("teacher", len(train_set), cfg.teacher.teacher_epochs)))
 
+        epochs = cfg.optim.epochs
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
-                               epoch_logger(writer, "", fold.fold, cfg.epochs, history["student"], cfg.quiet,
-                                            inputs.progress("student", len(train_set), cfg.epochs)),
+                               epoch_logger(writer, "", fold.fold, epochs, history["student"], cfg.outputs.quiet,
+                                            inputs.progress("student", len(train_set), epochs)),
                                fold_dir / STUDENT_STATE)
         baseline_acc, agreements = None, [None, None]
-        if cfg.baseline and method.needs_teacher:
+        if cfg.distill.baseline and method.needs_teacher:
             # A plain CE student draws fresh views every epoch, as it would on its own.
             baseline = train_student(
                 cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
-                epoch_logger(writer, "baseline", fold.fold, cfg.epochs, history["baseline"], cfg.quiet,
-                             inputs.progress("student", len(train_set), cfg.epochs)),
+                epoch_logger(writer, "baseline", fold.fold, cfg.optim.epochs, history["baseline"], cfg.outputs.quiet,
+                             inputs.progress("student", len(train_set), cfg.optim.epochs)),
                 fold_dir / BASELINE_STATE,
             )
             baseline_acc = baseline.best.acc
@@ -324,12 +342,12 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
         log_best_epoch(writer, best, classes, result.best_epoch, fold_dir / "confusion_matrix.png")
 
     check_finite(result, fold.fold, cfg)
-    spec = ModelSpec.from_config(cfg, classes)
+    spec = student_spec(cfg, classes)
     best_model = spec.build()
     best_model.set_state_dict(result.best_state)
     tta_probs, _ = predict(best_model, loaders.val, flip_tta=True)
     save_checkpoint(fold_dir, result.best_state, spec, {
-        "kd": cfg.kd,
+        "kd": cfg.distill.kd,
         "fold": fold.fold,
         "best_epoch": result.best_epoch,
         "weights": "average" if result.best_is_average else "model",

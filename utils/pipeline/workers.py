@@ -2,7 +2,6 @@
 processes, one per CPU core, with the teachers queued first."""
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -22,7 +21,7 @@ def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
     beats one process with more threads (README, "Speed"); a GPU trains one fold."""
     if world_size() > 1:
         return 1  # a data-parallel job trains one fold at a time, on all its processes
-    requested = cfg.parallel_folds or (1 if device == "gpu" else cpu_count())
+    requested = cfg.runtime.parallel_folds or (1 if device == "gpu" else cpu_count())
     return max(1, min(requested, num_folds))
 
 
@@ -49,11 +48,11 @@ def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, inp
         def start_student(fold: FoldData, student_cfg: Config) -> None:
             students[fold.fold] = pool.apply_async(run_fold, (student_cfg, fold, inputs))
 
-        if needs_teacher(cfg.kd):
+        if needs_teacher(cfg.distill.kd):
             # Teachers are separate tasks, queued first, and each fold's student follows as soon as its
             # teacher is cached: 5 whole folds on 2 cores would leave one core idle for the last fold.
             # The student must not train the teacher it finds cached once more.
-            student_cfg = dataclasses.replace(cfg, retrain_teacher=False)
+            student_cfg = cfg.replace(retrain_teacher=False)
             teachers = [pool.apply_async(train_fold_teacher, (cfg, fold, inputs),
                                          callback=lambda _, fold=fold: start_student(fold, student_cfg))
                         for fold in folds]

@@ -11,7 +11,6 @@ from typing import Optional
 
 import matplotlib
 import numpy as np
-import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -24,6 +23,7 @@ from utils.reporting.label_issues import GALLERY_DIR
 from utils.reporting.metrics import save_figure
 from utils.reporting.out_of_fold import OOF_PROBS, analyse_out_of_fold, load_oof_probs, save_oof_probs
 from utils.runtime import layout
+from utils.runtime.config import read_yaml
 from utils.runtime.errors import UserError
 from utils.runtime.files import read_csv_rows, write_json_atomic, write_text_atomic
 from utils.runtime.text import printable
@@ -396,7 +396,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         "",
         *_fold_table(summary),
         "",
-        *_last_epoch_note(summary, yaml.safe_load(config).get("epochs")),
+        *_last_epoch_note(summary, read_yaml(run_dir / "config.yaml").get("epochs")),
         *_verdict_section(summary),
         f"Out-of-fold accuracy (every image predicted by the fold that did not train on it): "
         f"{summary['oof_acc']:.4f}.",

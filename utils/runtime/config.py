@@ -12,6 +12,7 @@ import math
 import re
 import typing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 import yaml
@@ -36,26 +37,47 @@ def img_size_problem(value: object) -> Optional[str]:
     return None
 
 
-@dataclasses.dataclass
-class Config:
-    """Every setting; the values (and their meaning) live in configs/default.yaml."""
-
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where the images are, how they are read and how the folds split them."""
     data_dir: Optional[str]
     img_size: int
     num_folds: int
     folds: str
-    final_model: bool
     seed: int
     batch_size: int
-    num_workers: int
     image_memory_mb: int
-    parallel_folds: int
+    verify_data: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings:
+    """How training images are varied (evaluation is resize + centre crop), and mixed."""
+    crop: str
+    crop_scale_min: float
+    hflip: float
+    rotation: float
+    color_jitter: float
+    erasing: float
+    auto_augment: str
+    mixup_alpha: float
+    cutmix_alpha: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentSettings:
+    """The network being trained, and what is put into it."""
     student: str
     student_weights: str
     student_width: float
     freeze_student_blocks: int
     attention: str
     attention_blocks: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    """The teacher: its network, weights and own training, and its stored outputs."""
     teacher: str
     teacher_weights: str
     teacher_train: str
@@ -66,16 +88,25 @@ class Config:
     teacher_cache: str
     teacher_views: int
     teacher_cache_max_mb: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+    """What the student learns from the teacher, and the CE-only student it is measured against.
+    `methods`: each distillation method's own settings (alpha, dkd_beta, ...), by key; each
+    method declares them beside its class (utils/distill/methods.py), which checks them."""
     kd: str
+    baseline: bool
     feature_kd: str
     temperature_schedule: str
     temperature_end: float
+    methods: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """How the student (and, but for its epochs and learning rate, the teacher) is optimised."""
     recipe: str
-    label_smoothing: float
-    class_weights: str
-    focal_gamma: float
-    ema_decay: float
-    clip_grad_norm: float
     epochs: int
     lr: float
     weight_decay: float
@@ -85,35 +116,77 @@ class Config:
     head_epochs: int
     backbone_lr_scale: float
     patience: int
-    mixup_alpha: float
-    cutmix_alpha: float
-    crop: str
-    crop_scale_min: float
-    hflip: float
-    rotation: float
-    color_jitter: float
-    erasing: float
-    auto_augment: str
+    ema_decay: float
+    clip_grad_norm: float
+    label_smoothing: float
+    class_weights: str
+    focal_gamma: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSettings:
+    """How the work is carried out: devices, kernels, processes. Never what it computes."""
     device: str
     fast_depthwise: bool
     amp: bool
+    num_workers: int
+    parallel_folds: int
+    dist_timeout_minutes: float
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+    """What a run leaves, and where."""
     output_dir: str
     log_dir: str
     run_name: Optional[str]
     quiet: bool
-    dist_timeout_minutes: float
-    baseline: bool
+    final_model: bool
     find_label_issues: bool
-    verify_data: bool
-    # The distillation methods' own settings (alpha, dkd_beta, ...), by key: each method declares
-    # them beside its class (utils/distill/methods.py), which checks them and fills their defaults.
-    method_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# The sections of the configuration, in the order of configs/default.yaml. Every setting's key
+# (its YAML key and its flag, --lr) is its field's name, unique across sections, so that a flat
+# file of keys (every config.yaml before sections) places each key in its section unambiguously.
+SECTIONS: dict[str, type] = {
+    "data": DataSettings, "augment": AugmentSettings, "student": StudentSettings, "teacher": TeacherSettings,
+    "distill": DistillSettings, "optim": OptimSettings, "runtime": RuntimeSettings, "outputs": OutputSettings,
+}
+METHODS_FIELD = "methods"  # DistillSettings' dict of the methods' own settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The one resolved configuration, in sections; each layer below the pipeline is handed
+    the section(s) it uses, never the whole. The values (and their meaning) live in
+    configs/default.yaml."""
+    data: DataSettings
+    augment: AugmentSettings
+    student: StudentSettings
+    teacher: TeacherSettings
+    distill: DistillSettings
+    optim: OptimSettings
+    runtime: RuntimeSettings
+    outputs: OutputSettings
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting by key, the methods' among them: what config.yaml holds."""
-        values = dataclasses.asdict(self)
-        own = values.pop("method_settings")
-        return {**values, **own}
+        """Every setting by key, flat, the methods' among them: what flags and old files name."""
+        flat: dict[str, Any] = {}
+        for name in SECTIONS:
+            values = dataclasses.asdict(getattr(self, name))
+            flat.update(values.pop(METHODS_FIELD, {}))
+            flat.update(values)
+        return flat
+
+    def to_sections(self) -> dict[str, dict[str, Any]]:
+        """Every setting by section and key, the methods' in `distill`: what config.yaml holds."""
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        sections["distill"].update(sections["distill"].pop(METHODS_FIELD))
+        return sections
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings (by key) changed, checked again."""
+        return build_config({**self.to_dict(), **changes})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +216,17 @@ class Setting:
 
 
 def _field_types() -> dict[str, Any]:
-    """The core settings' types (the methods' settings are their own)."""
-    types = typing.get_type_hints(Config)
-    types.pop("method_settings")
-    return types
+    """Every core setting's type, by key (the methods' settings are their own)."""
+    kinds = {}
+    for section in SECTIONS.values():
+        kinds.update({key: kind for key, kind in typing.get_type_hints(section).items() if key != METHODS_FIELD})
+    return kinds
+
+
+def section_of(key: str) -> Optional[str]:
+    """The section a core setting belongs to; None for a key that is not one (a method's)."""
+    return next((name for name, section in SECTIONS.items() if key in section.__dataclass_fields__
+                 and key != METHODS_FIELD), None)
 
 
 def _coerce(key: str, value: Any, expected: Any) -> Any:
@@ -232,6 +312,9 @@ def _flag_value(text: str, expected: Any) -> Any:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A configuration file's settings, by key: from its sections (`optim:` with `lr: 0.001`
+    inside), or from flat `key: value` lines as files before sections were written; both may
+    mix. A key in another section than its own is refused in one line."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -241,8 +324,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold 'key: value' lines")
-    return values
+        raise ConfigError(f"{path} must hold 'key: value' lines, in sections or not")
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        # `teacher` and `student` name both a section and a setting: a mapping is the section.
+        inside = value if key in SECTIONS and (isinstance(value, dict) or value is None) else {key: value}
+        for inner, setting in (inside or {}).items():
+            home = section_of(inner)
+            if inside is not value or home == key or (home is None and key == "distill"):
+                if inner in flat:
+                    raise ConfigError(f"{path}: {inner} is given twice (in and outside its section); keep one")
+                flat[inner] = setting
+            else:
+                raise ConfigError(f"{path}: {inner} belongs in the section {home}, not {key}")
+    return flat
 
 
 def is_run_name(name: str) -> bool:
@@ -250,8 +345,9 @@ def is_run_name(name: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) is not None and name not in RESERVED_RUN_NAMES
 
 
-def _check_ranges(cfg: Config) -> None:
+def _check_ranges(values: dict[str, Any]) -> None:
     """Value checks that need no registry; names are checked where the registries live."""
+    cfg = SimpleNamespace(**values)
     rules = [
         (img_size_problem(cfg.img_size) is None, f"img_size {img_size_problem(cfg.img_size)}"),
         (2 <= cfg.num_folds <= 100, "num_folds must be between 2 and 100"),
@@ -315,17 +411,20 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def build_config(values: dict[str, Any]) -> Config:
-    """A checked Config from a complete dict of raw values. Keys that are not core settings
-    are kept, unchecked, in `method_settings`: the methods that declare them check them
-    (utils/distill/methods.py), and refuse keys that no method declares."""
-    types = _field_types()
-    missing = sorted(set(types) - set(values))
+    """A checked Config from a complete dict of raw values, by key. Keys that are not core
+    settings are kept, unchecked, in the distill section's `methods`: the methods that declare
+    them check them (utils/distill/methods.py), and refuse keys that no method declares."""
+    kinds = _field_types()
+    missing = sorted(set(kinds) - set(values))
     if missing:
         raise ConfigError(f"missing setting(s) {', '.join(missing)}")
-    cfg = Config(**{key: _coerce(key, values[key], types[key]) for key in types},
-                 method_settings={key: value for key, value in values.items() if key not in types})
-    _check_ranges(cfg)
-    return cfg
+    coerced = {key: _coerce(key, values[key], kinds[key]) for key in kinds}
+    _check_ranges(coerced)
+    methods = {key: value for key, value in values.items() if key not in kinds}
+    return Config(**{name: section(**{key: coerced[key] for key in section.__dataclass_fields__
+                                      if key != METHODS_FIELD},
+                                   **({METHODS_FIELD: methods} if name == "distill" else {}))
+                     for name, section in SECTIONS.items()})
 
 
 @dataclasses.dataclass
@@ -337,8 +436,8 @@ class SettingDoc:
     comment: str
 
 
-_SECTION = re.compile(r"^# --- (.+?) -*$")
-_SETTING = re.compile(r"^(\w+):\s*(.*?)\s*(?:#\s*(.*))?$")
+_SECTION = re.compile(r"^(\w+):\s*(?:#.*)?$")  # a section's first line, at the left margin
+_SETTING = re.compile(r"^\s+(\w+):\s*(.*?)\s*(?:#\s*(.*))?$")  # a setting, indented in its section
 
 
 def _sentences(*parts: str) -> str:
@@ -349,14 +448,14 @@ def _sentences(*parts: str) -> str:
 
 
 def setting_docs(path: Path = DEFAULT_CONFIG) -> list[SettingDoc]:
-    """Every key of default.yaml with its value, its inline comment and the comment lines
-    right above it, under the section header it follows."""
+    """Every key of default.yaml with its value, its inline comment and the comment lines right
+    above it, under the section it is in (named with the comment lines above the section)."""
     docs, section, above = [], "Settings", []
     for line in path.read_text(encoding="utf-8").splitlines():
         if match := _SECTION.match(line):
-            section, above = match.group(1).strip(), []
-        elif line.startswith("#"):
-            above.append(line.lstrip("# ").strip())
+            section, above = _sentences(" ".join(above)) or match.group(1), []
+        elif line.lstrip().startswith("#"):
+            above.append(line.strip().lstrip("# ").strip())
         elif match := _SETTING.match(line):
             key, default, inline = match.groups()
             docs.append(SettingDoc(section, key, default, _sentences(" ".join(above), inline or "")))
@@ -374,7 +473,7 @@ def add_config_flags(parser: argparse.ArgumentParser, component_settings: Sequen
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue an interrupted run with its saved settings: finished folds are kept and "
                              "an unfinished fold goes on from its last finished epoch")
-    types = _field_types()
+    kinds = _field_types()
     scratch = read_yaml(RECIPE_DIR / "scratch.yaml")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for doc in setting_docs():
@@ -382,7 +481,7 @@ def add_config_flags(parser: argparse.ArgumentParser, component_settings: Sequen
         # Weights `none` take the scratch recipe's value (recipe: auto): both are shown.
         from_scratch = f"; scratch recipe: {scratch[doc.key]}" if doc.key in scratch else ""
         help_text = f"{doc.comment} (default: {doc.default}{from_scratch})".replace("%", "%%")
-        if types[doc.key] is bool:
+        if kinds[doc.key] is bool:
             group.add_argument(f"--{doc.key}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
         else:
             group.add_argument(f"--{doc.key}", default=None, metavar=doc.key.split("_")[-1].upper(), help=help_text)
@@ -425,8 +524,8 @@ def resolve_config(args: argparse.Namespace, extra_file: Optional[Path] = None,
     for path in (extra_file, Path(args.config) if args.config else None):
         if path is not None:
             chosen.update(read_yaml(path))
-    types = {**_field_types(), **{setting.name: float for setting in component_settings}}
-    for key, expected in types.items():
+    kinds = {**_field_types(), **{setting.name: float for setting in component_settings}}
+    for key, expected in kinds.items():
         flag = getattr(args, key, None)
         if flag is not None:
             chosen[key] = _flag_value(flag, expected)
@@ -455,14 +554,15 @@ def resumed_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"there is no run {args.resume} to resume: {saved} does not exist "
                           "(pass --output_dir if the run was saved elsewhere)")
     values = {**load_saved_config(saved).to_dict(), "output_dir": str(output_dir)}
-    types = _field_types()
-    values.update({key: _flag_value(getattr(args, key), types[key]) for key in RUNTIME_SETTINGS
+    kinds = _field_types()
+    values.update({key: _flag_value(getattr(args, key), kinds[key]) for key in RUNTIME_SETTINGS
                    if getattr(args, key) is not None})
     return build_config(values)
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """The run's settings, in sections, as config.yaml."""
+    write_text_atomic(path, yaml.safe_dump(cfg.to_sections(), sort_keys=False))
 
 
 def load_saved_config(path: Path) -> Config:

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from utils.deploy.inference import (
         EnsembleClassifier,
         classify,
+        explanation_problem,
         find_weights,
         list_images,
         save_annotated,
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     topk = min(args.topk, len(classifier.classes))
     labels = folder_labels(Path(args.image_path), paths, classifier.classes, args.labels_from_folders)
     refuse_overwriting_inputs(planned_outputs(args, paths, labels is not None), [*paths, *model_files(sources)])
+    problem = explanation_problem(classifier) if args.explain else None
+    if problem:
+        print(f"note: --explain writes nothing: {problem}; train at a larger --img_size to see where the model "
+              "looks", file=sys.stderr)
+        args.explain = None
     if labels is not None:
         print(f"labels: the class folders under {args.image_path}", file=sys.stderr)
 

@@ -13,16 +13,25 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from models.student import feature_stages
+from utils.runtime.errors import UserError
 
 CAM_BATCH = 16  # images per forward and backward pass: a ResNet50's activations at 224 px stay under 1 GB
+# A map with fewer positions per side, stretched over the image, shows its own blocks, not where the
+# model looked (MobileNetV3-Small's last maps are 1x1 at 32 px): no map is drawn from it.
+MIN_MAP_SIDE = 3
+
+
+class NoSpatialMap(UserError):
+    """The explained stage's maps are too small, at this input size, to show where a model looked."""
 
 
 def grad_cams(model: nn.Layer, images: np.ndarray, class_indices: Optional[Sequence[int]] = None,
               stage: Optional[nn.Layer] = None) -> tuple[np.ndarray, list[int]]:
     """The maps (N, H, W) in [0, 1] for preprocessed images (N, 3, H, W) and the classes they
     explain (by default the predicted ones), on `stage` (by default a student's last
-    convolutional stage). In evaluation mode the images of a batch do not interact, so one
-    backward pass of the summed class scores gives every image its own gradient."""
+    convolutional stage); NoSpatialMap where that stage's maps are smaller than MIN_MAP_SIDE.
+    In evaluation mode the images of a batch do not interact, so one backward pass of the summed
+    class scores gives every image its own gradient."""
     model.eval()
     stage = stage or feature_stages(model)[-1]
     maps, classes = [], []
@@ -45,9 +54,13 @@ def _grad_cam_batch(model: nn.Layer, images: np.ndarray, class_indices: Optional
         logits = model(inputs)
     finally:
         hook.remove()
+    activation = captured[0]
+    height, width = activation.shape[2:]
+    if min(height, width) < MIN_MAP_SIDE:
+        raise NoSpatialMap(f"no spatial map at this input size: the last stage's maps are {height}x{width} at "
+                           f"{inputs.shape[2]} px (at least {MIN_MAP_SIDE}x{MIN_MAP_SIDE} are needed)")
     if class_indices is None:
         class_indices = logits.numpy().argmax(axis=1).tolist()
-    activation = captured[0]
     chosen = paddle.to_tensor(np.asarray(class_indices, dtype=np.int64))
     (gradient,) = paddle.grad(paddle.take_along_axis(logits, chosen[:, None], axis=1).sum(), [activation])
     weights = gradient.mean(axis=[2, 3], keepdim=True)

@@ -20,7 +20,7 @@ from utils.data.folders import is_image_name
 from utils.data.images import decoded_or_reason, read_image
 from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
-from utils.deploy.explain import ensemble_cam, explanation, visible_image
+from utils.deploy.explain import NoSpatialMap, ensemble_cam, explanation, grad_cam, visible_image
 from utils.deploy.export import EXPORTED_PREFIX, INT8_NAME, ONNX_NAME, exported_model_file, is_exported
 from utils.runtime import layout
 from utils.runtime.config import read_yaml
@@ -305,6 +305,19 @@ def explanation_path(source: Path, explain_dir: Path, image_root: Path) -> Path:
     that x.jpg and x.png stay apart."""
     shown = shown_path(source, explain_dir, image_root)
     return shown.with_name(f"{shown.stem}.cam.png" if shown.suffix.lower() != ".png" else f"{shown.stem}.png")
+
+
+def explanation_problem(classifier: EnsembleClassifier) -> Optional[str]:
+    """Why the students' Grad-CAM maps cannot show where they looked (their last maps are too
+    small at this input size), or None."""
+    size = classifier.spec.img_size
+    try:
+        for model in classifier.models:
+            if isinstance(model, DynamicModel):
+                grad_cam(model.model, np.zeros((3, size, size), np.float32), 0)
+    except NoSpatialMap as problem:
+        return str(problem)
+    return None
 
 
 def save_explanation(classifier: EnsembleClassifier, prediction: Prediction, explain_dir: Path,

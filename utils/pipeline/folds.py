@@ -19,7 +19,7 @@ from utils.data.folders import DatasetIndex, Sample
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import build_eval_transform, build_train_transform
 from utils.deploy.checkpoint import META_NAME, read_meta, save_checkpoint
-from utils.deploy.explain import cam_agreement, grad_cams
+from utils.deploy.explain import NoSpatialMap, cam_agreement, grad_cams
 from utils.deploy.spec import ModelSpec
 from utils.distill.features import create_feature_distillation
 from utils.distill.methods import create_method, method_settings
@@ -283,20 +283,24 @@ def run_fold(cfg: Config, fold: FoldData, inputs: FoldInputs) -> FoldResult:
 
 
 def cam_agreements(cfg: Config, fold: FoldData, inputs: FoldInputs, val_set: ImageDataset,
-                   states: Sequence[dict]) -> list[float]:
+                   states: Sequence[dict]) -> list[Optional[float]]:
     """For each student state, the mean correlation of its Grad-CAM maps with the fold teacher's,
-    on the first CAM_IMAGES validation images, for the class the teacher predicts."""
+    on the first CAM_IMAGES validation images, for the class the teacher predicts; None for
+    each where a network's last maps are too small at this input size (not measurable, not 0)."""
     setup = teacher_setup(cfg)
     teacher = load_teacher(setup, inputs.num_classes, teacher_cache_path(setup, inputs.teacher_key, fold))
     images = np.stack([val_set[i][0] for i in range(min(CAM_IMAGES, len(val_set)))])
-    teacher_maps, teacher_classes = grad_cams(teacher, images, stage=last_stage(teacher))
     spec = student_spec(cfg, inputs.index.classes)
-    agreements = []
-    for state in states:
-        student = spec.build()
-        student.set_state_dict(state)
-        agreements.append(cam_agreement(student, teacher_maps, teacher_classes, images))
-    return agreements
+    try:
+        teacher_maps, teacher_classes = grad_cams(teacher, images, stage=last_stage(teacher))
+        agreements = []
+        for state in states:
+            student = spec.build()
+            student.set_state_dict(state)
+            agreements.append(cam_agreement(student, teacher_maps, teacher_classes, images))
+        return agreements
+    except NoSpatialMap:
+        return [None] * len(states)
 
 
 def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) -> FoldResult:

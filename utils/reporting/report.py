@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from utils.data.images import read_image
 from utils.deploy.checkpoint import WEIGHTS_NAME, load_student
-from utils.deploy.explain import grad_cam, overlay, visible_image
+from utils.deploy.explain import NoSpatialMap, grad_cam, overlay, visible_image
 from utils.reporting.label_issues import GALLERY_DIR
 from utils.reporting.metrics import save_figure
 from utils.reporting.out_of_fold import OOF_PROBS, analyse_out_of_fold, load_oof_probs, save_oof_probs
@@ -162,7 +162,10 @@ def _explained(row: dict, run_dir: Path, students: dict) -> Optional[np.ndarray]
         students[row["fold"]] = load_student(weights)
     model, spec, _ = students[row["fold"]]
     seen = spec.eval_transform()(image)
-    cam, _ = grad_cam(model, seen, list(spec.classes).index(row["pred"]))
+    try:
+        cam, _ = grad_cam(model, seen, list(spec.classes).index(row["pred"]))
+    except NoSpatialMap:  # shown as seen, without a map that would be noise
+        return visible_image(seen, spec.mean, spec.std)
     return overlay(visible_image(seen, spec.mean, spec.std), cam)
 
 
@@ -276,6 +279,9 @@ def _verdict_section(summary: dict) -> list[str]:
     if weaker:
         lines += ["", f"The teacher of fold(s) {', '.join(map(str, weaker))} is less accurate than the CE-only "
                       "student: a teacher has to be better than the student alone to help it."]
+    if summary.get("student_cam_agreement_mean") is None:
+        lines += ["", "Where the students look (their Grad-CAM maps against the teacher's) is not measurable here: "
+                      "the networks' last feature maps are too small at this input size."]
     if summary.get("student_cam_agreement_mean") is not None:
         lines += ["", "Where the students look: the mean correlation of each student's Grad-CAM maps with the "
                       f"teacher's (on up to 64 validation images per fold, for the class the teacher predicts) is "
@@ -421,7 +427,8 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
     lines += [*_label_issues_section(run_dir, summary), *_calibration_section(summary)]
     lines += [f"## Most confidently misclassified ({mistakes})", "",
               "Each image as its fold's student saw it, coloured by Grad-CAM where the student found the class "
-              "it wrongly predicted (red: most).", "", "![misclassified](misclassified.png)", "",
+              "it wrongly predicted (red: most; not coloured where the student's last feature maps are too small at "
+              "this input size to show where it looked).", "", "![misclassified](misclassified.png)", "",
               "## Configuration", "", *code_block(config.rstrip(), "yaml"), ""]
     out = run_dir / "report.md"
     write_text_atomic(out, "\n".join(lines))

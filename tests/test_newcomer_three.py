@@ -1,0 +1,59 @@
+"""A newcomer's first hour, round three (issue 38): honest explanations, one story per run, a CPU
+default that finishes. Each test holds one row of the newcomer's table."""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+import inference
+from kernels.cpu_kernels import use_fast_cpu_kernels
+from models.student import build_student
+from utils.deploy.explain import NoSpatialMap, grad_cam
+
+
+def test_row_1_no_map_is_drawn_from_maps_too_small_to_show_anything():
+    paddle.seed(0)
+    student = build_student("mobilenet_v3_small", 3, width=0.5)
+    with pytest.raises(NoSpatialMap, match="no spatial map at this input size: the last stage's maps are 1x1 at 32"):
+        grad_cam(student, np.zeros((3, 32, 32), np.float32))
+
+
+def test_row_1_inference_says_it_cannot_explain_at_32_px_and_writes_nothing(finished_run, tmp_path, capsys):
+    data, run_dir = finished_run  # trained at 32 px
+    assert inference.main(["--image_path", str(data / "red"), "--model_path", str(run_dir), "--explain",
+                           str(tmp_path / "cams")]) == 0
+    assert "note: --explain writes nothing: no spatial map at this input size" in capsys.readouterr().err
+    assert not (tmp_path / "cams").exists()
+
+
+def _squares(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """112 px images, black but for one 32 px square, red (class 0) or green (class 1), anywhere."""
+    images = np.zeros((count, 3, 112, 112), np.float32)
+    labels, corners = rng.integers(0, 2, count), rng.integers(0, 112 - 32, (count, 2))
+    for image, label, (top, left) in zip(images, labels, corners):
+        image[label, top:top + 32, left:left + 32] = 2.0
+    return images, labels, corners
+
+
+def test_row_1_at_112_px_the_map_peaks_on_the_object_that_decided_the_class():
+    rng = np.random.default_rng(0)
+    paddle.seed(0)
+    student = build_student("mobilenet_v3_small", 2, width=0.5)
+    use_fast_cpu_kernels(student)
+    optimizer = paddle.optimizer.AdamW(learning_rate=3e-3, parameters=student.parameters())
+    student.train()
+    for _ in range(60):
+        images, labels, _ = _squares(rng, 16)
+        F.cross_entropy(student(paddle.to_tensor(images)), paddle.to_tensor(labels)).backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    images, labels, corners = _squares(rng, 8)
+    for image, label, (top, left) in zip(images, labels, corners):
+        cam, explained = grad_cam(student, image)
+        assert explained == label
+        row, column = np.unravel_index(cam.argmax(), cam.shape)
+        # The last maps are 4x4 at 112 px (28 px cells): the peak is on the square or the cell beside it.
+        assert top - 8 <= row < top + 40 and left - 8 <= column < left + 40
+        assert cam[top:top + 32, left:left + 32].mean() > cam.mean() + 0.1

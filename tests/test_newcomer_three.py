@@ -2,15 +2,24 @@
 default that finishes. Each test holds one row of the newcomer's table."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
 import inference
+import main
 from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student
+from tests.conftest import expect_error, make_class_folders, tiny_run_args
 from utils.deploy.explain import NoSpatialMap, grad_cam
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_row_1_no_map_is_drawn_from_maps_too_small_to_show_anything():
@@ -57,3 +66,23 @@ def test_row_1_at_112_px_the_map_peaks_on_the_object_that_decided_the_class():
         # The last maps are 4x4 at 112 px (28 px cells): the peak is on the square or the cell beside it.
         assert top - 8 <= row < top + 40 and left - 8 <= column < left + 40
         assert cam[top:top + 32, left:left + 32].mean() > cam.mean() + 0.1
+
+
+def test_row_2_the_same_run_started_twice_is_refused_at_once(tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    args = tiny_run_args(data, tmp_path, "twice", "--kd", "none", "--epochs", "200", "--quiet")
+    first = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started = tmp_path / "models_saved" / "twice" / "fold0" / "training_student.pdparams"
+        deadline = time.time() + 300
+        while not started.exists():
+            assert first.poll() is None and time.time() < deadline, "the first run did not start training"
+            time.sleep(0.5)
+        begin = time.perf_counter()
+        expect_error(capsys, main.main(args), f"run twice is in use by process {first.pid}")
+        assert time.perf_counter() - begin < 30
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.kill()
+        first.wait()

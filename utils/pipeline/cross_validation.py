@@ -72,7 +72,8 @@ def check_components(cfg: Config) -> None:
 
 
 SKIPPED_LIST = "skipped.txt"  # path<TAB>reason, one skipped file a line
-LOCK_NAME = ".lock"  # held by the process that runs the run
+LOCK_NAME = ".lock"  # held while the run's settings and data are checked, and while its outputs are written
+RUNNING_NAME = ".running"  # held by every invocation training the run: alone when it trains every fold
 DIGEST_CACHE_NAME = "file_digests.json"  # in output_dir: content digests of data files, by size and time
 
 
@@ -277,6 +278,16 @@ def run_cross_validation(cfg: Config) -> dict:
         # fold workers neither build nor fail again.
         cfg = cfg.replace(fast_depthwise=False)
     run_dir = prepare_run_dir(cfg)
+    # One invocation trains a whole run at a time: a second one with the same run name stops here, before
+    # any work. Invocations that each train some folds (--folds, on several machines) may share the run.
+    every_fold = cfg.data.folds == "all"
+    with exclusive_lock(run_dir / RUNNING_NAME, f"run {cfg.outputs.run_name}", shared=not every_fold,
+                        advice="let it finish (or stop it), or choose another --run_name"):
+        return _train_and_report(cfg, index, run_dir, device, start)
+
+
+def _train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: str, start: float) -> dict:
+    """run_cross_validation once the options are checked and the run is this invocation's."""
     if is_main():  # what killed processes of earlier runs left half-written (169 MB for a ResNet50)
         for folder in (run_dir, layout.teachers_dir(cfg.outputs.output_dir)):
             remove_stale_partials(folder)

@@ -162,16 +162,18 @@ def write_array_atomic(path: Path, array: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path, what: str, wait: bool = False,
-                   advice: str = "wait for it to finish, or choose another --run_name") -> Iterator[None]:
+                   advice: str = "wait for it to finish, or choose another --run_name",
+                   shared: bool = False) -> Iterator[None]:
     """Held by this process alone for the block (an flock, released even if the process is
     killed); another process that asks gets a one-line error naming the holder, or with
-    `wait` waits for it. In a data-parallel job rank 0 holds it for all ranks."""
+    `wait` waits for it. `shared`: held beside other shared holders, but never beside an
+    exclusive one. In a data-parallel job rank 0 holds it for all ranks."""
     if not is_main():
         yield
         return
     handle = open(path, "a+", encoding="utf-8")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import os
 import sys
 import time
@@ -72,15 +71,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def write_predictions(path: Path, predictions: list) -> None:
+def write_predictions(path: Path, predictions: list, labels: dict | None) -> None:
+    """Each prediction, with the image's class folder as its true label when the images are labelled
+    (the columns mean what they mean in the run's oof_predictions.csv and test_predictions.csv)."""
     from utils.runtime.files import write_csv_atomic, write_json_atomic
+    from utils.runtime.layout import PREDICTED, TRUE_LABEL
 
+    rows = [{"path": p.path, **({TRUE_LABEL: labels[p.path]} if labels else {}), PREDICTED: p.label,
+             "confidence": p.confidence, "top": p.top} for p in predictions]
     if path.suffix.lower() == ".json":
-        write_json_atomic(path, [dataclasses.asdict(p) for p in predictions])
+        write_json_atomic(path, rows)
         return
-    write_csv_atomic(path, ["path", "label", "confidence", "topk"],
-                     [[p.path, p.label, f"{p.confidence:.6f}", ";".join(f"{label}:{conf:.6f}" for label, conf in p.top)]
-                      for p in predictions])
+    columns = ["path", *([TRUE_LABEL] if labels else []), PREDICTED, "confidence", "topk"]
+    write_csv_atomic(path, columns, [[*[row[key] for key in columns[:-2]], f"{row['confidence']:.6f}",
+                                      ";".join(f"{label}:{conf:.6f}" for label, conf in row["top"])] for row in rows])
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(f"{printable(path)}  {printable(prediction.label)}  {prediction.confidence:.4f}"
                    + (f"  | {extra}" if extra else ""), file=sys.stdout)
     if args.output:
-        write_predictions(Path(args.output), predictions)
+        write_predictions(Path(args.output), predictions, labels)
     counts = collections.Counter(p.label for p in predictions).most_common()
     per_image = 1000 * (time.perf_counter() - start) / max(1, len(paths))
     print(f"\n{len(predictions)} classified, {len(failed)} failed"

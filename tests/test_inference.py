@@ -28,7 +28,7 @@ def test_folder_with_bad_files_classifies_the_good_ones(tiny_run, tmp_path, caps
     assert "corrupt.jpg  cannot be read" in captured.err and "empty.png  cannot be read" in captured.err
     assert "3 classified, 2 failed" in captured.out
     rows = list(csv.DictReader(open(output, newline="")))
-    assert len(rows) == 3 and all(r["label"] in ("blue", "green", "red") for r in rows)
+    assert len(rows) == 3 and all(r["predicted"] in ("blue", "green", "red") for r in rows)
     assert all(len(r["topk"].split(";")) == 2 for r in rows)
 
 
@@ -42,7 +42,7 @@ def test_default_model_is_the_latest_run_and_single_fold_differs_from_ensemble(t
                            "--output", str(tmp_path / "one.json")]) == 0
     ensemble = json.loads((tmp_path / "all.json").read_text())[0]
     single = json.loads((tmp_path / "one.json").read_text())[0]
-    assert ensemble["label"] in ("blue", "green", "red")
+    assert ensemble["predicted"] in ("blue", "green", "red")
     assert ensemble["confidence"] != single["confidence"]
 
 
@@ -76,7 +76,7 @@ def test_exported_model_matches_the_dynamic_graph(tiny_run, tmp_path, capsys, ex
                            "--output", str(tmp_path / "exported.json"), "--topk", "3"]) == 0
     dynamic = json.loads((tmp_path / "dynamic.json").read_text())
     fast = json.loads((tmp_path / "exported.json").read_text())
-    assert [p["label"] for p in fast] == [p["label"] for p in dynamic] and len(fast) == 10
+    assert [p["predicted"] for p in fast] == [p["predicted"] for p in dynamic] and len(fast) == 10
     for a, b in zip(dynamic, fast):
         for (label_a, conf_a), (label_b, conf_b) in zip(a["top"], b["top"]):
             assert label_a == label_b and abs(conf_a - conf_b) < 1e-4
@@ -139,7 +139,7 @@ def test_the_specs_temperature_calibrates_every_backend_alike_and_min_confidence
     assert inference.main(["--image_path", images, "--model_path", str(model), "--min_confidence", "1",
                            "--output", str(output), "--topk", "2"]) == 0
     rows = list(csv.DictReader(open(output, newline="")))
-    assert rows and all(r["label"] == "unsure" and len(r["topk"].split(";")) == 2 for r in rows)
+    assert rows and all(r["predicted"] == "unsure" and len(r["topk"].split(";")) == 2 for r in rows)
     assert inference.main(["--image_path", images, "--model_path", str(model), "--min_confidence", "1.5"]) == 2
 
 
@@ -156,7 +156,7 @@ def test_a_labelled_folder_is_scored_by_its_class_folders(tiny_run, tmp_path, ca
                            "--score_dir", str(scores)]) == 0
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(open(output, newline="")))
-    expected = np.mean([row["label"] == row["path"].split("/")[-2] for row in rows])
+    expected = np.mean([row["predicted"] == row["path"].split("/")[-2] for row in rows])
     assert len(rows) == 30 and f"accuracy {expected:.4f} on 30 images labelled by their folders" in printed
     assert "precision" in printed and (scores / "confusion_matrix.png").is_file()
     assert (scores / "classification_report.txt").is_file()

@@ -2,6 +2,7 @@
 default that finishes. Each test holds one row of the newcomer's table."""
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import time
@@ -86,3 +87,23 @@ def test_row_2_the_same_run_started_twice_is_refused_at_once(tmp_path, capsys):
     finally:
         first.kill()
         first.wait()
+
+
+def test_row_5_every_predictions_csv_names_its_columns_alike(finished_run, tmp_path):
+    data, run_dir = finished_run
+    output = tmp_path / "predictions.csv"
+    assert inference.main(["--image_path", str(data), "--model_path", str(run_dir), "--output", str(output)]) == 0
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["path", "true_label", "predicted", "confidence", "topk"]
+    assert all(row["true_label"] == Path(row["path"]).parent.name for row in rows)
+    with open(run_dir / "oof_predictions.csv", newline="") as handle:
+        assert csv.DictReader(handle).fieldnames[:3] == ["path", "true_label", "predicted"]
+    unlabelled = tmp_path / "loose"
+    unlabelled.mkdir()
+    for path in list((data / "red").glob("*.png"))[:2]:
+        (unlabelled / path.name).write_bytes(path.read_bytes())
+    assert inference.main(["--image_path", str(unlabelled), "--model_path", str(run_dir), "--output",
+                           str(output)]) == 0
+    with open(output, newline="") as handle:
+        assert csv.DictReader(handle).fieldnames == ["path", "predicted", "confidence", "topk"]

@@ -57,10 +57,10 @@ def test_run_writes_config_folds_summary_and_oof(tiny_run):
 
     with open(run_dir / "oof_predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["path", "label", "pred", "fold", "confidence"]
+    assert list(rows[0]) == ["path", "true_label", "predicted", "fold", "confidence"]
     assert sorted(r["path"] for r in rows) == sorted(folds)  # every image exactly once
     assert all(folds[r["path"]] == int(r["fold"]) for r in rows)
-    assert all(r["label"] in summary["classes"] and r["pred"] in summary["classes"] for r in rows)
+    assert all(r["true_label"] in summary["classes"] and r["predicted"] in summary["classes"] for r in rows)
     assert "macro avg" in (run_dir / "classification_report.txt").read_text()
     assert cv2.imread(str(run_dir / "confusion_matrix.png")) is not None
     assert (out / "models_saved" / "latest").read_text().strip() == "tiny"
@@ -133,8 +133,8 @@ def test_held_out_test_split_is_scored_by_the_fold_ensemble(tmp_path):
     with open(run / "test_predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert probs.shape == (6, 3) and len(rows) == 6 and all("/test/" in r["path"] for r in rows)
-    assert [summary["classes"][i] for i in probs.argmax(axis=1)] == [r["pred"] for r in rows]
-    assert np.mean([r["pred"] == r["label"] for r in rows]) == pytest.approx(summary["test_acc"])
+    assert [summary["classes"][i] for i in probs.argmax(axis=1)] == [r["predicted"] for r in rows]
+    assert np.mean([r["predicted"] == r["true_label"] for r in rows]) == pytest.approx(summary["test_acc"])
     assert sum(f["n_train"] + f["n_val"] for f in summary["folds"]) == 2 * 18
     assert summary["teacher_val_acc_mean"] is None  # --kd none trains no teacher
 
@@ -219,7 +219,7 @@ def test_run_writes_out_of_fold_probabilities_label_issues_and_calibration(tiny_
         rows = list(csv.DictReader(handle))
     probs = np.load(run_dir / "oof_probs.npy")
     assert probs.shape == (30, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
-    assert [summary["classes"][i] for i in probs.argmax(axis=1)] == [r["pred"] for r in rows]
+    assert [summary["classes"][i] for i in probs.argmax(axis=1)] == [r["predicted"] for r in rows]
 
     calibration = summary["calibration"]
     assert len(calibration["fold_temperatures"]) == 2 and calibration["temperature"] > 0

@@ -157,7 +157,7 @@ def score_test_set(run_dir: Path, index: DatasetIndex, cfg: Config) -> tuple[Opt
                      for path in (d / WEIGHTS_NAME for d in layout.fold_dirs(run_dir).values())], axis=0)
     preds = probs.argmax(axis=1)
     write_array_atomic(run_dir / "test_probs.npy", probs.astype(np.float32))
-    write_csv_atomic(run_dir / "test_predictions.csv", ["path", "label", "pred", "confidence"],
+    write_csv_atomic(run_dir / "test_predictions.csv", ["path", layout.TRUE_LABEL, layout.PREDICTED, "confidence"],
                      [[s.path, index.classes[labels[i]], index.classes[preds[i]], f"{probs[i, preds[i]]:.6f}"]
                       for i, s in enumerate(samples)])
     write_classification_report(run_dir / "test_classification_report.txt", labels, preds, index.classes)
@@ -381,7 +381,8 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     oof_preds = oof_probs.argmax(axis=1)
     rows = [[sample.path, index.classes[labels[i]], index.classes[oof_preds[i]], int(fold_of[i]),
              f"{oof_probs[i, oof_preds[i]]:.6f}"] for i, sample in enumerate(samples)]
-    write_csv_atomic(run_dir / "oof_predictions.csv", ["path", "label", "pred", "fold", "confidence"], rows)
+    columns = ["path", layout.TRUE_LABEL, layout.PREDICTED, "fold", "confidence"]
+    write_csv_atomic(run_dir / "oof_predictions.csv", columns, rows)
     save_oof_probs(run_dir, oof_probs)
     write_classification_report(run_dir / "classification_report.txt", labels, oof_preds, index.classes)
     save_confusion_matrix(run_dir / "confusion_matrix.png", labels, oof_preds, index.classes,

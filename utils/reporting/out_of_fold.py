@@ -13,6 +13,7 @@ import numpy as np
 from utils.reporting.calibration import coverage_table, cross_fitted_calibration, save_reliability_diagram
 from utils.reporting.label_issues import LABEL_ISSUES, find_label_issues, write_label_issues
 from utils.runtime.files import write_array_atomic
+from utils.runtime.layout import PREDICTED
 
 OOF_PROBS = "oof_probs.npy"  # (images, classes) float32, rows as oof_predictions.csv, columns as summary's classes
 RELIABILITY = "reliability.png"
@@ -43,7 +44,7 @@ def load_oof_probs(run_dir: Path, oof_rows: Sequence[dict], classes: Sequence[st
             return None
         probs[folds == fold] = fold_probs
     predicted = [classes[i] for i in probs.argmax(axis=1)]
-    return probs if predicted == [row["pred"] for row in oof_rows] else None
+    return probs if predicted == [row[PREDICTED] for row in oof_rows] else None
 
 
 def analyse_out_of_fold(run_dir: Path, paths: Sequence[str], classes: Sequence[str], labels: np.ndarray,

@@ -26,12 +26,14 @@ from utils.runtime import layout
 from utils.runtime.config import read_yaml
 from utils.runtime.errors import UserError
 from utils.runtime.files import read_csv_rows, write_json_atomic, write_text_atomic
+from utils.runtime.layout import PREDICTED, TRUE_LABEL
 from utils.runtime.text import printable
 
 GALLERY_SIZE = 16
 
 
 RUN_FILES = ("summary.json", "config.yaml", "oof_predictions.csv", "classification_report.txt")
+OLD_COLUMNS = {"label": TRUE_LABEL, "pred": PREDICTED}  # in oof_predictions.csv before 2026-12-07
 
 
 def _damaged(path: Path) -> UserError:
@@ -59,8 +61,9 @@ def _load(run_dir: Path) -> tuple[dict, str, dict[int, dict], list[dict]]:
             histories[fold] = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise _damaged(path) from None
-    oof_rows = read_csv_rows(run_dir / "oof_predictions.csv")
-    if not oof_rows or not {"path", "label", "pred", "confidence"} <= set(oof_rows[0]):
+    oof_rows = [{OLD_COLUMNS.get(key, key): value for key, value in row.items()}
+                for row in read_csv_rows(run_dir / "oof_predictions.csv")]
+    if not oof_rows or not {"path", TRUE_LABEL, PREDICTED, "confidence"} <= set(oof_rows[0]):
         raise _damaged(run_dir / "oof_predictions.csv")
     return summary, (run_dir / "config.yaml").read_text(encoding="utf-8"), histories, oof_rows
 
@@ -163,7 +166,7 @@ def _explained(row: dict, run_dir: Path, students: dict) -> Optional[np.ndarray]
     model, spec, _ = students[row["fold"]]
     seen = spec.eval_transform()(image)
     try:
-        cam, _ = grad_cam(model, seen, list(spec.classes).index(row["pred"]))
+        cam, _ = grad_cam(model, seen, list(spec.classes).index(row[PREDICTED]))
     except NoSpatialMap:  # shown as seen, without a map that would be noise
         return visible_image(seen, spec.mean, spec.std)
     return overlay(visible_image(seen, spec.mean, spec.std), cam)
@@ -172,7 +175,7 @@ def _explained(row: dict, run_dir: Path, students: dict) -> Optional[np.ndarray]
 def plot_misclassified(oof_rows: list[dict], out: Path, run_dir: Path) -> int:
     """The out-of-fold mistakes the students were most sure of, with true and predicted labels,
     each shown as its student saw it with the Grad-CAM map of the wrong class: what it looked at."""
-    wrong = [row for row in oof_rows if row["label"] != row["pred"]]
+    wrong = [row for row in oof_rows if row[TRUE_LABEL] != row[PREDICTED]]
     wrong = sorted(wrong, key=lambda row: -float(row["confidence"]))[:GALLERY_SIZE]
     columns = 4
     rows = max(1, -(-len(wrong) // columns))
@@ -184,7 +187,7 @@ def plot_misclassified(oof_rows: list[dict], out: Path, run_dir: Path) -> int:
         picture = _explained(row, run_dir, students)
         if picture is not None:
             ax.imshow(picture)
-        ax.set_title(f"true {row['label']}\npred {row['pred']} ({float(row['confidence']):.2f})", fontsize=8)
+        ax.set_title(f"true {row[TRUE_LABEL]}\npred {row[PREDICTED]} ({float(row['confidence']):.2f})", fontsize=8)
     save_figure(fig, out, dpi=90)
     return len(wrong)
 
@@ -198,9 +201,9 @@ def _duration(seconds: float) -> str:
 def model_warnings(oof_rows: list[dict], classes: list[str]) -> list[str]:
     """What makes the students useless, in words: one answer for every image, or no better
     than always answering the most common class (1 / classes when they are balanced)."""
-    predicted = Counter(row["pred"] for row in oof_rows)
-    truth = Counter(row["label"] for row in oof_rows)
-    accuracy = sum(row["pred"] == row["label"] for row in oof_rows) / len(oof_rows)
+    predicted = Counter(row[PREDICTED] for row in oof_rows)
+    truth = Counter(row[TRUE_LABEL] for row in oof_rows)
+    accuracy = sum(row[PREDICTED] == row[TRUE_LABEL] for row in oof_rows) / len(oof_rows)
     majority = max(truth.values()) / len(oof_rows)
     warnings = []
     if len(predicted) == 1:
@@ -357,7 +360,7 @@ def reanalyse(run_dir: Path) -> None:
         return
     save_oof_probs(run_dir, probs)
     position = {name: i for i, name in enumerate(classes)}
-    labels = np.array([position[row["label"]] for row in oof_rows])
+    labels = np.array([position[row[TRUE_LABEL]] for row in oof_rows])
     fold_of = np.array([int(row["fold"]) for row in oof_rows])
     summary.update(analyse_out_of_fold(run_dir, [row["path"] for row in oof_rows], classes, labels, fold_of, probs,
                                        find_issues=True))
@@ -378,7 +381,7 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
     if histories:
         plot_training_curves(histories, run_dir / "training_curves.png")
     mistakes = plot_misclassified(oof_rows, run_dir / "misclassified.png", run_dir)
-    counts = Counter(row["label"] for row in oof_rows)
+    counts = Counter(row[TRUE_LABEL] for row in oof_rows)
     lines = [
         f"# Run {run_dir.name}",
         "",

@@ -25,6 +25,10 @@ FOLD_RESULT = "result.json"  # a fold's last file: present only when the fold is
 # Names inside output_dir that are not runs.
 RESERVED_RUN_NAMES = (LATEST_NAME, TEACHERS_DIR)
 
+# Every predictions CSV (oof_predictions.csv, test_predictions.csv, inference.py --output) names
+# the folder's label and the model's answer so; runs before 2026-12-07 wrote "label" and "pred".
+TRUE_LABEL, PREDICTED = "true_label", "predicted"
+
 _FOLD_DIR = re.compile(r"fold(\d+)")
 
 

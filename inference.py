@@ -110,6 +110,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UserError("--explain needs the trained model itself (a run or .pdparams), not --backend onnxruntime")
 
 
+def prediction_line(path: Path, prediction) -> str:
+    """One console line: the path, the answer and its probability (for an unsure answer, the
+    best guess in brackets), then the next classes of --topk."""
+    from utils.deploy.inference import UNSURE
+
+    best, probability = prediction.top[0]
+    answer = (f"{UNSURE} ({printable(best)} {probability:.2f})" if prediction.label == UNSURE
+              else f"{printable(best)}  {probability:.4f}")
+    extra = "  ".join(f"{printable(label)} {conf:.4f}" for label, conf in prediction.top[1:])
+    return f"{printable(path)}  {answer}" + (f"  | {extra}" if extra else "")
+
+
 def planned_outputs(args: argparse.Namespace, paths: list[Path], scored: bool) -> list[tuple[str, Path]]:
     """Every file this invocation may write, with the option that decides where."""
     from utils.deploy.inference import explanation_path, shown_path
@@ -198,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             save_annotated(prediction, Path(args.show_dir), Path(args.image_path))
         if args.explain:
             save_explanation(classifier, prediction, Path(args.explain), Path(args.image_path))
-        extra = "  ".join(f"{printable(label)} {conf:.4f}" for label, conf in prediction.top[1:])
-        tqdm.write(f"{printable(path)}  {printable(prediction.label)}  {prediction.confidence:.4f}"
-                   + (f"  | {extra}" if extra else ""), file=sys.stdout)
+        tqdm.write(prediction_line(path, prediction), file=sys.stdout)
     if args.output:
         write_predictions(Path(args.output), predictions, labels)
     counts = collections.Counter(p.label for p in predictions).most_common()

@@ -3,6 +3,7 @@ default that finishes. Each test holds one row of the newcomer's table."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 import time
@@ -107,3 +108,32 @@ def test_row_5_every_predictions_csv_names_its_columns_alike(finished_run, tmp_p
                            str(output)]) == 0
     with open(output, newline="") as handle:
         assert csv.DictReader(handle).fieldnames == ["path", "predicted", "confidence", "topk"]
+
+
+def test_row_7_every_visualdl_command_the_project_gives_names_its_language():
+    tracked = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.yaml"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    missing = [name for name in tracked for line in (ROOT / name).read_text(encoding="utf-8").splitlines()
+               if "visualdl --logdir" in line and "--language en" not in line]
+    assert not missing, missing
+
+
+def test_row_13_flip_tta_is_reported_only_where_training_flipped(tmp_path):
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    for name, flip in (("flipped", "0.5"), ("unflipped", "0")):
+        assert main.main(tiny_run_args(data, tmp_path, name, "--kd", "none", "--hflip", flip)) == 0
+    reports = {name: (tmp_path / "models_saved" / name / "report.md").read_text() for name in ("flipped", "unflipped")}
+    assert "with flip TTA" in reports["flipped"] and "flip test-time augmentation" in reports["flipped"]
+    assert "with flip TTA" not in reports["unflipped"] and "flip test-time" not in reports["unflipped"]
+
+
+def test_row_14_the_ema_note_is_said_once_per_run_and_unsure_names_the_best_guess(finished_run, tmp_path, capfd):
+    data = make_class_folders(tmp_path / "data", per_class=8)
+    assert main.main(tiny_run_args(data, tmp_path, "ema", "--kd", "none", "--ema_decay", "0.9",
+                                   "--parallel_folds", "2")) == 0
+    assert capfd.readouterr().out.count("note: EMA is the accuracy") == 1
+    data, run_dir = finished_run
+    assert inference.main(["--image_path", str(data / "red"), "--model_path", str(run_dir),
+                           "--min_confidence", "0.99"]) == 0
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith(str(data))]
+    assert lines and all(re.search(r"  unsure \((red|green|blue) 0\.\d\d\)$", line) for line in lines), lines

@@ -37,7 +37,7 @@ from utils.reporting.metrics import accuracy, macro_f1, save_confusion_matrix, w
 from utils.reporting.out_of_fold import analyse_out_of_fold, save_oof_probs
 from utils.reporting.report import write_report
 from utils.reporting.verdict import distillation_verdict
-from utils.reporting.visual_logging import log_run, visualdl_command
+from utils.reporting.visual_logging import EMA_NOTE, log_run, visualdl_command
 from utils.runtime import layout
 from utils.runtime.config import RUNTIME_SETTINGS, Config, load_saved_config, save_config
 from utils.runtime.distributed import barrier, init_distributed, is_main, rank, world_size
@@ -318,6 +318,8 @@ def _train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: s
                   f"the {workers} fold processes read their images themselves", flush=True)
             cfg = cfg.replace(num_workers=0)
     inputs.clock = estimate_run(cfg, chosen, inputs, workers, world_size(), device)
+    if cfg.optim.ema_decay > 0 and not cfg.outputs.quiet:
+        print(EMA_NOTE, flush=True)
     run_folds(cfg, chosen, workers, device, inputs)
     barrier()
     # Whichever invocation finishes the last fold writes the run's outputs (folds may train elsewhere).

@@ -225,22 +225,21 @@ def _mean_std(summary: dict, name: str) -> str:
     return "-" if mean is None else f"{mean:.4f} ± {summary.get(f'{name}_std') or 0:.4f}"
 
 
-def _fold_table(summary: dict) -> list[str]:
-    top5 = summary.get("student_val_top5_mean") is not None
-    lines = ["| fold | train | val | teacher acc | CE-only acc | student acc | with flip TTA | "
-             + ("top-5 | " if top5 else "") + "macro-F1 | best epoch |",
-             "|---|---|---|---|---|---|---|" + ("---|" if top5 else "") + "---|---|"]
+def _fold_table(summary: dict, flipped: bool) -> list[str]:
+    """Per fold and on average: the sizes, each model's accuracy, and, when the training flipped images
+    (a mirrored image is then one the student knows), the student with flip test-time augmentation."""
+    columns = [("teacher acc", "teacher_val_acc"), ("CE-only acc", "baseline_val_acc"),
+               ("student acc", "student_val_acc"),
+               *([("with flip TTA", "student_val_acc_tta")] if flipped else []),
+               *([("top-5", "student_val_top5")] if summary.get("student_val_top5_mean") is not None else []),
+               ("macro-F1", "student_val_macro_f1")]
+    lines = ["| fold | train | val | " + " | ".join(title for title, _ in columns) + " | best epoch |",
+             "|---|---|---|" + "---|" * len(columns) + "---|"]
     for f in summary["folds"]:
-        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {_cell(f['teacher_val_acc'])} "
-                     f"| {_cell(f.get('baseline_val_acc'))} | {f['student_val_acc']:.4f} "
-                     f"| {_cell(f.get('student_val_acc_tta'))} | "
-                     + (f"{_cell(f.get('student_val_top5'))} | " if top5 else "")
-                     + f"{f['student_val_macro_f1']:.4f} | {f['best_epoch']} |")
-    lines.append(f"| mean ± std | | | {_mean_std(summary, 'teacher_val_acc')} "
-                 f"| {_mean_std(summary, 'baseline_val_acc')} | {_mean_std(summary, 'student_val_acc')} "
-                 f"| {_mean_std(summary, 'student_val_acc_tta')} | "
-                 + (f"{_mean_std(summary, 'student_val_top5')} | " if top5 else "")
-                 + f"{_mean_std(summary, 'student_val_macro_f1')} | |")
+        cells = " | ".join(_cell(f.get(key)) for _, key in columns)
+        lines.append(f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {cells} | {f['best_epoch']} |")
+    means = " | ".join(_mean_std(summary, key) for _, key in columns)
+    lines.append(f"| mean ± std | | | {means} | |")
     return lines
 
 
@@ -382,6 +381,8 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         plot_training_curves(histories, run_dir / "training_curves.png")
     mistakes = plot_misclassified(oof_rows, run_dir / "misclassified.png", run_dir)
     counts = Counter(row[TRUE_LABEL] for row in oof_rows)
+    settings = read_yaml(run_dir / "config.yaml")
+    flipped = float(settings.get("hflip", 0.5)) > 0
     lines = [
         f"# Run {run_dir.name}",
         "",
@@ -400,12 +401,13 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         "## Cross-validation",
         "",
         "Validation accuracy of each fold's teacher, of the CE-only student (with `--baseline`), "
-        "and of the distilled student's best epoch, also with flip test-time augmentation (the mean of its "
-        "predictions for the image and its mirror image) and top-5 (with more than 5 classes).",
+        "and of the distilled student's best epoch"
+        + (", also with flip test-time augmentation (the mean of its predictions for the image and its mirror "
+           "image)" if flipped else "") + " and top-5 (with more than 5 classes).",
         "",
-        *_fold_table(summary),
+        *_fold_table(summary, flipped),
         "",
-        *_last_epoch_note(summary, read_yaml(run_dir / "config.yaml").get("epochs")),
+        *_last_epoch_note(summary, settings.get("epochs")),
         *_verdict_section(summary),
         f"Out-of-fold accuracy (every image predicted by the fold that did not train on it): "
         f"{summary['oof_acc']:.4f}.",

@@ -55,6 +55,11 @@ def fold_name(fold: int | str) -> str:
     return fold if isinstance(fold, str) else f"fold {fold}"
 
 
+# Said once per run (by the pipeline, before the epoch lines), not once per fold process.
+EMA_NOTE = ("note: EMA is the accuracy of the weights' exponential moving average (--ema_decay), evaluated every "
+            "epoch beside the weights themselves; the better of the two counts")
+
+
 def epoch_logger(writer: Optional[LogWriter], role: str, fold: int | str, epochs: int, history: list, quiet: bool,
                  progress: Optional[Callable[[EpochRecord], str]] = None) -> Callable[[EpochRecord, bool], None]:
     """The per-epoch hook for `fit`: scalars of `role` ("" for the student, "teacher",
@@ -77,10 +82,6 @@ def epoch_logger(writer: Optional[LogWriter], role: str, fold: int | str, epochs
         if quiet:
             return
         average = f" (EMA {record.ema_val_acc:.4f})" if record.ema_val_acc is not None else ""
-        if average and not best.get("ema_explained"):
-            best["ema_explained"] = True
-            print("note: EMA is the accuracy of the weights' exponential moving average (--ema_decay), evaluated "
-                  "every epoch beside the weights themselves; the better of the two counts", flush=True)
         validation = (f"val loss {record.val_loss:.4f} acc {record.val_acc:.4f}{average}" if record.val_acc is not None
                       else "no validation images")
         print(f"{fold_name(fold)} {name} epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "

@@ -3,6 +3,7 @@ default that finishes. Each test holds one row of the newcomer's table."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -137,3 +138,23 @@ def test_row_14_the_ema_note_is_said_once_per_run_and_unsure_names_the_best_gues
                            "--min_confidence", "0.99"]) == 0
     lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith(str(data))]
     assert lines and all(re.search(r"  unsure \((red|green|blue) 0\.\d\d\)$", line) for line in lines), lines
+
+
+def test_rows_3_and_6_a_split_dataset_says_what_it_read_and_one_test_accuracy_story(tmp_path, capsys):
+    data = tmp_path / "flowers"
+    make_class_folders(data / "train", per_class=6)
+    make_class_folders(data / "val", per_class=2, seed=1)
+    make_class_folders(data / "test", per_class=2, seed=3)
+    make_class_folders(data / "train_augmented", per_class=3, seed=4)
+    assert main.main(tiny_run_args(data, tmp_path, "flowers", "--kd", "none", "--final_model", "true")) == 0
+    out = capsys.readouterr().out
+    first = next(line for line in out.splitlines() if " images in 3 classes from " in line)
+    assert "train/ and val/ pooled for cross-validation; test/ held out (6 images, scored at the end); " \
+           "not read: train_augmented/" in first
+    summary = json.loads((tmp_path / "models_saved" / "flowers" / "summary.json").read_text())
+    said = (f"held-out test set (6 images): the final student (the model inference.py uses) acc "
+            f"{summary['final_test_acc']:.4f}, the fold ensemble acc {summary['test_acc']:.4f}")
+    assert said in out
+    report = (tmp_path / "models_saved" / "flowers" / "report.md").read_text()
+    assert "It has no held-out images of its own" not in report
+    assert f"On the 6 held-out test/ images it scores accuracy {summary['final_test_acc']:.4f}" in report

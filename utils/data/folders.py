@@ -48,6 +48,22 @@ class DatasetIndex:
     samples: list[Sample]
     test_samples: list[Sample]
     skipped: list[SkippedFile]
+    # Which folders were read for what: split folders pooled for cross-validation (empty: the data
+    # directory's own class folders), the held-out test folder, and folders beside them left unread.
+    pooled_splits: list[str] = dataclasses.field(default_factory=list)
+    test_split: Optional[str] = None
+    ignored: list[str] = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        """What was read for what, for the run's first line ("" for plain class folders)."""
+        if not self.pooled_splits:
+            return ""
+        said = f"{' and '.join(f'{name}/' for name in self.pooled_splits)} pooled for cross-validation"
+        if self.test_split:
+            said += f"; {self.test_split}/ held out ({len(self.test_samples)} images, scored at the end)"
+        if self.ignored:
+            said += f"; not read: {', '.join(f'{name}/' for name in self.ignored)}"
+        return said
 
 
 def is_image_name(name: str) -> bool:
@@ -109,15 +125,16 @@ def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[
     return by_class, skipped
 
 
-def _layout(data_dir: Path) -> tuple[list[Path], Optional[Path]]:
-    """The folders to pool for cross-validation and the held-out test folder, from the
-    layout of `data_dir` (LAYOUTS); anything ambiguous is refused in one line."""
+def _layout(data_dir: Path) -> tuple[list[Path], Optional[Path], list[Path]]:
+    """The folders to pool for cross-validation, the held-out test folder, and the folders
+    beside split folders that are not read, from the layout of `data_dir` (LAYOUTS);
+    anything ambiguous is refused in one line."""
     folders = _class_folders(data_dir)
     found: dict[str, list[Path]] = {split: [p for p in folders if p.name.lower() in names]
                                     for split, names in SPLIT_SYNONYMS.items()}
     split_folders = [p for paths in found.values() for p in paths]
     if not split_folders:
-        return [data_dir], None
+        return [data_dir], None, []
     names = ", ".join(f"{p.name}/" for p in split_folders)
     twice = [paths for paths in found.values() if len(paths) > 1]
     if twice:
@@ -132,7 +149,8 @@ def _layout(data_dir: Path) -> tuple[list[Path], Optional[Path]]:
     if others:
         raise DataError(f"{data_dir} holds split folders ({names}) and also class folders ({', '.join(others)}): "
                         f"use one layout. Layouts understood: {LAYOUTS}")
-    return [train, *found["val"]], (found["test"][0] if found["test"] else None)
+    ignored = [p for p in folders if p not in split_folders]  # sub-folders of folders (train_augmented/)
+    return [train, *found["val"]], (found["test"][0] if found["test"] else None), ignored
 
 
 def scan_dataset(data_dir: Path) -> DatasetIndex:
@@ -140,7 +158,7 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
     is one) plus an optional held-out test/ split, under the names public datasets use."""
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist")
-    pooled_roots, test_root = _layout(data_dir)
+    pooled_roots, test_root, ignored = _layout(data_dir)
     read_already = {os.path.realpath(data_dir)}
     pooled: dict[str, list[str]] = {}
     skipped: list[SkippedFile] = []
@@ -170,7 +188,9 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
         if unknown:
             raise DataError(f"{test_root} has class folders not seen in the training splits: {', '.join(unknown)}")
         test_samples = [Sample(path, classes.index(name)) for name, files in by_class.items() for path in files]
-    return DatasetIndex(classes, samples, test_samples, skipped)
+    pooled_splits = [root.name for root in pooled_roots if root != data_dir]
+    return DatasetIndex(classes, samples, test_samples, skipped, pooled_splits, test_root and test_root.name,
+                        [path.name for path in ignored])
 
 
 def drop_duplicates(index: DatasetIndex, digest_of: Mapping[str, str], data_dir: Path) -> tuple[DatasetIndex, int]:
@@ -209,7 +229,8 @@ def drop_duplicates(index: DatasetIndex, digest_of: Mapping[str, str], data_dir:
         else:
             seen_in_test[digest] = sample.path
             test_samples.append(sample)
-    return DatasetIndex(index.classes, samples, test_samples, index.skipped + skipped), len(skipped)
+    return dataclasses.replace(index, samples=samples, test_samples=test_samples,
+                               skipped=index.skipped + skipped), len(skipped)
 
 
 SHORT_CLASSES_NAMED = 5  # in the message that refuses them

@@ -343,7 +343,8 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
     check_class_counts(index.classes, labels, cfg.data.num_folds, cfg.data.batch_size)
     counts = np.bincount(labels, minlength=len(index.classes))
     print(f"{len(samples)} images in {len(index.classes)} classes from {printable(cfg.data.data_dir)} "
-          f"({', '.join(f'{printable(c)}: {n}' for c, n in zip(index.classes, counts))}); "
+          f"({', '.join(f'{printable(c)}: {n}' for c, n in zip(index.classes, counts))}"
+          + (f"; {printable(index.describe())}" if index.describe() else "") + "); "
           f"{len(skipped)} file(s) skipped{' (listed in skipped.txt)' if skipped else ''}; device {device}; "
           f"run {run_dir}", flush=True)
     # Before any training, so that a long run's skipped files can be looked at while it trains.
@@ -421,7 +422,10 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     report = write_report(run_dir) if is_main() else None
     print_summary_table(summary)
     if test_scores:
-        print(f"held-out test set ({test_scores['n_test']} images), fold ensemble: acc {test_scores['test_acc']:.4f}")
+        final_said = (f"the final student (the model inference.py uses) acc {test_scores['final_test_acc']:.4f}, "
+                      if "final_test_acc" in test_scores else "")
+        print(f"held-out test set ({test_scores['n_test']} images): {final_said}the fold ensemble acc "
+              f"{test_scores['test_acc']:.4f}")
     for item in skipped:
         print(f"skipped: {printable(item.path)} ({printable(item.reason)})")
     image_store_path(cfg, 0, run_dir, remove=True)

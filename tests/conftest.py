@@ -99,7 +99,7 @@ def tiny_run_args(data_dir: Path, out: Path, run_name: str, *extra: str) -> list
         "--img_size", "32", "--batch_size", "8", "--teacher_weights", "none", "--student_weights", "none",
         "--student", "mobilenet_v3_small", "--teacher", "resnet18", "--output_dir", str(out / "models_saved"),
         "--log_dir", str(out / "logs"), "--run_name", run_name, "--parallel_folds", "1", "--final_model", "false",
-        *extra,
+        "--preset", "full", *extra,
     ]
 
 

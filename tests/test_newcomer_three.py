@@ -2,6 +2,7 @@
 default that finishes. Each test holds one row of the newcomer's table."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -21,6 +22,9 @@ from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student
 from tests.conftest import expect_error, make_class_folders, tiny_run_args
 from utils.deploy.explain import NoSpatialMap, grad_cam
+from utils.distill.methods import METHOD_SETTINGS
+from utils.pipeline.demo import resolve_run_config
+from utils.runtime.config import CPU_PRESET, DEFAULT_CONFIG, add_config_flags, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,3 +162,39 @@ def test_rows_3_and_6_a_split_dataset_says_what_it_read_and_one_test_accuracy_st
     report = (tmp_path / "models_saved" / "flowers" / "report.md").read_text()
     assert "It has no held-out images of its own" not in report
     assert f"On the 6 held-out test/ images it scores accuracy {summary['final_test_acc']:.4f}" in report
+
+
+POINTER = re.compile(r'(README|docs/[\w-]+\.md)[,:] \\?"([^"\\]+)\\?"')
+
+
+def test_row_8_every_pointer_to_a_section_resolves():
+    """Comments, messages and docs that send the reader to `README, "Section"` or `docs/x.md,
+    "Section"`: that file has a heading that says so (a section that moved leaves no dead pointer)."""
+    tracked = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.yaml"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    found = [(name, target, section) for name in tracked if not name.startswith("tests/")
+             for target, section in POINTER.findall((ROOT / name).read_text(encoding="utf-8"))]
+    assert len(found) >= 5
+    dead = [(name, target, section) for name, target, section in found
+            if not any(line.startswith("#") and section.lower() in line.lower()
+                       for line in (ROOT / ("README.md" if target == "README" else target)).read_text().splitlines())]
+    assert not dead, dead
+
+
+def _run_config(*flags: str):
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, METHOD_SETTINGS)
+    return resolve_run_config(parser.parse_args(["--data_dir", "photos", *flags]))
+
+
+def test_row_8_on_a_cpu_a_first_run_takes_the_cpu_preset_and_says_how_to_ask_for_the_full_one(capsys):
+    preset, default = read_yaml(CPU_PRESET), read_yaml(DEFAULT_CONFIG)
+    cfg = _run_config("--teacher_weights", "none", "--student_weights", "none")  # this machine has no GPU
+    assert "No GPU: training with the CPU preset configs/cpu.yaml" in capsys.readouterr().out
+    assert all(cfg.to_dict()[key] == value for key, value in preset.items())
+    assert _run_config("--epochs", "3").optim.epochs == 3  # the flags still win
+    capsys.readouterr()
+    full = _run_config("--preset", "full")
+    assert "CPU preset" not in capsys.readouterr().out
+    assert (full.data.num_folds, full.data.img_size) == (default["num_folds"], default["img_size"])
+    assert _run_config("--preset", "cpu", "--device", "cpu").data.num_folds == preset["num_folds"]

@@ -273,10 +273,6 @@ def run_cross_validation(cfg: Config) -> dict:
     # Checked on the files found before anything is written, and again on those that decode.
     check_class_counts(index.classes, [s.label for s in index.samples], cfg.data.num_folds, cfg.data.batch_size)
     check_weights(cfg)
-    if cfg.runtime.fast_depthwise and device == "cpu" and not compiled_operators_built():
-        # Built (or found unbuildable) once the options and data are checked, and here, so that
-        # fold workers neither build nor fail again.
-        cfg = cfg.replace(fast_depthwise=False)
     run_dir = prepare_run_dir(cfg)
     # One invocation trains a whole run at a time: a second one with the same run name stops here, before
     # any work. Invocations that each train some folds (--folds, on several machines) may share the run.
@@ -304,6 +300,10 @@ def _train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: s
         print(f"warning: {duplicates} image(s) left out as copies of others (the same content: under two classes, "
               "all copies; in one class, counted once); listed in skipped.txt", flush=True)
     inputs, skipped, folds = decode(cfg, index, manifest, run_dir, device)
+    if cfg.runtime.fast_depthwise and device == "cpu" and not compiled_operators_built():
+        # Built (or found unbuildable) once the options and data are checked and the data line is out,
+        # and here, so that fold workers neither build nor fail again.
+        cfg = cfg.replace(fast_depthwise=False)
     chosen = chosen_folds(cfg, folds)
     workers = parallel_fold_count(cfg, device, len(chosen))
     if world_size() > 1:

@@ -23,10 +23,10 @@ from models.teacher import build_teacher
 from utils.data.transforms import build_train_transform
 from utils.engine.ema import WeightAverage
 from utils.engine.optimization import build_optimizer, warmup_cosine
-from utils.runtime.config import PROJECT_ROOT, Config, read_yaml
+from utils.runtime.config import CPU_PRESET, PROJECT_ROOT, Config, read_yaml
 
-# A quick preset for a first model on a CPU (README, "How long a run takes").
-QUICK_PRESET = "configs/cpu.yaml"
+# The preset for a first model on a CPU, used by default there (docs/training-from-scratch.md,
+# "How long a run takes").
 QUICK_NOTE_AFTER = 3600  # seconds
 
 
@@ -212,13 +212,15 @@ def start_clock(cfg: Config, num_classes: int, folds: list[FoldWork], final: Wor
                 images: Sequence[np.ndarray]) -> RunClock:
     kinds = {kind for work in [final] + [w for fold in folds for w in (fold.teacher, fold.student)]
              for kind, count in work.items() if count}
+    if kinds:
+        print("timing a few steps of each network on this machine, for the time estimate ...", flush=True)
     return RunClock(folds, final, measure_rates(cfg, num_classes, kinds, images), workers, share)
 
 
 def uses_quick_preset(cfg: Config) -> bool:
     """Every setting of the quick preset already in force (given by --config or by hand)."""
     settings = cfg.to_dict()
-    return all(settings[key] == value for key, value in read_yaml(PROJECT_ROOT / QUICK_PRESET).items())
+    return all(settings[key] == value for key, value in read_yaml(CPU_PRESET).items())
 
 
 def quick_preset_note(clock: RunClock, device: str, cfg: Config) -> Optional[str]:
@@ -227,4 +229,5 @@ def quick_preset_note(clock: RunClock, device: str, cfg: Config) -> Optional[str
     if device != "cpu" or clock.total_seconds() <= QUICK_NOTE_AFTER or uses_quick_preset(cfg):
         return None
     return (f"note: this run will take more than an hour on this CPU; for a first model in about 15 minutes "
-            f"(on 2,500 photos), try --config {QUICK_PRESET} (README, \"How long a run takes\")")
+            f"(on 2,500 photos), try --config {CPU_PRESET.relative_to(PROJECT_ROOT)} "
+            "(docs/training-from-scratch.md, \"How long a run takes\")")

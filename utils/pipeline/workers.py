@@ -18,7 +18,7 @@ from utils.runtime.process import cpu_count, die_with_parent
 
 def parallel_fold_count(cfg: Config, device: str, num_folds: int) -> int:
     """How many folds train at once. On CPU, one single-threaded process per core
-    beats one process with more threads (README, "Speed"); a GPU trains one fold."""
+    beats one process with more threads (docs/speed-on-cpu.md, "Speed on CPU"); a GPU trains one fold."""
     if world_size() > 1:
         return 1  # a data-parallel job trains one fold at a time, on all its processes
     requested = cfg.runtime.parallel_folds or (1 if device == "gpu" else cpu_count())

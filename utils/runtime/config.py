@@ -25,6 +25,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+CPU_PRESET = CONFIG_DIR / "cpu.yaml"  # a first model on a CPU: the default there (utils/pipeline/demo.py)
+PRESETS = ("auto", "cpu", "full")
 RECIPE_DIR = CONFIG_DIR / "recipes"
 RECIPES = ("auto", "finetune", "scratch")
 MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 1024
@@ -473,6 +475,10 @@ def add_config_flags(parser: argparse.ArgumentParser, component_settings: Sequen
     parser.add_argument("--resume", metavar="RUN_NAME",
                         help="continue an interrupted run with its saved settings: finished folds are kept and "
                              "an unfinished fold goes on from its last finished epoch")
+    parser.add_argument("--preset", choices=PRESETS,
+                        help="the settings a run starts from, under --config and the flags: cpu, configs/cpu.yaml "
+                             "(a first model in minutes); full, configs/default.yaml alone; auto (the default): cpu "
+                             "on a machine without a GPU, full on one with")
     kinds = _field_types()
     scratch = read_yaml(RECIPE_DIR / "scratch.yaml")
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -543,7 +549,7 @@ RUNTIME_SETTINGS = ("parallel_folds", "num_workers", "image_memory_mb", "quiet",
 def resumed_config(args: argparse.Namespace) -> Config:
     """The saved settings of run `args.resume`, with only runtime settings taken from the flags."""
     others = [key for key, value in vars(args).items() if value is not None
-              and key not in (*RUNTIME_SETTINGS, "output_dir", "resume", "config", "report")]
+              and key not in (*RUNTIME_SETTINGS, "output_dir", "resume", "config", "report", "preset")]
     if others or args.config:
         given = ", ".join(f"--{key}" for key in others or ["config"])
         raise ConfigError(f"--resume continues a run with its saved settings, so {given} cannot be given with it; "

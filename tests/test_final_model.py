@@ -111,9 +111,9 @@ def test_int8_model_agrees_with_the_float_model(trained_run, tmp_path, capsys):
 
 
 def test_int8_slower_than_float_is_a_warning():
-    slower = Int8Speed(float_ms=0.3, int8_ms=0.7, float_rate=8500, int8_rate=2000)
+    slower = Int8Speed(float_ms=0.3, int8_ms=0.7, float_rate=8500, int8_rate=2000, agreement=0.99)
     assert "warning: INT8 is slower than float on this CPU" in slower.note() and "(0.24x)" in slower.note()
-    faster = Int8Speed(float_ms=9.0, int8_ms=4.0, float_rate=120, int8_rate=240)
+    faster = Int8Speed(float_ms=9.0, int8_ms=4.0, float_rate=120, int8_rate=240, agreement=0.98)
     assert "warning" not in faster.note() and "(2.00x)" in faster.note()
 
 

@@ -22,6 +22,7 @@ from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student
 from tests.conftest import expect_error, make_class_folders, tiny_run_args
 from utils.deploy.explain import NoSpatialMap, grad_cam
+from utils.deploy.inference import Int8Speed
 from utils.distill.methods import METHOD_SETTINGS
 from utils.pipeline.demo import resolve_run_config
 from utils.runtime.config import CPU_PRESET, DEFAULT_CONFIG, add_config_flags, read_yaml
@@ -198,3 +199,12 @@ def test_row_8_on_a_cpu_a_first_run_takes_the_cpu_preset_and_says_how_to_ask_for
     assert "CPU preset" not in capsys.readouterr().out
     assert (full.data.num_folds, full.data.img_size) == (default["num_folds"], default["img_size"])
     assert _run_config("--preset", "cpu", "--device", "cpu").data.num_folds == preset["num_folds"]
+
+
+def test_row_4_the_int8_verdict_matches_its_figures_and_gives_the_agreement():
+    # Faster in batches (1.20x), slower one image at a time: the newcomer's case.
+    mixed = Int8Speed(float_ms=0.50, int8_ms=0.62, float_rate=1975, int8_rate=2370, agreement=0.987).note()
+    assert "(1.20x)" in mixed and "(0.81x)" in mixed and "98.7% of the images checked" in mixed
+    assert "INT8 is faster here in batches only" in mixed and "slower than float" not in mixed
+    both = Int8Speed(float_ms=0.9, int8_ms=0.5, float_rate=1000, int8_rate=2000, agreement=1.0).note()
+    assert "faster here both ways" in both

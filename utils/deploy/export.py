@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 import paddle
-import yaml
 from paddle.static import InputSpec
 
 from utils.data.folders import scan_dataset
@@ -20,7 +19,8 @@ from utils.data.images import read_image
 from utils.data.transforms import resize_size
 from utils.deploy.checkpoint import META_NAME, load_student
 from utils.deploy.spec import ModelSpec
-from utils.runtime.errors import UserError
+from utils.runtime.config import read_yaml
+from utils.runtime.errors import ConfigError, UserError
 from utils.runtime.process import native_output_silenced
 
 EXPORTED_PREFIX = "model"  # files model.json (or model.pdmodel) and model.pdiparams
@@ -166,7 +166,7 @@ def run_data_dir(weights: Path) -> Optional[Path]:
     """The data directory of the run a saved model belongs to (its config.yaml), if known."""
     for folder in (weights.parent.parent, weights.parent):
         try:
-            return Path(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["data_dir"])
-        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return Path(read_yaml(folder / "config.yaml")["data_dir"])
+        except (ConfigError, KeyError, TypeError):  # none there, or not one this tool wrote
             continue
     return None

@@ -193,6 +193,46 @@ def scan_dataset(data_dir: Path) -> DatasetIndex:
                         [path.name for path in ignored])
 
 
+def scan_unlabeled(folder: Path) -> tuple[list[str], list[SkippedFile]]:
+    """Every image file under `folder`, searched recursively (class folders, if it has any, are
+    not labels here), and the files left out with their reason. Links to folders are not followed:
+    an unlabeled folder holds its own photos."""
+    if not folder.is_dir():
+        raise DataError(f"--unlabeled_dir {folder} is not a folder")
+    found, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if name.startswith(".") or name.lower() in SYSTEM_NAMES:
+                skipped.append(SkippedFile(path, "hidden or system file"))
+            elif is_image_name(name):
+                found.append(path)
+            else:
+                skipped.append(SkippedFile(path, "not an image file"))
+    return found, skipped
+
+
+def drop_unlabeled_copies(paths: Sequence[str], digest_of: Mapping[str, str], labelled: Mapping[str, str],
+                          root: Path) -> tuple[list[str], list[SkippedFile]]:
+    """The unlabeled images that are neither a labelled image (`labelled`: digest -> its path) nor a
+    copy of an earlier unlabeled one, and the others with their reason: a validation photo must not
+    come back into its own fold's training through the unlabeled folder. Copies are named by their
+    path under `root`, the unlabeled folder."""
+    kept, skipped, seen = [], [], {}
+    for path in paths:
+        digest = digest_of[path]
+        if digest in labelled:
+            skipped.append(SkippedFile(path, f"the same image as the labelled {labelled[digest]}: left out of the "
+                                             "unlabeled images"))
+        elif digest in seen:
+            skipped.append(SkippedFile(path, f"the same image as {os.path.relpath(seen[digest], root)}: counted once"))
+        else:
+            seen[digest] = path
+            kept.append(path)
+    return kept, skipped
+
+
 def drop_duplicates(index: DatasetIndex, digest_of: Mapping[str, str], data_dir: Path) -> tuple[DatasetIndex, int]:
     """The index without images whose content (`digest_of`: path -> SHA-256) another image
     has: copies, hard links and symbolic links alike. The same image under two classes has no

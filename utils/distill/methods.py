@@ -20,6 +20,7 @@ from typing import Any, Optional, Protocol
 import paddle
 import paddle.nn.functional as F
 
+from utils.data.dataset import UNLABELED
 from utils.data.mixing import MixedTargets
 from utils.distill.features import FEATURE_METHODS
 from utils.engine.losses import CrossEntropyOnly, HardLabelLoss, LossParts, TrainingLoss
@@ -127,6 +128,12 @@ def decoupled_kd(logits: paddle.Tensor, teacher_logits: paddle.Tensor, labels: p
     return temperature**2 * tckd, temperature**2 * nckd
 
 
+def _or_teachers(labels: paddle.Tensor, teacher_logits: paddle.Tensor) -> paddle.Tensor:
+    """The labels, with the teacher's answer where an image has none (UNLABELED): DKD splits the
+    distribution at a target class."""
+    return paddle.where(labels == UNLABELED, teacher_logits.argmax(axis=1), labels)
+
+
 class DKD(LearnsFromTeacher):
     """CE(student, y) + w * (dkd_alpha * TCKD + dkd_beta * NCKD), where w rises linearly
     from 1 / dkd_warmup at epoch 1 to 1 at epoch dkd_warmup (Decoupled KD, Zhao et al.,
@@ -148,9 +155,10 @@ class DKD(LearnsFromTeacher):
                  epoch: int) -> LossParts:
         ce = self.hard_loss(logits, targets)
         temperature = self.temperature_at(epoch)
-        tckd, nckd = decoupled_kd(logits, teacher_logits, targets.labels_a, temperature)
+        tckd, nckd = decoupled_kd(logits, teacher_logits, _or_teachers(targets.labels_a, teacher_logits), temperature)
         if targets.lam < 1.0:
-            tckd_b, nckd_b = decoupled_kd(logits, teacher_logits, targets.labels_b, temperature)
+            tckd_b, nckd_b = decoupled_kd(logits, teacher_logits, _or_teachers(targets.labels_b, teacher_logits),
+                                          temperature)
             tckd = targets.lam * tckd + (1.0 - targets.lam) * tckd_b
             nckd = targets.lam * nckd + (1.0 - targets.lam) * nckd_b
         ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0

@@ -25,7 +25,7 @@ import paddle.nn.functional as F
 
 from models.teacher import head_name
 from models.weights import pooled_feature_size
-from utils.data.dataset import ImageDataset
+from utils.data.dataset import ImageDataset, with_unlabeled
 from utils.data.mixing import MixedTargets
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import seeded_augmentation
@@ -138,13 +138,16 @@ class FoldViews(ImageDataset):
     (fold * views + view), which is how FoldViewsTeacher finds the stored logits."""
 
     def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, transform: Callable, seed: int,
-                 folds: Sequence[FoldData], views: int) -> None:
+                 folds: Sequence[FoldData], views: int, unlabeled: int = 0) -> None:
         super().__init__(images, labels, transform)
         self.base_seed, self.stored_views = seed, views
-        self.sources: list[list[tuple[int, int]]] = [[] for _ in images]
+        self.sources: list[list[tuple[int, int]]] = [[] for _ in range(len(images))]
+        labelled = len(images) - unlabeled  # the last `unlabeled` images follow each fold's training split
         for fold in folds:
             for local, image in enumerate(fold.train_indices):
                 self.sources[image].append((fold.fold, local))
+            for extra in range(unlabeled):
+                self.sources[labelled + extra].append((fold.fold, len(fold.train_indices) + extra))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.int64, np.int64, np.int64]:
         sources = self.sources[index]
@@ -212,7 +215,7 @@ def pending_teacher_work(setup: TeacherSetup, teacher_key: TeacherKey, fold: Fol
     """(the fold's teacher still to train, its views still to label)."""
     cache_path = teacher_cache_path(setup, teacher_key, fold)
     cached = is_cached(cache_path) and not setup.teacher.retrain_teacher
-    views_stored = cached and view_cache_path(cache_path, stored_views(setup)).is_file()
+    views_stored = cached and view_cache_path(cache_path, stored_views(setup), teacher_key.unlabeled).is_file()
     return not cached, replays_views(setup.distill, setup.teacher) and not views_stored
 
 
@@ -235,7 +238,8 @@ def teach_fold(setup: TeacherSetup, method: DistillationMethod, fold: FoldData, 
     train_set = loaders.student.dataset
     feature_dim = _teacher_features(teacher.model, features_from) if features_from else None
     views = prepare_views(setup.teacher, stored_views(setup), teacher.model, not teacher.from_cache, train_set,
-                          cache_path, teacher_key.num_classes, setup.data.img_size, device, feature_dim)
+                          cache_path, teacher_key.num_classes, setup.data.img_size, device, feature_dim,
+                          teacher_key.unlabeled)
     what = "reused" if views.from_cache else f"labelled {views.logits.shape[0]} views of {len(train_set)} images"
     print(f"fold {fold.fold} teacher views ({views.path.name}): {what} in {views.seconds:.1f}s", flush=True)
     return StoredViews(views.logits, method.temperature_at, views.features), teacher.val_acc
@@ -243,26 +247,26 @@ def teach_fold(setup: TeacherSetup, method: DistillationMethod, fold: FoldData, 
 
 def teach_final(setup: TeacherSetup, method: DistillationMethod, folds: Sequence[FoldData], teacher_key: TeacherKey,
                 images: Sequence[np.ndarray], transform: Callable, seed: Sequence[int],
-                ) -> tuple[ImageDataset, Optional[TeacherSignal]]:
-    """The final student's training images and teacher signal (None for a method without a
-    teacher): the fold teachers' stored views in turn when every fold has them, otherwise the
-    fold teachers' ensemble on every batch."""
-    labels = teacher_key.labels
+                unlabeled: Sequence[np.ndarray] = ()) -> tuple[ImageDataset, Optional[TeacherSignal]]:
+    """The final student's training images (every labelled one, then the `unlabeled` ones) and
+    teacher signal (None for a method without a teacher): the fold teachers' stored views in turn
+    when every fold has them, otherwise the fold teachers' ensemble on every batch."""
     if not method.needs_teacher:
-        return ImageDataset(images, labels, transform, seed), None
+        return ImageDataset(images, teacher_key.labels, transform, seed), None
+    images, labels = with_unlabeled(images, teacher_key.labels, unlabeled)
     teacher_paths = [teacher_cache_path(setup, teacher_key, fold) for fold in folds]
     missing = [str(path) for path in teacher_paths if not path.is_file()]
     if missing:
         raise UserError(f"the final student needs the fold teachers, but {missing[0]} is gone; run again with "
                         "--final_model false, or with the same settings to train the teachers again")
     views, features = stored_views(setup), wants_features(setup.distill)
-    stored = [view_cache_path(path, views) for path in teacher_paths]
+    stored = [view_cache_path(path, views, teacher_key.unlabeled) for path in teacher_paths]
     if replays_views(setup.distill, setup.teacher):
         logits = {fold.fold: read_stored(path) for fold, path in zip(folds, stored)}
         stored_features = ({fold.fold: read_stored(features_path(path)) for fold, path in zip(folds, stored)}
                            if features else None)
         if all(value is not None for value in [*logits.values(), *(stored_features or {}).values()]):
-            return (FoldViews(images, labels, transform, setup.data.seed, folds, views),
+            return (FoldViews(images, labels, transform, setup.data.seed, folds, views, len(unlabeled)),
                     FoldViewsTeacher(logits, views, method.temperature_at, stored_features))
     teachers = [load_teacher(setup, teacher_key.num_classes, path) for path in teacher_paths]
     return (ImageDataset(images, labels, transform, seed),

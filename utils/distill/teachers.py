@@ -63,10 +63,13 @@ class TeacherSetup:
 @dataclasses.dataclass
 class TeacherKey:
     """What a run's teachers are keyed by besides their settings: every image's content
-    digest and label, in order (the fold adds its split)."""
+    digest and label, in order (the fold adds its split). `unlabeled`: a digest of the
+    unlabeled images the students learn on too (--unlabeled_dir), which the teacher labels
+    beside the training split's: it keys the stored views, not the teacher."""
     digests: Sequence[str]
     labels: np.ndarray
     num_classes: int
+    unlabeled: str = ""
 
 
 @dataclasses.dataclass

@@ -51,11 +51,14 @@ def view_count(teacher: TeacherSettings, epochs: int) -> int:
     return min(teacher.teacher_views, epochs)
 
 
-def view_cache_path(teacher_path: Path, views: int) -> Path:
+def view_cache_path(teacher_path: Path, views: int, unlabeled: str = "") -> Path:
     """The views' file beside the cached teacher. The teacher's key already covers
     the dataset, the fold split, the seed and the augmentation settings; this adds
-    the view count and the Paddle version, whose transforms draw the views."""
-    extra = json.dumps({"views": views, "scheme": VIEW_SCHEME, "paddle": paddle.__version__}, sort_keys=True)
+    the view count, the Paddle version, whose transforms draw the views, and the
+    unlabeled images labelled with them (TeacherKey.unlabeled), if any."""
+    extra = {"views": views, "scheme": VIEW_SCHEME, "paddle": paddle.__version__,
+             **({"unlabeled": unlabeled} if unlabeled else {})}
+    extra = json.dumps(extra, sort_keys=True)
     digest = hashlib.sha256(f"{teacher_path.stem}\n{extra}".encode()).hexdigest()[:12]
     return teacher_path.with_name(f"{teacher_path.stem}.views-{digest}.npy")
 
@@ -67,18 +70,27 @@ def features_path(views_path: Path) -> Path:
 
 def _fastest_forward(teacher: nn.Layer, img_size: int, device: str, workdir: Path) -> Callable:
     """The teacher as a numpy batch -> logits function: Paddle Inference with oneDNN on CPU
-    (2.7x the dynamic graph at 48 px, README "Speed on CPU"), the dynamic graph on a GPU."""
+    (2.7x the dynamic graph at 48 px, docs/speed-on-cpu.md), the dynamic graph on a GPU, and
+    wherever the exported teacher fails or disagrees with the dynamic graph on a probe batch
+    (Paddle Inference's oneDNN runs no bilinear resize, which --teacher_img_size puts in front)."""
+    @paddle.no_grad()
+    def dynamic(batch: np.ndarray) -> np.ndarray:
+        return teacher(paddle.to_tensor(batch)).numpy()
+
     if device == "gpu":
-        @paddle.no_grad()
-        def forward(batch: np.ndarray) -> np.ndarray:
-            return teacher(paddle.to_tensor(batch)).numpy()
-        return forward
+        return dynamic
     save_inference_model(teacher, img_size, workdir)
-    # In a fold worker the other cores are training other folds.
     # In a fold worker the other cores train other folds; data-parallel ranks share the cores.
     threads = max(1, cpu_count() // world_size()) if multiprocessing.current_process().name == "MainProcess" else 1
-    return InferencePredictor(exported_model_file(workdir), workdir / f"{EXPORTED_PREFIX}.pdiparams",
-                              use_gpu=False, threads=threads).logits
+    exported = InferencePredictor(exported_model_file(workdir), workdir / f"{EXPORTED_PREFIX}.pdiparams",
+                                  use_gpu=False, threads=threads).logits
+    probe = np.random.default_rng(0).standard_normal((2, 3, img_size, img_size)).astype(np.float32)
+    expected = dynamic(probe)
+    try:
+        agrees = np.allclose(exported(probe), expected, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+    except Exception:  # an operator Paddle Inference cannot run here
+        agrees = False
+    return exported if agrees else dynamic
 
 
 def label_views(teacher: nn.Layer, dataset: ImageDataset, views: int, img_size: int, device: str,
@@ -143,13 +155,14 @@ def _load_stored(path: Path, shape: tuple[int, ...]) -> Optional[np.ndarray]:
 
 def prepare_views(settings: TeacherSettings, views: int, teacher: nn.Layer, teacher_is_new: bool,
                   dataset: ImageDataset, teacher_path: Path, num_classes: int, img_size: int, device: str,
-                  feature_dim: Optional[int] = None) -> PreparedViews:
+                  feature_dim: Optional[int] = None, unlabeled: str = "") -> PreparedViews:
     """The fold's stored views: reused when this very teacher labelled them before,
     otherwise labelled now, written atomically and kept within teacher_cache_max_mb. With
     `feature_dim` (feature distillation), the teacher emits its pooled features beside its
-    logits (utils/distill/features.py), and they are stored too. `views` per image, at `img_size`."""
+    logits (utils/distill/features.py), and they are stored too. `views` per image, at `img_size`;
+    `unlabeled`: the key of the unlabeled images among `dataset`'s (TeacherKey.unlabeled)."""
     start = time.perf_counter()
-    path = view_cache_path(teacher_path, views)
+    path = view_cache_path(teacher_path, views, unlabeled)
     if not teacher_is_new:
         logits = _load_stored(path, (views, len(dataset), num_classes))
         features = feature_dim and _load_stored(features_path(path), (views, len(dataset), feature_dim))

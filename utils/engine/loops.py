@@ -18,7 +18,7 @@ import paddle.nn.functional as F
 from tqdm import tqdm
 
 from models.freeze import hold_backbone, set_train_mode
-from utils.data.dataset import set_loader_epoch
+from utils.data.dataset import UNLABELED, set_loader_epoch
 from utils.data.mixing import MixedTargets, mix_batch
 from utils.engine.ema import WeightAverage
 from utils.engine.losses import LossParts, TrainingLoss
@@ -215,16 +215,18 @@ def train_one_epoch(
         correct = targets.lam * (preds == targets.labels_a).astype("float32").sum() + \
             (1 - targets.lam) * (preds == targets.labels_b).astype("float32").sum()
         totals["loss"] += batch * loss_value
-        totals["correct"] += float(correct)
+        totals["correct"] += float(correct)  # an unlabeled image (UNLABELED) is never counted right
+        totals["labelled"] += int((labels != UNLABELED).sum())
         for name, part in loss.parts.items():
             totals[f"part/{name}"] += batch * float(part)
         seen += batch
         steps += 1
-        progress.set_postfix(loss=f"{totals['loss'] / seen:.3f}", acc=f"{totals['correct'] / seen:.3f}")
+        progress.set_postfix(loss=f"{totals['loss'] / seen:.3f}",
+                             acc=f"{totals['correct'] / max(totals['labelled'], 1):.3f}")
     seen = max(seen, 1)
     parts = {name[len("part/"):]: value / seen for name, value in totals.items() if name.startswith("part/")}
-    return EpochStats(totals["loss"] / seen, parts, totals["correct"] / seen, totals["lr"] / max(steps, 1),
-                      time.perf_counter() - start)
+    return EpochStats(totals["loss"] / seen, parts, totals["correct"] / max(totals["labelled"], 1),
+                      totals["lr"] / max(steps, 1), time.perf_counter() - start)
 
 
 @paddle.no_grad()

@@ -10,6 +10,7 @@ import paddle
 import paddle.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
+from utils.data.dataset import UNLABELED
 from utils.data.mixing import MixedTargets
 
 
@@ -33,7 +34,9 @@ class TrainingLoss(Protocol):
 class HardLabelLoss:
     """Cross-entropy with the hard labels, mixed with the images' lambda, with optional
     label smoothing, per-class weights (a weighted mean, as PyTorch's) and focal
-    modulation (Lin et al., 2017: each image's term times (1 - p_true) ** focal_gamma)."""
+    modulation (Lin et al., 2017: each image's term times (1 - p_true) ** focal_gamma).
+    Images without a label (UNLABELED, --unlabeled_dir) take no part: the mean is over the
+    labelled ones, and a batch without any gives 0."""
 
     label_smoothing: float = 0.0
     class_weights: Optional[Sequence[float]] = None
@@ -47,6 +50,9 @@ class HardLabelLoss:
 
     def for_labels(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
         num_classes = logits.shape[1]
+        labelled = (labels != UNLABELED).astype("float32")
+        every = bool(labelled.min() > 0)  # then the plain mean, as every run without unlabeled images computes it
+        labels = paddle.clip(labels, min=0)  # an unlabeled image's row is computed, then weighted 0
         log_probs = F.log_softmax(logits, axis=1)
         one_hot = F.one_hot(labels, num_classes)
         target = (1.0 - self.label_smoothing) * one_hot + self.label_smoothing / num_classes
@@ -54,10 +60,11 @@ class HardLabelLoss:
         if self.focal_gamma > 0:
             p_true = (one_hot * log_probs).sum(axis=1).exp()
             per_image = per_image * (1.0 - p_true) ** self.focal_gamma
-        if self.class_weights is None:
+        if self.class_weights is None and every:
             return per_image.mean()
-        weights = paddle.gather(paddle.to_tensor(np.asarray(self.class_weights, dtype="float32")), labels)
-        return (weights * per_image).sum() / weights.sum()
+        weights = labelled if self.class_weights is None else labelled * paddle.gather(
+            paddle.to_tensor(np.asarray(self.class_weights, dtype="float32")), labels)
+        return (weights * per_image).sum() / weights.sum().clip(min=1e-12)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> list[float]:

@@ -3,11 +3,12 @@ trained by utils/pipeline/workers.py), and every output of the run."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -16,8 +17,17 @@ from models.attention import check_attention
 from models.student import STUDENTS, build_student, input_normalization
 from models.teacher import TEACHERS, build_teacher
 from models.weights import check_weights_arg
-from utils.data.dataset import ImageDataset, make_loader
-from utils.data.folders import DatasetIndex, SkippedFile, check_class_counts, drop_duplicates, scan_dataset
+from utils.data.dataset import UNLABELED, ImageDataset, make_loader
+from utils.data.folders import (
+    DatasetIndex,
+    Sample,
+    SkippedFile,
+    check_class_counts,
+    drop_duplicates,
+    drop_unlabeled_copies,
+    scan_dataset,
+    scan_unlabeled,
+)
 from utils.data.images import load_images
 from utils.data.manifest import DigestCache, Manifest, build_manifest, check_same_data
 from utils.data.splits import FoldData, make_folds
@@ -29,7 +39,15 @@ from utils.distill.signal import pending_teacher_work
 from utils.engine.loops import predict
 from utils.engine.losses import HardLabelLoss
 from utils.pipeline.disk import RemainingWork, check_room, needed_mb
-from utils.pipeline.estimate import RunClock, describe, plan_final, plan_fold, quick_preset_note, start_clock
+from utils.pipeline.estimate import (
+    RunClock,
+    describe,
+    plan_final,
+    plan_fold,
+    quick_preset_note,
+    start_clock,
+    student_images,
+)
 from utils.pipeline.final_model import train_final_student
 from utils.pipeline.folds import FoldInputs, FoldResult, load_fold_result, teacher_setup
 from utils.pipeline.workers import parallel_fold_count, run_folds
@@ -69,6 +87,23 @@ def check_components(cfg: Config) -> None:
     if wants_features(cfg.distill) and world_size() > 1:
         raise ConfigError("--feature_kd trains a projection beside the student, which data-parallel training does "
                           "not share yet: train one process per fold (--parallel_folds) or set --feature_kd none")
+    if cfg.data.unlabeled_dir:
+        check_unlabeled_dir(cfg)
+
+
+def check_unlabeled_dir(cfg: Config) -> None:
+    """Unlabeled photos are a teacher's to label: a folder of its own, outside the class folders."""
+    folder = Path(cfg.data.unlabeled_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"--unlabeled_dir {folder} is not a folder")
+    if not needs_teacher(cfg.distill.kd):
+        raise ConfigError("--unlabeled_dir: unlabeled photos are learnt from a teacher's answers; choose a --kd "
+                          "method (kl, dkd or dist), not none")
+    if cfg.data.data_dir and _inside(folder, Path(cfg.data.data_dir)):
+        raise ConfigError(f"--unlabeled_dir {folder} is inside --data_dir {cfg.data.data_dir}, where it would be read "
+                          "as a class: keep the unlabeled photos in a folder of their own")
+    if world_size() > 1:
+        raise ConfigError("--unlabeled_dir trains one process per fold (--parallel_folds), not data-parallel yet")
 
 
 SKIPPED_LIST = "skipped.txt"  # path<TAB>reason, one skipped file a line
@@ -194,8 +229,9 @@ def print_summary_table(summary: dict) -> None:
         print(summary["verdict"]["sentence"])
 
 
-def fold_summary(results: list[FoldResult]) -> dict:
-    """Means and standard deviations over folds of every score the folds have."""
+def fold_summary(results: list[FoldResult], compared: str = "distillation") -> dict:
+    """Means and standard deviations over folds of every score the folds have; the verdict on what the
+    baseline student lacks (`compared`: distillation, or the unlabeled photos)."""
     summary = {"folds": [{key: value for key, value in dataclasses.asdict(r).items() if key != "val_probs"}
                          for r in results]}
     for name in ("teacher_val_acc", "baseline_val_acc", "student_val_acc", "student_val_macro_f1",
@@ -205,7 +241,7 @@ def fold_summary(results: list[FoldResult]) -> dict:
         summary[f"{name}_mean"], summary[f"{name}_std"] = mean, std
     if summary["baseline_val_acc_mean"] is not None:
         summary["verdict"] = distillation_verdict([r.student_val_acc for r in results],
-                                                  [r.baseline_val_acc for r in results]).to_dict()
+                                                  [r.baseline_val_acc for r in results], compared).to_dict()
     else:
         summary["verdict"] = None
     return summary
@@ -224,13 +260,16 @@ def estimate_run(cfg: Config, folds: list[FoldData], inputs: FoldInputs, workers
     views = sum(to_label for _, to_label in pending)
     final_to_train = cfg.outputs.final_model and not (layout.final_dir(inputs.run_dir) / META_NAME).is_file()
     students = len(to_do) * (1 + (cfg.distill.baseline and teacher_needed)) + final_to_train
+    unlabeled = len(inputs.unlabeled)
     n_train_mean = float(np.mean([len(f.train_indices) for f in to_do])) if to_do else 0.0
-    remaining = RemainingWork(students, teachers, views * n_train_mean, workers * share)
+    remaining = RemainingWork(students, teachers, views * (n_train_mean + unlabeled), workers * share)
     check_room(Path(cfg.outputs.output_dir), needed_mb(cfg, inputs.num_classes, remaining),
                f"the work left ({len(to_do)} fold(s), {teachers} teacher(s){', the final model' * final_to_train})")
-    fold_work = [plan_fold(cfg, len(fold.train_indices), len(fold.val_indices), to_train, to_label, teacher_needed)
+    fold_work = [plan_fold(cfg, len(fold.train_indices), len(fold.val_indices), to_train, to_label, teacher_needed,
+                           unlabeled)
                  for fold, (to_train, to_label) in zip(to_do, pending)]
-    final_work = plan_final(cfg, len(inputs.samples) if final_to_train else 0, teacher_needed)
+    final_work = plan_final(cfg, student_images(cfg, len(inputs.samples), unlabeled) if final_to_train else 0,
+                            teacher_needed)
     clock = start_clock(cfg, inputs.num_classes, fold_work, final_work, workers, share, inputs.images)
     print(f"estimated time: {describe(clock.total_seconds())} on this machine ({len(to_do)} fold(s) to train, "
           f"{teachers} teacher(s) to train; early stopping can make it shorter)", flush=True)
@@ -299,7 +338,8 @@ def _train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: s
     if duplicates:
         print(f"warning: {duplicates} image(s) left out as copies of others (the same content: under two classes, "
               "all copies; in one class, counted once); listed in skipped.txt", flush=True)
-    inputs, skipped, folds = decode(cfg, index, manifest, run_dir, device)
+    unlabeled = load_unlabeled(cfg, index, manifest, digests) if cfg.data.unlabeled_dir else Unlabeled()
+    inputs, skipped, folds = decode(cfg, index, manifest, run_dir, device, unlabeled)
     if cfg.runtime.fast_depthwise and device == "cpu" and not compiled_operators_built():
         # Built (or found unbuildable) once the options and data are checked and the data line is out,
         # and here, so that fold workers neither build nor fail again.
@@ -332,12 +372,39 @@ def _train_and_report(cfg: Config, index: DatasetIndex, run_dir: Path, device: s
         return write_outputs(cfg, inputs, folds, results, skipped, start)
 
 
-def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, device: str
+@dataclasses.dataclass
+class Unlabeled:
+    """The photos of --unlabeled_dir: decoded, a digest of their contents, and those left out."""
+    images: Sequence[np.ndarray] = ()
+    key: str = ""
+    skipped: list[SkippedFile] = dataclasses.field(default_factory=list)
+
+
+def load_unlabeled(cfg: Config, index: DatasetIndex, manifest: Manifest, digests: DigestCache) -> Unlabeled:
+    """--unlabeled_dir's photos, decoded, without copies of a labelled image (a validation photo would
+    come back into its own fold's training) or of each other, each left out listed with its reason."""
+    folder = Path(cfg.data.unlabeled_dir)
+    paths, skipped = scan_unlabeled(folder)
+    digest_of = {}
+    for path in paths:
+        stat = os.stat(path)
+        digest_of[path] = digests.digest(path, stat.st_size, stat.st_mtime_ns)
+    digests.save()
+    data_dir = Path(cfg.data.data_dir)
+    labelled = {digest: os.path.relpath(path, data_dir) for path, digest in manifest.digests_by_path(data_dir).items()}
+    kept, copies = drop_unlabeled_copies(paths, digest_of, labelled, folder)
+    images, decoded, unreadable = load_images([Sample(path, UNLABELED) for path in kept],
+                                              resize_size(cfg.data.img_size), desc="decoding unlabeled images")
+    key = hashlib.sha256("\n".join(digest_of[sample.path] for sample in decoded).encode()).hexdigest()[:20]
+    return Unlabeled(images, key if decoded else "", skipped + copies + unreadable)
+
+
+def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, device: str, unlabeled: Unlabeled
            ) -> tuple[FoldInputs, list[SkippedFile], list[FoldData]]:
     """The images, decoded once, the folds, and folds.json."""
     images, samples, skipped = load_images(index.samples, resize_size(cfg.data.img_size),
                                            store=image_store_path(cfg, len(index.samples), run_dir))
-    skipped = index.skipped + skipped
+    skipped = index.skipped + skipped + unlabeled.skipped
     digest_of = manifest.digests_by_path(Path(cfg.data.data_dir))
     labels = np.array([s.label for s in samples], dtype=np.int64)
     check_class_counts(index.classes, labels, cfg.data.num_folds, cfg.data.batch_size)
@@ -345,14 +412,17 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
     print(f"{len(samples)} images in {len(index.classes)} classes from {printable(cfg.data.data_dir)} "
           f"({', '.join(f'{printable(c)}: {n}' for c, n in zip(index.classes, counts))}"
           + (f"; {printable(index.describe())}" if index.describe() else "") + "); "
-          f"{len(skipped)} file(s) skipped{' (listed in skipped.txt)' if skipped else ''}; device {device}; "
+          + (f"{len(unlabeled.images)} unlabeled images from {printable(cfg.data.unlabeled_dir)}; "
+             if cfg.data.unlabeled_dir else "")
+          + f"{len(skipped)} file(s) skipped{' (listed in skipped.txt)' if skipped else ''}; device {device}; "
           f"run {run_dir}", flush=True)
     # Before any training, so that a long run's skipped files can be looked at while it trains.
     write_text_atomic(run_dir / SKIPPED_LIST, "".join(f"{item.path}\t{item.reason}\n" for item in skipped))
     folds = make_folds(labels, cfg.data.num_folds, cfg.data.seed)
     fold_of = {s.path: fold.fold for fold in folds for s in (samples[i] for i in fold.val_indices)}
     write_text_atomic(run_dir / "folds.json", json.dumps({s.path: fold_of[s.path] for s in samples}, indent=1))
-    inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir)
+    inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir,
+                        unlabeled=unlabeled.images, unlabeled_key=unlabeled.key)
     return inputs, skipped, folds
 
 
@@ -393,7 +463,7 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
     out_of_fold = analyse_out_of_fold(run_dir, [s.path for s in samples], index.classes, labels, fold_of, oof_probs,
                                       cfg.outputs.find_label_issues) if is_main() else {}
     barrier()  # the others wait out rank 0's analysis here, not in the final student's first step
-    folds_summary = fold_summary(results)
+    folds_summary = fold_summary(results, "the unlabeled photos" if len(inputs.unlabeled) else "distillation")
     final = None
     if cfg.outputs.final_model:
         temperature = out_of_fold["calibration"]["applied_temperature"] if out_of_fold else 1.0
@@ -411,6 +481,8 @@ def write_outputs(cfg: Config, inputs: FoldInputs, folds: list[FoldData], result
         "oof_acc": accuracy(labels, oof_preds),
         **out_of_fold,
         **(test_scores or {}),
+        "unlabeled": ({"dir": cfg.data.unlabeled_dir, "images": len(inputs.unlabeled),
+                       "ratio": cfg.data.unlabeled_ratio} if cfg.data.unlabeled_dir else None),
         "skipped_files": [dataclasses.asdict(s) for s in skipped],
         "seconds": round(time.perf_counter() - start, 1),
     }

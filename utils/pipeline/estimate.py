@@ -177,32 +177,39 @@ def measure_rates(cfg: Config, num_classes: int, kinds: set[str], images: Sequen
     return rates
 
 
+def student_images(cfg: Config, labelled: int, unlabeled: int) -> int:
+    """The images of a student's epoch: the labelled ones, and the unlabeled ones that join them."""
+    return labelled + (min(unlabeled, round(cfg.data.unlabeled_ratio * labelled)) if unlabeled else 0)
+
+
 def plan_fold(cfg: Config, n_train: int, n_val: int, train_teacher: bool, label_views: bool,
-              needs_teacher: bool) -> FoldWork:
+              needs_teacher: bool, unlabeled: int = 0) -> FoldWork:
     """Images through each kind of work of one fold still to train. Students count all their
     epochs (early stopping can only make it shorter); every epoch evaluates the model, and its
     weight average when there is one; the teacher's evaluations and the views it labels are
-    teacher forward passes ("labelling"); every training image is augmented ("loading")."""
+    teacher forward passes ("labelling"); every training image is augmented ("loading").
+    `unlabeled` images join the distilled student's epochs, and the views its teacher labels."""
     evaluations = 1 + (cfg.optim.ema_decay > 0)
     teacher: Work = {"teacher": 0.0, "labelling": 0.0, "loading": 0.0}
     if train_teacher:
         teacher["teacher"] = teacher["loading"] = cfg.teacher.teacher_epochs * n_train
         teacher["labelling"] = cfg.teacher.teacher_epochs * n_val * evaluations
     if label_views:
-        views = min(cfg.teacher.teacher_views, cfg.optim.epochs) * n_train
+        views = min(cfg.teacher.teacher_views, cfg.optim.epochs) * (n_train + unlabeled)
         teacher["labelling"] += views
         teacher["loading"] += views
-    students = 1 + (cfg.distill.baseline and needs_teacher)
-    epochs = cfg.optim.epochs
-    student: Work = {"student": students * epochs * n_train, "eval": students * epochs * n_val * evaluations,
-                     "loading": students * epochs * n_train,
-                     "labelling": epochs * n_train if needs_teacher and cfg.teacher.teacher_cache == "off" else 0.0}
+    baseline = cfg.distill.baseline and needs_teacher
+    epochs, distilled = cfg.optim.epochs, student_images(cfg, n_train, unlabeled)
+    trained = epochs * (distilled + baseline * n_train)
+    live = needs_teacher and cfg.teacher.teacher_cache == "off"
+    student: Work = {"student": trained, "eval": (1 + baseline) * epochs * n_val * evaluations, "loading": trained,
+                     "labelling": epochs * (distilled + (baseline and unlabeled > 0) * n_train) if live else 0.0}
     return FoldWork(teacher, student)
 
 
 def plan_final(cfg: Config, images: int, needs_teacher: bool) -> Work:
-    """The final student's work on `images` (0: it is not to train), at most cfg.optim.epochs epochs;
-    with the teacher in the loop, every fold's teacher labels each batch."""
+    """The final student's work on `images` a epoch (0: it is not to train), at most cfg.optim.epochs
+    epochs; with the teacher in the loop, every fold's teacher labels each batch."""
     live = needs_teacher and cfg.teacher.teacher_cache == "off"
     return {"student": cfg.optim.epochs * images, "loading": cfg.optim.epochs * images,
             "labelling": cfg.data.num_folds * cfg.optim.epochs * images if live else 0.0}

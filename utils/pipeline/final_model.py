@@ -61,10 +61,14 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
     hard_loss = hard_label_loss(cfg, inputs.labels, inputs.num_classes)
     method = create_method(cfg.distill, hard_loss, epochs)
     transform = build_train_transform(cfg.augment, cfg.data.img_size, input_normalization(cfg.student.student))
+    seed = (cfg.data.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION)
     dataset, teacher = teach_final(teacher_setup(cfg), method, folds, inputs.teacher_key, inputs.images, transform,
-                                   (cfg.data.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION))
-    loader = make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers)
-    print(f"final student: {len(dataset)} images, {epochs} epochs (the median best epoch of the folds)", flush=True)
+                                   seed, inputs.unlabeled)
+    unlabeled = len(dataset) - len(inputs.images)
+    loader = make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers,
+                         unlabeled_ratio=cfg.data.unlabeled_ratio if unlabeled else None, seed=seed)
+    print(f"final student: {len(inputs.images)} images" + (f" and {unlabeled} unlabeled ones" if unlabeled else "")
+          + f", {epochs} epochs (the median best epoch of the folds)", flush=True)
     if inputs.clock is not None:
         inputs.clock.start_final(epochs / cfg.optim.epochs)
     history: list[dict] = []
@@ -77,14 +81,15 @@ def train_final_student(cfg: Config, folds: Sequence[FoldData], inputs: FoldInpu
         result = train_model(student, teacher, method, loader, None, settings,
                              (cfg.data.seed, FINAL_SEED_STREAM, STUDENT_AUGMENTATION),
                              epoch_logger(writer, "", "final", epochs, history, cfg.outputs.quiet,
-                                          inputs.progress("student", len(dataset), epochs)),
+                                          inputs.progress("student", len(loader) * cfg.data.batch_size, epochs)),
                              final_dir / FINAL_STATE, desc="final epoch", feature_term=feature_term)
     check_finite(result, "final", cfg)
     save_checkpoint(final_dir, result.best_state, student_spec(cfg, inputs.index.classes, temperature), {
         "kd": cfg.distill.kd,
         "fold": "final",
         "epochs": epochs,
-        "trained_on": len(dataset),
+        "trained_on": len(inputs.images),
+        "unlabeled": unlabeled,
         "weights": "average" if result.best_is_average else "model",
         "expected_val_acc": expected_acc,
     })

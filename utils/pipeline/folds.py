@@ -14,7 +14,7 @@ import paddle
 from kernels.cpu_kernels import use_fast_cpu_kernels
 from models.student import build_student, head_name, input_normalization
 from models.teacher import last_stage
-from utils.data.dataset import ImageDataset, make_loader
+from utils.data.dataset import ImageDataset, make_loader, with_unlabeled
 from utils.data.folders import DatasetIndex, Sample
 from utils.data.splits import STUDENT_AUGMENTATION, TEACHER_AUGMENTATION, FoldData
 from utils.data.transforms import build_eval_transform, build_train_transform
@@ -87,6 +87,9 @@ class FoldInputs:
     digests: list[str]  # of each sample's file (utils/data/manifest.py)
     run_dir: Path
     clock: Optional[RunClock] = None  # the run's time estimate
+    # --unlabeled_dir: the photos nobody labelled, decoded once, and a digest of their digests
+    unlabeled: Sequence[np.ndarray] = ()
+    unlabeled_key: str = ""
 
     def progress(self, kind: str, images: int, epochs: int) -> Optional[Callable[[EpochRecord], str]]:
         """For epoch_logger: an epoch of `kind` over `images` images (of `epochs`) corrects the
@@ -110,7 +113,7 @@ class FoldInputs:
 
     @property
     def teacher_key(self) -> TeacherKey:
-        return TeacherKey(self.digests, self.labels, self.num_classes)
+        return TeacherKey(self.digests, self.labels, self.num_classes, self.unlabeled_key)
 
     def fold_dir(self, fold: FoldData) -> Path:
         return layout.fold_dir(self.run_dir, fold.fold)
@@ -162,28 +165,35 @@ def hard_label_loss(cfg: Config, train_labels: np.ndarray, num_classes: int) -> 
 @dataclasses.dataclass
 class FoldLoaders:
     """A fold's images as each model sees them."""
-    student: paddle.io.DataLoader  # the student's augmentation stream, with the teacher's views when cached
-    fresh: paddle.io.DataLoader  # the same stream, new views every epoch (the CE baseline)
+    student: paddle.io.DataLoader  # the student's stream (with unlabeled images), the teacher's views when cached
+    fresh: paddle.io.DataLoader  # the labelled images of that stream, new views every epoch (the CE baseline)
+    labelled: paddle.io.DataLoader  # the labelled images of the student's stream, as it serves them
     teacher: paddle.io.DataLoader  # the teacher's own stream
     val: paddle.io.DataLoader
 
 
 def fold_loaders(cfg: Config, fold: FoldData, images: Sequence[np.ndarray], labels: np.ndarray,
-                 replay_views: bool) -> FoldLoaders:
-    """`replay_views`: the student replays the teacher's stored views (the view cache)."""
+                 replay_views: bool, unlabeled: Sequence[np.ndarray] = ()) -> FoldLoaders:
+    """`replay_views`: the student replays the teacher's stored views (the view cache). `unlabeled`:
+    images that join the student's training split without labels (--unlabeled_dir), after it."""
     train_images, train_labels = [images[i] for i in fold.train_indices], labels[fold.train_indices]
     normalization = input_normalization(cfg.student.student)
+    views = stored_views(teacher_setup(cfg)) if replay_views else None
 
-    def train_loader(stream: int, views: Optional[int] = None) -> paddle.io.DataLoader:
+    def train_loader(stream: int, views: Optional[int] = None, extra: Sequence[np.ndarray] = ()
+                     ) -> paddle.io.DataLoader:
         transform = build_train_transform(cfg.augment, cfg.data.img_size, normalization)
-        dataset = ImageDataset(train_images, train_labels, transform, (cfg.data.seed, fold.fold, stream), views)
-        return make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers)
+        seed = (cfg.data.seed, fold.fold, stream)
+        dataset = ImageDataset(*with_unlabeled(train_images, train_labels, extra), transform, seed, views)
+        return make_loader(dataset, cfg.data.batch_size, train=True, num_workers=cfg.runtime.num_workers,
+                           unlabeled_ratio=cfg.data.unlabeled_ratio if len(extra) else None, seed=seed)
 
     val_set = ImageDataset([images[i] for i in fold.val_indices], labels[fold.val_indices],
                            build_eval_transform(cfg.data.img_size, cfg.augment.crop, normalization))
     return FoldLoaders(
-        student=train_loader(STUDENT_AUGMENTATION, stored_views(teacher_setup(cfg)) if replay_views else None),
+        student=train_loader(STUDENT_AUGMENTATION, views, unlabeled),
         fresh=train_loader(STUDENT_AUGMENTATION),
+        labelled=train_loader(STUDENT_AUGMENTATION, views),
         teacher=train_loader(TEACHER_AUGMENTATION),
         val=make_loader(val_set, cfg.data.batch_size * 2, train=False, num_workers=cfg.runtime.num_workers),
     )
@@ -244,7 +254,8 @@ def train_fold_teacher(cfg: Config, fold: FoldData, inputs: FoldInputs) -> None:
             or pending_teacher_work(teacher_setup(cfg), inputs.teacher_key, fold) == (False, False)):
         return  # nothing to do ahead: the fold finds its teacher and views cached
     hard_loss, method = fold_method(cfg, fold, inputs)
-    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg.distill, cfg.teacher))
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg.distill, cfg.teacher),
+                           inputs.unlabeled)
     teach_fold(teacher_setup(cfg), method, fold, inputs.teacher_key, hard_loss, loaders, device_kind(),
                epoch_logger(None, "teacher", fold.fold, cfg.teacher.teacher_epochs, [], cfg.outputs.quiet,
                             inputs.progress("teacher", len(fold.train_indices), cfg.teacher.teacher_epochs)))
@@ -307,8 +318,10 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
     """The fold's teacher (cached or trained), its student (and CE-only student), and its files."""
     classes = inputs.index.classes
     hard_loss, method = fold_method(cfg, fold, inputs)
-    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg.distill, cfg.teacher))
-    train_set, val_set = loaders.student.dataset, loaders.val.dataset
+    loaders = fold_loaders(cfg, fold, inputs.images, inputs.labels, replays_views(cfg.distill, cfg.teacher),
+                           inputs.unlabeled)
+    train_set, val_set = loaders.fresh.dataset, loaders.val.dataset  # the labelled training and validation images
+    per_epoch = len(loaders.student) * cfg.data.batch_size  # the student's images per epoch, unlabeled ones among them
 
     with fresh_log(layout.log_dir(cfg.outputs.log_dir, cfg.outputs.run_name, fold.fold)) as writer:
         log_augmented_batch(writer, train_set, cfg.augment.mixup_alpha, cfg.augment.cutmix_alpha,
@@ -325,20 +338,25 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
         epochs = cfg.optim.epochs
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
                                epoch_logger(writer, "", fold.fold, epochs, history["student"], cfg.outputs.quiet,
-                                            inputs.progress("student", len(train_set), epochs)),
+                                            inputs.progress("student", per_epoch, epochs)),
                                fold_dir / STUDENT_STATE)
         baseline_acc, agreements = None, [None, None]
         if cfg.distill.baseline and method.needs_teacher:
-            # A plain CE student draws fresh views every epoch, as it would on its own.
+            if len(inputs.unlabeled):
+                # What the unlabeled photos add: the same distilled student on the labelled images alone.
+                comparison = (method, teacher, loaders.labelled)
+            else:
+                # A plain CE student draws fresh views every epoch, as it would on its own.
+                comparison = (CrossEntropyOnly(hard_loss), None, loaders.fresh)
             baseline = train_student(
-                cfg, fold.fold, len(classes), CrossEntropyOnly(hard_loss), None, loaders.fresh, loaders.val,
-                epoch_logger(writer, "baseline", fold.fold, cfg.optim.epochs, history["baseline"], cfg.outputs.quiet,
-                             inputs.progress("student", len(train_set), cfg.optim.epochs)),
+                cfg, fold.fold, len(classes), *comparison, loaders.val,
+                epoch_logger(writer, "baseline", fold.fold, epochs, history["baseline"], cfg.outputs.quiet,
+                             inputs.progress("student", len(train_set), epochs)),
                 fold_dir / BASELINE_STATE,
             )
             baseline_acc = baseline.best.acc
             agreements = cam_agreements(cfg, fold, inputs, val_set, [result.best_state, baseline.best_state])
-            if teacher_acc < baseline_acc:
+            if teacher_acc < baseline_acc and not len(inputs.unlabeled):
                 print(f"warning: {teacher_warning(fold.fold, teacher_acc, baseline_acc)}", flush=True)
         best = result.best
         save_confusion_matrix(fold_dir / "confusion_matrix.png", best.labels, best.preds, classes,

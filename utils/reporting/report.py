@@ -272,11 +272,15 @@ def _final_model_section(summary: dict) -> list[str]:
 
 def _verdict_section(summary: dict) -> list[str]:
     verdict = summary.get("verdict")
+    unlabeled = bool(summary.get("unlabeled"))
+    # What the baseline student lacks: the teacher (a CE-only student) or, with --unlabeled_dir, the photos.
+    title, base, student = (("Did the unlabeled photos help?", "without them", "with them") if unlabeled else
+                            ("Did distillation help?", "CE-only student", "distilled student"))
     if not verdict:
-        return ["## Did distillation help?", "",
+        return [f"## {title}", "",
                 "Not measured: run with `--baseline` to train a CE-only student beside each distilled one.", ""]
-    lines = ["## Did distillation help?", "", f"**{verdict['sentence'][0].upper()}{verdict['sentence'][1:]}.**", "",
-             "| fold | teacher | CE-only student | distilled student | distilled - CE-only |", "|---|---|---|---|---|"]
+    lines = [f"## {title}", "", f"**{verdict['sentence'][0].upper()}{verdict['sentence'][1:]}.**", "",
+             f"| fold | teacher | {base} | {student} | difference |", "|---|---|---|---|---|"]
     for f, difference in zip(summary["folds"], verdict["differences"]):
         lines.append(f"| {f['fold']} | {_cell(f['teacher_val_acc'])} | {f['baseline_val_acc']:.4f} "
                      f"| {f['student_val_acc']:.4f} | {100 * difference:+.1f} points |")
@@ -285,17 +289,19 @@ def _verdict_section(summary: dict) -> list[str]:
                  f"(95% interval {100 * verdict['low']:+.1f} to {100 * verdict['high']:+.1f}) |")
     weaker = [f["fold"] for f in summary["folds"] if f["teacher_val_acc"] is not None
               and f["teacher_val_acc"] < f["baseline_val_acc"]]
-    if weaker:
+    if weaker and not unlabeled:
         lines += ["", f"The teacher of fold(s) {', '.join(map(str, weaker))} is less accurate than the CE-only "
                       "student: a teacher has to be better than the student alone to help it."]
     if summary.get("student_cam_agreement_mean") is None:
         lines += ["", "Where the students look (their Grad-CAM maps against the teacher's) is not measurable here: "
                       "the networks' last feature maps are too small at this input size."]
-    if summary.get("student_cam_agreement_mean") is not None:
+    else:
         lines += ["", "Where the students look: the mean correlation of each student's Grad-CAM maps with the "
                       f"teacher's (on up to 64 validation images per fold, for the class the teacher predicts) is "
-                      f"{summary['baseline_cam_agreement_mean']:.2f} for the CE-only student and "
-                      f"{summary['student_cam_agreement_mean']:.2f} for the distilled one (1: the same maps)."]
+                      f"{summary['baseline_cam_agreement_mean']:.2f} for the "
+                      + ("student without the unlabeled photos" if unlabeled else "CE-only student")
+                      + f" and {summary['student_cam_agreement_mean']:.2f} for the "
+                      + ("one with them" if unlabeled else "distilled one") + " (1: the same maps)."]
     return lines + [""]
 
 
@@ -402,6 +408,9 @@ def _write_report(run_dir: Path, summary: dict, config: str, histories: dict[int
         f"{sum(counts.values())} images in {len(summary['classes'])} classes: "
         + ", ".join(f"{md(name)} {counts[name]}" for name in summary["classes"]) + ".",
         "",
+        *([f"Unlabeled photos: {summary['unlabeled']['images']} from {md(summary['unlabeled']['dir'])}, "
+           f"{summary['unlabeled']['ratio']:g} for every labelled image in each student epoch; the students learn "
+           "the teachers' answers on them (the distillation term only).", ""] if summary.get("unlabeled") else []),
         f"Skipped files: {len(summary['skipped_files'])}.",
         *[f"- {md(item['path'])}: {md(item['reason'])}" for item in summary["skipped_files"]],
         "",

@@ -28,8 +28,10 @@ def _points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
-def distillation_verdict(distilled: Sequence[float], baseline: Sequence[float]) -> Verdict:
-    """`distilled` and `baseline`: validation accuracies per fold, in the same fold order."""
+def distillation_verdict(distilled: Sequence[float], baseline: Sequence[float], what: str = "distillation"
+                         ) -> Verdict:
+    """`distilled` and `baseline`: validation accuracies per fold, in the same fold order; `what` the
+    baseline lacks, as the sentence names it ("distillation", "the unlabeled photos")."""
     differences = np.asarray(distilled, dtype=float) - np.asarray(baseline, dtype=float)
     folds = len(differences)
     mean = float(differences.mean())
@@ -38,12 +40,12 @@ def distillation_verdict(distilled: Sequence[float], baseline: Sequence[float]) 
     low, high = mean - half, mean + half
     interval = f"95% interval {_points(low)} to {_points(high)} points over {folds} folds"
     if low > 0:
-        outcome, sentence = "helped", f"distillation helped: {_points(mean)} points of accuracy ({interval})"
+        outcome, sentence = "helped", f"{what} helped: {_points(mean)} points of accuracy ({interval})"
     elif high < 0:
-        outcome, sentence = "did not help", (f"distillation did not help: it cost {_points(-mean)[1:]} points of "
+        outcome, sentence = "did not help", (f"{what} did not help: it cost {_points(-mean)[1:]} points of "
                                              f"accuracy ({interval})")
     else:
         outcome = "cannot tell"
-        sentence = (f"cannot tell whether distillation helped: {_points(mean)} points of accuracy, but the "
+        sentence = (f"cannot tell whether {what} helped: {_points(mean)} points of accuracy, but the "
                     f"{interval} includes 0 (more folds would narrow it)")
     return Verdict([float(d) for d in differences], mean, low, high, outcome, sentence)

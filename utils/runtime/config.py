@@ -50,6 +50,8 @@ class DataSettings:
     batch_size: int
     image_memory_mb: int
     verify_data: bool
+    unlabeled_dir: Optional[str]
+    unlabeled_ratio: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +361,7 @@ def _check_ranges(values: dict[str, Any]) -> None:
          f"--folds {cfg.folds}: the run has folds 0 to {cfg.num_folds - 1}"),
         (0 <= cfg.seed < 2**32, "seed must be between 0 and 2**32 - 1"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (0 < cfg.unlabeled_ratio <= 100, "unlabeled_ratio must be in (0, 100]"),
         (cfg.num_workers >= 0, "num_workers must be 0 or more"),
         (cfg.image_memory_mb >= 0, "image_memory_mb must be 0 or more"),
         (cfg.parallel_folds >= 0, "parallel_folds must be 0 or more"),

@@ -24,7 +24,10 @@ from tests.conftest import expect_error, make_class_folders, tiny_run_args
 from utils.deploy.explain import NoSpatialMap, grad_cam
 from utils.deploy.inference import Int8Speed
 from utils.distill.methods import METHOD_SETTINGS
+from utils.engine.loops import EpochRecord
 from utils.pipeline.demo import resolve_run_config
+from utils.pipeline.estimate import FoldWork, RunClock
+from utils.pipeline.folds import FoldInputs
 from utils.runtime.config import CPU_PRESET, DEFAULT_CONFIG, add_config_flags, read_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,3 +211,18 @@ def test_row_4_the_int8_verdict_matches_its_figures_and_gives_the_agreement():
     assert "INT8 is faster here in batches only" in mixed and "slower than float" not in mixed
     both = Int8Speed(float_ms=0.9, int8_ms=0.5, float_rate=1000, int8_rate=2000, agreement=1.0).note()
     assert "faster here both ways" in both
+
+
+def test_row_9_the_countdown_follows_the_work_left_when_the_run_is_slower_than_estimated(tmp_path):
+    clock = RunClock([FoldWork({"teacher": 0.0}, {"student": 1000.0})], {"student": 6000.0}, {"student": 100.0},
+                     started=time.time() - 3600)  # the estimate ran out an hour ago
+    assert clock.remaining_seconds() == 0
+    inputs = FoldInputs(None, [], [], np.zeros(0), [], tmp_path, clock)
+    note = inputs.progress("student", 1000, epochs=15, then=9)
+    record = EpochRecord(epoch=6, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, seconds=10.0)
+    # 9 epochs of this student and 9 of the CE-only one at 10 s (180 s), then the final student (60 s)
+    assert note(record) == "run: about 4 min left"
+    clock.start_final(1.0)
+    final_note = inputs.progress("student", 6000, epochs=15)
+    assert final_note(EpochRecord(epoch=14, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
+                                  seconds=70.0)).startswith("run: about 2 min")

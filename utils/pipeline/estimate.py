@@ -52,6 +52,7 @@ class RunClock:
     workers: int = 1
     share: int = 1
     started: float = dataclasses.field(default_factory=time.time)
+    final_started: bool = False
 
     def seconds(self, work: Work) -> float:
         return sum(images / self.rates[kind] for kind, images in work.items() if images) / self.share
@@ -71,6 +72,15 @@ class RunClock:
         self.folds = []
         self.final = {kind: images * epochs_share for kind, images in self.final.items()}
         self.started = time.time()
+        self.final_started = True
+
+    def left_after(self, stage_seconds: float) -> float:
+        """The run's time left, at least what one process still has to do: `stage_seconds` of its
+        own (the epochs left of what it trains, at the speed just seen), then the final student
+        if it has not started. Each fold process corrects only its own copy of the estimate, and
+        a run slower than estimated must not count down to "under a minute" with work left."""
+        final = 0.0 if self.final_started else self.seconds(self.final)
+        return max(self.remaining_seconds(), stage_seconds + final)
 
     def observe(self, kind: str, images: int, seconds: float) -> None:
         """A finished training epoch: its kind of work goes at the speed just seen (blended with

@@ -91,19 +91,18 @@ class FoldInputs:
     unlabeled: Sequence[np.ndarray] = ()
     unlabeled_key: str = ""
 
-    def progress(self, kind: str, images: int, epochs: int) -> Optional[Callable[[EpochRecord], str]]:
+    def progress(self, kind: str, images: int, epochs: int, then: int = 0) -> Optional[Callable[[EpochRecord], str]]:
         """For epoch_logger: an epoch of `kind` over `images` images (of `epochs`) corrects the
-        estimate, which the epoch's line then shows."""
+        estimate, which the epoch's line then shows; `then` epochs of the same length follow in
+        this process (the CE-only student after the distilled one)."""
         clock = self.clock
         if clock is None:
             return None
 
         def note(record: EpochRecord) -> str:
             clock.observe(kind, images, record.seconds)
-            # Each fold process corrects only its own copy of the estimate, so what this stage
-            # alone has left at the speed just seen bounds the run's time left from below.
-            stage_left = (epochs - record.epoch) * record.seconds
-            return f"run: {describe(max(clock.remaining_seconds(), stage_left))} left"
+            own_left = (epochs - record.epoch + then) * record.seconds
+            return f"run: {describe(clock.left_after(own_left))} left"
 
         return note
 
@@ -338,7 +337,9 @@ def train_fold(cfg: Config, fold: FoldData, inputs: FoldInputs, fold_dir: Path) 
         epochs = cfg.optim.epochs
         result = train_student(cfg, fold.fold, len(classes), method, teacher, loaders.student, loaders.val,
                                epoch_logger(writer, "", fold.fold, epochs, history["student"], cfg.outputs.quiet,
-                                            inputs.progress("student", per_epoch, epochs)),
+                                            inputs.progress("student", per_epoch, epochs,
+                                                            then=epochs if cfg.distill.baseline and method.needs_teacher
+                                                            else 0)),
                                fold_dir / STUDENT_STATE)
         baseline_acc, agreements = None, [None, None]
         if cfg.distill.baseline and method.needs_teacher:

@@ -219,10 +219,12 @@ def test_row_9_the_countdown_follows_the_work_left_when_the_run_is_slower_than_e
     assert clock.remaining_seconds() == 0
     inputs = FoldInputs(None, [], [], np.zeros(0), [], tmp_path, clock)
     note = inputs.progress("student", 1000, epochs=15, then=9)
-    record = EpochRecord(epoch=6, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, seconds=10.0)
+    record = EpochRecord(epoch=6, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
+                         seconds=10.0)
     # 9 epochs of this student and 9 of the CE-only one at 10 s (180 s), then the final student (60 s)
     assert note(record) == "run: about 4 min left"
     clock.start_final(1.0)
     final_note = inputs.progress("student", 6000, epochs=15)
-    assert final_note(EpochRecord(epoch=14, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
-                                  seconds=70.0)).startswith("run: about 2 min")
+    last = EpochRecord(epoch=14, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
+                       seconds=70.0)
+    assert final_note(last).startswith("run: about 2 min")

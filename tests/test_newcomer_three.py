@@ -228,3 +228,12 @@ def test_row_9_the_countdown_follows_the_work_left_when_the_run_is_slower_than_e
     last = EpochRecord(epoch=14, train_loss=1.0, train_parts={}, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3,
                        seconds=70.0)
     assert final_note(last).startswith("run: about 2 min")
+
+
+def test_row_10_the_report_says_how_far_to_trust_the_label_issues_at_its_accuracy():
+    from utils.reporting.report import _how_far_to_trust
+
+    folds = [{"n_val": 360}, {"n_val": 360}]
+    low = " ".join(_how_far_to_trust({"oof_acc": 0.56, "folds": folds}, 192))
+    assert "get 44% of the images wrong" in low and "192 candidates (27% of the images)" in low
+    assert _how_far_to_trust({"oof_acc": 0.95, "folds": folds}, 20) == []

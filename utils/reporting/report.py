@@ -305,6 +305,19 @@ def _verdict_section(summary: dict) -> list[str]:
     return lines + [""]
 
 
+def _how_far_to_trust(summary: dict, flagged: int) -> list[str]:
+    """How reliable the list is at the run's accuracy: every image the students get wrong is a
+    candidate, so below a high accuracy most candidates are correctly labelled hard photos."""
+    wrong, images = 1.0 - summary["oof_acc"], sum(fold["n_val"] for fold in summary["folds"])
+    if wrong < 0.1:
+        return []
+    share = f" ({100 * flagged / images:.0f}% of the images)"
+    return [f"How far to trust this list: the students get {100 * wrong:.0f}% of the images wrong without seeing "
+            f"their labels, so at this accuracy most of the {flagged} candidates{share} are likely hard photos with "
+            "the right label, not mistakes; read it from the top (the lowest score first), where mistakes are "
+            "likeliest, and expect the list to grow more precise as the students get better.", ""]
+
+
 def _label_issues_section(run_dir: Path, summary: dict) -> list[str]:
     found = summary.get("label_issues")
     if not found:
@@ -314,7 +327,7 @@ def _label_issues_section(run_dir: Path, summary: dict) -> list[str]:
              "learning, cleanlab; every image was predicted by a model that never trained on it). These are "
              "**candidates to look at, not errors proven**: a hard or unusual photo of the right class lands here "
              f"too. All of them, most suspect first: `{found['file']}` (path, given, suggested, score: the "
-             "out-of-fold probability of the given label).", ""]
+             "out-of-fold probability of the given label).", "", *_how_far_to_trust(summary, found["count"])]
     rows = _read_csv(run_dir / found["file"])
     shown = sorted((run_dir / GALLERY_DIR).glob("*.jpg"))
     if shown:

@@ -104,7 +104,8 @@ def compiled(source_name: str, what: str, skip_hint: str, libraries: tuple[str, 
     source = CSRC / source_name
     directory = build_directory(source, libraries)
     if not (directory / BUILT_MARKER).is_file():
-        print(f"compiling {what} for this machine (once, about 20 s)", flush=True)
+        print(f"compiling {what} for this machine (once per machine: about 20 s on an idle CPU, up to a minute on a "
+              "busy one)", flush=True)
     try:
         return build_operators(source, directory, libraries)
     except Exception as error:  # a missing compiler, a failed build or load: Paddle's kernels still work

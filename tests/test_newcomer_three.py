@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -237,3 +239,22 @@ def test_row_10_the_report_says_how_far_to_trust_the_label_issues_at_its_accurac
     low = " ".join(_how_far_to_trust({"oof_acc": 0.56, "folds": folds}, 192))
     assert "get 44% of the images wrong" in low and "192 candidates (27% of the images)" in low
     assert _how_far_to_trust({"oof_acc": 0.95, "folds": folds}, 20) == []
+
+
+@pytest.mark.parametrize("delay", [0.5, 2.0])
+def test_row_11_ctrl_c_as_the_fold_workers_start_prints_the_resume_line_and_nothing_else(tmp_path, delay):
+    data = make_class_folders(tmp_path / "data", per_class=10)
+    args = tiny_run_args(data, tmp_path, "s", "--kd", "kl", "--parallel_folds", "2", "--epochs", "20")
+    run = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
+    printed = ""
+    while "note: EMA" not in printed:  # the last line before the fold workers start
+        line = run.stdout.readline()
+        assert line, printed
+        printed += line
+    time.sleep(delay)
+    os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C in a terminal: to every process of the run
+    rest, _ = run.communicate(timeout=120)
+    assert run.returncode == 130
+    assert rest.splitlines() == ["interrupted; finished folds and epochs are saved. Continue with:",
+                                 f"  python main.py --resume s --output_dir {tmp_path / 'models_saved'}"]

@@ -2,9 +2,12 @@
 processes, one per CPU core, with the teachers queued first."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.pool
 import os
+import signal
+from typing import Iterator
 
 import paddle
 
@@ -35,6 +38,29 @@ def _init_fold_worker(device: str) -> None:
     paddle.set_device(device)
 
 
+def _worker_pool(workers: int, device: str) -> multiprocessing.pool.Pool:
+    """The fold processes, started with Ctrl-C ignored (a disposition they keep): the run's own
+    process answers it, and ends them; otherwise each would print its own traceback."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers, _init_fold_worker, (device,))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _workers_killed_on_interrupt() -> Iterator[None]:
+    """An interrupted run (Ctrl-C, SIGTERM, a failed fold) ends its fold workers with SIGKILL: they hold
+    nothing that is not on disk already, and a worker still importing Paddle would answer the pool's
+    SIGTERM with a 12-line C++ report, before its handler is turned off."""
+    try:
+        yield
+    except BaseException:
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        raise
+
+
 def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, inputs: FoldInputs) -> list[FoldResult]:
     """run_fold for every fold, in order; several at once in worker processes when workers > 1.
     A fold that fails stops the run: its exception is raised here, never swallowed."""
@@ -42,7 +68,7 @@ def run_folds(cfg: Config, folds: list[FoldData], workers: int, device: str, inp
         return [run_fold(cfg, fold, inputs) for fold in folds]
     # multiprocessing.Pool, not ProcessPoolExecutor: leaving its block on an interrupt terminates the
     # workers at once, where the executor would wait for the folds they are training to finish.
-    with multiprocessing.get_context("spawn").Pool(workers, _init_fold_worker, (device,)) as pool:
+    with _worker_pool(workers, device) as pool, _workers_killed_on_interrupt():
         students: dict[int, multiprocessing.pool.AsyncResult] = {}
 
         def start_student(fold: FoldData, student_cfg: Config) -> None:

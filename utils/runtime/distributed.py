@@ -24,6 +24,11 @@ def init_distributed(timeout_minutes: float = 60.0) -> None:
     if launched() and not dist.is_initialized():
         # A rank whose launcher is killed (kill -9) stops with it instead of training on alone.
         die_with_parent()
+        # A rank whose peer died is aborted by gloo: without Paddle's handler it ends without a
+        # C++ stack dump in its workerlog (the launcher still says which rank failed).
+        import paddle
+
+        paddle.disable_signal_handler()
         os.environ.setdefault("PADDLE_PG_TIMEOUT", str(int(timeout_minutes * 60_000)))
         dist.init_parallel_env()
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import paddle
 import pytest
@@ -72,3 +74,25 @@ def test_help_shows_every_settings_comment_default_and_group(capsys):
         assert section in text
     assert "--kd KD none: cross-entropy only (the baseline) | kl | dkd | dist" in text
     assert "(default: mobilenet_v2)" in text
+
+
+def test_a_split_file_gives_the_folds(tmp_path, capsys):
+    """--split_file: another tool's folds (the benchmarks train PyTorch and this project on the same ones)."""
+    import json
+
+    import main
+    from tests.conftest import expect_error, make_class_folders, tiny_run_args
+
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    names = sorted(str(path.relative_to(data)) for path in data.rglob("*.png"))
+    assignment = {name: int(name.endswith(("_0.png", "_1.png", "_2.png"))) for name in names}
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(assignment))
+    assert main.main(tiny_run_args(data, tmp_path, "s", "--kd", "none", "--split_file", str(split))) == 0
+    folds = json.loads((tmp_path / "models_saved" / "s" / "folds.json").read_text())
+    assert {str(Path(path).relative_to(data)): fold for path, fold in folds.items()} == assignment
+    del assignment[names[0]]
+    split.write_text(json.dumps(assignment))
+    code = main.main(tiny_run_args(data, tmp_path, "t", "--kd", "none", "--split_file", str(split)))
+    expect_error(capsys, code, f"gives no fold for 1 image(s) ({names[0]})")
+    assert not (tmp_path / "models_saved" / "t").exists()  # found before anything was written

@@ -30,7 +30,7 @@ from utils.data.folders import (
 )
 from utils.data.images import load_images
 from utils.data.manifest import DigestCache, Manifest, build_manifest, check_same_data
-from utils.data.splits import FoldData, make_folds
+from utils.data.splits import FoldData, assigned_folds, make_folds
 from utils.data.transforms import build_eval_transform, resize_size
 from utils.deploy.checkpoint import META_NAME, WEIGHTS_NAME, load_student, read_meta
 from utils.distill.features import wants_features
@@ -89,7 +89,29 @@ def check_components(cfg: Config) -> None:
                           "not share yet: train one process per fold (--parallel_folds) or set --feature_kd none")
     if cfg.data.unlabeled_dir:
         check_unlabeled_dir(cfg)
+    if cfg.data.split_file:
+        read_split_file(cfg)
 
+
+def split_folds(cfg: Config, paths: Sequence[str], labels: np.ndarray) -> list[FoldData]:
+    """The run's folds: --split_file's, or stratified K-fold by the seed."""
+    if not cfg.data.split_file:
+        return make_folds(labels, cfg.data.num_folds, cfg.data.seed)
+    return assigned_folds([os.path.relpath(path, cfg.data.data_dir) for path in paths], read_split_file(cfg),
+                          cfg.data.num_folds, f"--split_file {cfg.data.split_file}")
+
+
+def read_split_file(cfg: Config) -> dict[str, int]:
+    """--split_file's folds by image path, or one line saying what is wrong with the file."""
+    path = Path(cfg.data.split_file)
+    try:
+        assignment = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--split_file {path} cannot be read as JSON ({str(error).splitlines()[0][:120]})") from None
+    if not isinstance(assignment, dict) or not all(isinstance(fold, int) and not isinstance(fold, bool)
+                                                   for fold in assignment.values()):
+        raise ConfigError(f"--split_file {path} must hold {{\"class/photo.jpg\": fold, ...}} with whole-number folds")
+    return {os.path.normpath(name): fold for name, fold in assignment.items()}
 
 def check_unlabeled_dir(cfg: Config) -> None:
     """Unlabeled photos are a teacher's to label: a folder of its own, outside the class folders."""
@@ -311,6 +333,8 @@ def run_cross_validation(cfg: Config) -> dict:
     check_outputs_outside_data(cfg)
     # Checked on the files found before anything is written, and again on those that decode.
     check_class_counts(index.classes, [s.label for s in index.samples], cfg.data.num_folds, cfg.data.batch_size)
+    if cfg.data.split_file:  # checked on the files found, before anything is written
+        split_folds(cfg, [s.path for s in index.samples], np.array([s.label for s in index.samples]))
     check_weights(cfg)
     run_dir = prepare_run_dir(cfg)
     # One invocation trains a whole run at a time: a second one with the same run name stops here, before
@@ -418,7 +442,7 @@ def decode(cfg: Config, index: DatasetIndex, manifest: Manifest, run_dir: Path, 
           f"run {run_dir}", flush=True)
     # Before any training, so that a long run's skipped files can be looked at while it trains.
     write_text_atomic(run_dir / SKIPPED_LIST, "".join(f"{item.path}\t{item.reason}\n" for item in skipped))
-    folds = make_folds(labels, cfg.data.num_folds, cfg.data.seed)
+    folds = split_folds(cfg, [s.path for s in samples], labels)
     fold_of = {s.path: fold.fold for fold in folds for s in (samples[i] for i in fold.val_indices)}
     write_text_atomic(run_dir / "folds.json", json.dumps({s.path: fold_of[s.path] for s in samples}, indent=1))
     inputs = FoldInputs(index, samples, images, labels, [digest_of[s.path] for s in samples], run_dir,

@@ -52,6 +52,7 @@ class DataSettings:
     verify_data: bool
     unlabeled_dir: Optional[str]
     unlabeled_ratio: float
+    split_file: Optional[str]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ recipe is not tuned on the numbers the benchmark reports. Each variant is an ord
 main.py run of one fold, the runs one per CPU core at a time; a variant whose fold has
 finished is not run again. Prints (and writes to <output_dir>/recipe_ablation.md) the
 validation accuracy of the best epoch (what the tool keeps) and of the last epoch, and
-the minutes taken.
+the minutes taken; --report_only prints the table of what has finished.
 """
 from __future__ import annotations
 
@@ -149,13 +149,15 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--jobs", type=int, default=cpu_count())
     parser.add_argument("--output_dir", default=str(ROOT / "models_saved" / "recipe-ablation"))
+    parser.add_argument("--report_only", action="store_true", help="print the table of the finished variants")
     args = parser.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda variant: run(args, variant), variants))
+    if not args.report_only:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda variant: run(args, variant), variants))
     table = ["| variant | change from the plain recipe | best epoch % | last epoch % | epochs | minutes |",
              "|---|---|---|---|---|---|", *(row(args, variant) for variant in variants)]
     text = (f"Tuning split: seed {args.seed}, fold {args.fold} of 3, {args.data_dir}\n\n" + "\n".join(table) + "\n")

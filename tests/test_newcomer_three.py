@@ -248,7 +248,7 @@ def test_row_11_ctrl_c_as_the_fold_workers_start_prints_the_resume_line_and_noth
     run = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True)
     printed = ""
-    while "note: EMA" not in printed:  # the last line before the fold workers start
+    while "estimated time:" not in printed:  # the last line before the fold workers start
         line = run.stdout.readline()
         assert line, printed
         printed += line

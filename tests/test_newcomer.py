@@ -161,6 +161,6 @@ def test_help_entries_read_as_sentences_and_show_the_scratch_recipe_defaults():
     assert "(linear or cosine). constant | linear | cosine" in help_of["temperature_schedule"]
     assert help_of["recipe"].startswith("The values of configs/default.yaml suit fine-tuning")
     # weights `none` train with the scratch recipe's values, and --help says so
-    assert help_of["lr"].endswith("(default: 0.001; scratch recipe: 0.003)")
+    assert help_of["lr"].endswith("(default: 0.001; scratch recipe: 0.002)")
     assert help_of["label_smoothing"].endswith("(default: 0.0; scratch recipe: 0.1)")
     assert help_of["weight_decay"].endswith("(default: 0.05)")

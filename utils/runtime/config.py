@@ -488,8 +488,9 @@ def add_config_flags(parser: argparse.ArgumentParser, component_settings: Sequen
     groups: dict[str, argparse._ArgumentGroup] = {}
     for doc in setting_docs():
         group = groups.get(doc.section) or groups.setdefault(doc.section, parser.add_argument_group(doc.section))
-        # Weights `none` take the scratch recipe's value (recipe: auto): both are shown.
-        from_scratch = f"; scratch recipe: {scratch[doc.key]}" if doc.key in scratch else ""
+        # Weights `none` take the scratch recipe's value (recipe: auto): both are shown when they differ.
+        differs = doc.key in scratch and str(scratch[doc.key]) != str(doc.default)
+        from_scratch = f"; scratch recipe: {scratch[doc.key]}" if differs else ""
         help_text = f"{doc.comment} (default: {doc.default}{from_scratch})".replace("%", "%%")
         if kinds[doc.key] is bool:
             group.add_argument(f"--{doc.key}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text)

@@ -168,6 +168,7 @@ def test_rows_3_and_6_a_split_dataset_says_what_it_read_and_one_test_accuracy_st
     report = (tmp_path / "models_saved" / "flowers" / "report.md").read_text()
     assert "It has no held-out images of its own" not in report
     assert f"On the 6 held-out test/ images it scores accuracy {summary['final_test_acc']:.4f}" in report
+    assert report.count("the fold ensemble") == 1  # one account of the test set, not two
 
 
 POINTER = re.compile(r'(README|docs/[\w-]+\.md)[,:] \\?"([^"\\]+)\\?"')

@@ -53,10 +53,16 @@ def noisy_copy(source: Path, target: Path, share: float, seed: int) -> dict[str,
     return flipped
 
 
-def score(flagged: set[str], flipped: set[str]) -> dict:
-    hits = len(flagged & flipped)
-    return {"flagged": len(flagged), "flipped": len(flipped), "flagged_and_flipped": hits,
-            "precision": hits / len(flagged) if flagged else None, "recall": hits / len(flipped) if flipped else None}
+def score(ranked: list[str], flipped: set[str], recall_target: float = 0.7) -> dict:
+    """Precision and recall of the flagged list (`ranked`, most suspect first), and the precision
+    of its shortest head that finds `recall_target` of the flipped images (None if it never does)."""
+    found = np.cumsum([path in flipped for path in ranked])
+    hits = int(found[-1]) if ranked else 0
+    reached = np.flatnonzero(found >= recall_target * len(flipped)) if flipped else []
+    head = int(reached[0]) + 1 if len(reached) else None
+    return {"flagged": len(ranked), "flipped": len(flipped), "flagged_and_flipped": hits,
+            "precision": hits / len(ranked) if ranked else None, "recall": hits / len(flipped) if flipped else None,
+            f"precision_at_recall_{recall_target}": int(found[head - 1]) / head if head else None}
 
 
 @reports_user_errors
@@ -90,9 +96,9 @@ def main() -> int:
         raise UserError("the training run failed")
     run = work / "models_saved" / "noisy"
     with open(run / "label_issues.csv", newline="", encoding="utf-8") as handle:
-        flagged = {row["path"] for row in csv.DictReader(handle)}
+        ranked = [str(Path(row["path"])) for row in csv.DictReader(handle)]  # most suspect first
     result = {"data": str(source), "config": config, "share": args.share, "seed": args.seed,
-              **score({str(Path(p)) for p in flagged}, set(flipped)),
+              **score(ranked, set(flipped)),
               "oof_acc": json.loads((run / "summary.json").read_text())["oof_acc"],
               "minutes": (time.perf_counter() - start) / 60}
     (work / "label_noise.json").write_text(json.dumps(result, indent=2))

@@ -245,6 +245,6 @@ def quick_preset_note(clock: RunClock, device: str, cfg: Config) -> Optional[str
     (then the machine is slow or busy, and the note would send the user in a circle)."""
     if device != "cpu" or clock.total_seconds() <= QUICK_NOTE_AFTER or uses_quick_preset(cfg):
         return None
-    return (f"note: this run will take more than an hour on this CPU; for a first model in about 15 minutes "
+    return (f"note: this run will take more than an hour on this CPU; for a first model in about 10 minutes "
             f"(on 2,500 photos), try --config {CPU_PRESET.relative_to(PROJECT_ROOT)} "
             "(docs/training-from-scratch.md, \"How long a run takes\")")

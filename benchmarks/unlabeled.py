@@ -11,7 +11,7 @@ with the paired differences and their 95% intervals, the share of the gap to the
 unlabeled photos close, and the minutes each run took.
 
     python benchmarks/unlabeled.py --data_dir ../shared/datasets/trashnet-112 [--folds 3] [--seed 42]
-        [--output_dir DIR] [-- further main.py options]
+        [--output_dir DIR] [--ceiling_from models_saved/quality-benchmark/quality-lite0] [-- main.py options]
 
 Each fold is built from links to the photos (nothing is copied) and trained as fold 0 of a
 2-fold run whose --split_file puts the fold's validation photos in fold 0; the runs are ordinary
@@ -45,7 +45,7 @@ from utils.runtime.process import cpu_count  # noqa: E402
 # The student and its teacher: the quality benchmark's (benchmarks/distillation_quality.py).
 SETTINGS = ["--img_size", "112", "--student", "mobilenet_v3_small", "--student_weights", "none",
             "--teacher", "efficientnet_lite0", "--teacher_weights", "imagenet", "--teacher_epochs", "10",
-            "--teacher_lr", "0.001", "--kd", "kl", "--teacher_cache", "views", "--teacher_views", "10",
+            "--teacher_lr", "0.001", "--kd", "kl", "--teacher_cache", "views", "--teacher_views", "50",
             "--epochs", "50", "--final_model", "false", "--find_label_issues", "false", "--quiet", "--preset", "full"]
 
 
@@ -78,7 +78,8 @@ def build_folds(args: argparse.Namespace, work: Path) -> list[dict]:
             unlabeled += members[cut:].tolist()
         base = work / f"fold{fold.fold}"
         sets = {"third": labelled, "full": fold.train_indices.tolist()}
-        entry = {"fold": fold.fold, "unlabeled": str(base / "unlabeled")}
+        entry = {"fold": fold.fold, "unlabeled": str(base / "unlabeled"),
+                 "validation": {str(Path(paths[i]).resolve()) for i in fold.val_indices}}
         for name, train in sets.items():
             folder = base / name
             link_photos([paths[i] for i in [*train, *fold.val_indices]], folder, data_dir)
@@ -103,14 +104,31 @@ def runs(args: argparse.Namespace, folds: list[dict]) -> dict[str, list[str]]:
         commands[f"unlabeled-{k}"] = ["--data_dir", third, "--split_file", third_split, "--unlabeled_dir",
                                       fold["unlabeled"], "--baseline", *common]
         commands[f"ce-{k}"] = ["--data_dir", third, "--split_file", third_split, *common, "--kd", "none"]
-        commands[f"ceiling-{k}"] = ["--data_dir", full, "--split_file", full_split, *common]
+        if not args.ceiling_from:
+            commands[f"ceiling-{k}"] = ["--data_dir", full, "--split_file", full_split, *common]
     return {name: [*command, *args.extra, "--run_name", f"unlabeled-benchmark-{name}"]
             for name, command in commands.items()}
 
 
 def fold_result(args: argparse.Namespace, name: str) -> dict | None:
-    path = Path(args.output_dir) / f"unlabeled-benchmark-{name}" / "fold0" / "result.json"
+    kind, k = name.rsplit("-", 1)
+    if kind == "ceiling" and args.ceiling_from:
+        path = Path(args.ceiling_from) / f"fold{k}" / "result.json"
+    else:
+        path = Path(args.output_dir) / f"unlabeled-benchmark-{name}" / "fold0" / "result.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_ceiling_run(run_dir: Path, folds: list[dict]) -> None:
+    """A finished run of the quality benchmark serves as the ceiling only if it validated every
+    fold on the same photos (its folds.json: each photo's validation fold)."""
+    if not (run_dir / "folds.json").is_file():
+        raise SystemExit(f"--ceiling_from {run_dir}: not a run folder (no folds.json)")
+    split = json.loads((run_dir / "folds.json").read_text())
+    for fold in folds:
+        theirs = {str(Path(path).resolve()) for path, k in split.items() if k == fold["fold"]}
+        if theirs != fold["validation"]:
+            raise SystemExit(f"--ceiling_from {run_dir}: fold {fold['fold']} validates on other photos")
 
 
 def run(args: argparse.Namespace, name: str, command: list[str]) -> None:
@@ -139,7 +157,7 @@ def table(args: argparse.Namespace, folds: int) -> str:
         rows["distilled, every label (the ceiling)"].append(ceiling["student_val_acc"])
         rows["teacher, labelled third"].append(unlabeled["teacher_val_acc"])
         minutes += [float((Path(args.output_dir) / f"{kind}-{k}.minutes").read_text())
-                    for kind in ("unlabeled", "ce", "ceiling")]
+                    for kind in ("unlabeled", "ce", "ceiling") if kind != "ceiling" or not args.ceiling_from]
     lines = ["| model | " + " | ".join(f"fold {k}" for k in range(folds)) + " | mean ± std |",
              "|---|" + "---|" * (folds + 1)]
     for name, values in rows.items():
@@ -158,7 +176,8 @@ def table(args: argparse.Namespace, folds: int) -> str:
     closed = [(w - o) / (c - o) if c > o else float("nan") for w, o, c in zip(with_unlabeled, without, ceiling)]
     lines.append("- share of the gap to the ceiling closed: " + ", ".join(f"{100 * c:.0f}%" for c in closed)
                  + f" (mean {100 * np.nanmean(closed):.0f}%)")
-    lines.append(f"- minutes: {sum(minutes):.0f} in all, runs of {min(minutes):.0f} to {max(minutes):.0f}")
+    lines.append(f"- minutes: {sum(minutes):.0f} in all, runs of {min(minutes):.0f} to {max(minutes):.0f}"
+                 + (f" (the ceiling: {args.ceiling_from})" if args.ceiling_from else ""))
     return "\n".join(lines)
 
 
@@ -169,12 +188,20 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--jobs", type=int, default=cpu_count())
     parser.add_argument("--output_dir", default=str(ROOT / "models_saved" / "unlabeled-benchmark"))
+    parser.add_argument("--ceiling_from", help="the quality benchmark's finished distilled run (e.g. "
+                        "quality-lite0) as the ceiling, instead of training it again: same folds and settings")
     parser.add_argument("extra", nargs="*", help="further main.py options after --")
     args = parser.parse_args()
     folds = build_folds(args, Path(args.output_dir) / "photos")
+    if args.ceiling_from:
+        check_ceiling_run(Path(args.ceiling_from), folds)
     commands = runs(args, folds)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda item: run(args, *item), commands.items()))
+    unfinished = [k for k in range(args.folds) if fold_result(args, f"ceiling-{k}") is None]
+    if unfinished:
+        raise SystemExit(f"--ceiling_from {args.ceiling_from}: fold(s) {unfinished} not finished yet; run this "
+                         "again when they are (finished runs are reused)")
     text = f"{args.data_dir}, {args.folds} folds, seed {args.seed}; {' '.join(SETTINGS + args.extra)}\n\n"
     text += table(args, args.folds)
     (Path(args.output_dir) / "unlabeled.md").write_text(text + "\n")

@@ -84,6 +84,19 @@ def has_class_folders(root: Path) -> bool:
     )
 
 
+def _sort_files(dirpath: str, filenames: Sequence[str], images: list[str], skipped: list[SkippedFile]) -> None:
+    """The files of one folder, in name order: image files to `images`, the others to `skipped`
+    with their reason."""
+    for name in sorted(filenames):
+        path = os.path.join(dirpath, name)
+        if name.startswith(".") or name.lower() in SYSTEM_NAMES:
+            skipped.append(SkippedFile(path, "hidden or system file"))
+        elif is_image_name(name):
+            images.append(path)
+        else:
+            skipped.append(SkippedFile(path, "not an image file"))
+
+
 def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[str]], list[SkippedFile]]:
     """Image files per class folder of `root`; files in sub-folders belong to the class too.
 
@@ -113,14 +126,7 @@ def _files_by_class(root: Path, read_already: set[str]) -> tuple[dict[str, list[
                 else:
                     followed.append(name)
             dirnames[:] = followed
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if name.startswith(".") or name.lower() in SYSTEM_NAMES:
-                    skipped.append(SkippedFile(path, "hidden or system file"))
-                elif is_image_name(name):
-                    files.append(path)
-                else:
-                    skipped.append(SkippedFile(path, "not an image file"))
+            _sort_files(dirpath, filenames, files, skipped)
         by_class[folder.name] = files
     return by_class, skipped
 
@@ -202,14 +208,7 @@ def scan_unlabeled(folder: Path) -> tuple[list[str], list[SkippedFile]]:
     found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if name.startswith(".") or name.lower() in SYSTEM_NAMES:
-                skipped.append(SkippedFile(path, "hidden or system file"))
-            elif is_image_name(name):
-                found.append(path)
-            else:
-                skipped.append(SkippedFile(path, "not an image file"))
+        _sort_files(dirpath, filenames, found, skipped)
     return found, skipped
 
 
